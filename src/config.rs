@@ -1,0 +1,578 @@
+//! Configuration: a TOML file (default `/etc/collector/collector.toml`) read into a validated
+//! [`Config`].
+//!
+//! Every key has one place here: its name, its default and its check. Loading never stops at
+//! the first problem: unknown keys, wrong types and bad values are all collected and reported
+//! together (exit 78). The database password never appears in [`Config::redacted`] output.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+/// Default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/collector/collector.toml";
+/// Environment variable that overrides `database.url`.
+pub const DATABASE_URL_ENV: &str = "COLLECTOR_DATABASE_URL";
+/// Name of the systemd credential (`LoadCredential=db-password:...`) holding the password.
+pub const PASSWORD_CREDENTIAL: &str = "db-password";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub upstream: UpstreamConfig,
+    pub catalog: CatalogConfig,
+    pub books: BooksConfig,
+    pub health: HealthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// Connection URL (`postgresql://user@host/db?sslmode=require`). `COLLECTOR_DATABASE_URL`
+    /// overrides it.
+    pub url: String,
+    /// Password read from `password_file` or the `db-password` systemd credential, if any.
+    pub password: Option<String>,
+    /// Where the password came from, for the startup log (never the password itself).
+    pub password_source: Option<String>,
+    /// PEM file with extra CA certificates for TLS to the server. Default: system roots only.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// Connections in the pool. Default 8.
+    pub pool_size: u32,
+    /// Timeout of one connection attempt. Default 10 s.
+    pub connect_timeout: Duration,
+    /// How long start-up keeps retrying an unreachable database before exiting 69. Default 300 s.
+    pub startup_deadline: Duration,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub gamma_url: Url,
+    pub clob_url: Url,
+    pub data_url: Url,
+    pub ws_url: Url,
+    /// User-Agent sent on every request. Default `collector/<version>`.
+    pub user_agent: String,
+    /// Timeout of one HTTP request, connect to last byte. Default 30 s.
+    pub request_timeout: Duration,
+    /// Retries of one request after a 429, 5xx, HTML page, reset or timeout. Default 5.
+    pub max_retries: u32,
+    /// First retry delay; doubles each retry, with full jitter. Default 500 ms.
+    pub backoff_base: Duration,
+    /// Longest retry delay (a `Retry-After` may ask for more and is honoured). Default 60 s.
+    pub backoff_max: Duration,
+    /// Request budget for Gamma listing routes per 10 s. Default 200 (documented limit 300).
+    pub gamma_requests_per_10s: u32,
+    /// Request budget for CLOB `POST /books` per 10 s. Default 250 (documented limit 500).
+    pub clob_books_requests_per_10s: u32,
+    /// Request budget for Data API trades per 10 s. Default 100 (documented limit 200/300).
+    pub data_requests_per_10s: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct CatalogConfig {
+    pub enabled: bool,
+    /// Full sweep of `/events/keyset?closed=false`. Default 900 s.
+    pub full_sweep_interval: Duration,
+    /// Pass over the newest markets (`/markets/keyset` by creation, newest first). Default 60 s.
+    pub new_markets_interval: Duration,
+    /// Pages of the newest-markets pass before it stops even if all were new. Default 5.
+    pub new_markets_max_pages: u32,
+    /// Pass re-reading markets that ended, vanished from the open list or await resolution.
+    /// Default 300 s.
+    pub resolutions_interval: Duration,
+    /// How long after closing a market is re-read until it shows as resolved. Default 14 days.
+    pub resolution_watch: Duration,
+    /// Page size of keyset listings. Default 100 (the reported markets cap).
+    pub page_size: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct BooksConfig {
+    pub enabled: bool,
+    /// Time between two polls of every active token. Default 60 s.
+    pub interval: Duration,
+    /// Tokens per `POST /books` request. Default 100.
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Health log cadence. Default 60 s.
+    pub log_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `collector=debug,info`). `RUST_LOG` overrides it. Default `info`.
+    pub level: String,
+}
+
+/// Every problem found while loading, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration in {path}:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    pub path: String,
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates `path`. A missing file is an error: the daemon never runs on
+    /// silent defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        let env = Env::from_process();
+        Self::parse(&text, &env).map_err(|problems| ConfigError {
+            path: path.display().to_string(),
+            problems,
+        })
+    }
+
+    /// Parses and validates configuration text, reading overrides and secrets through `env`.
+    pub fn parse(text: &str, env: &Env) -> Result<Config, Vec<String>> {
+        let table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => return Err(vec![format!("not valid TOML: {}", e.to_string().trim())]),
+        };
+        let mut problems = Vec::new();
+        let mut root = Section::new("", table, &mut problems);
+        let database_t = root.table("database");
+        let upstream_t = root.table("upstream");
+        let catalog_t = root.table("catalog");
+        let books_t = root.table("books");
+        let health_t = root.table("health");
+        let log_t = root.table("log");
+        root.finish();
+
+        let mut s = Section::new("database", database_t, &mut problems);
+        let file_url = s.string("url", "postgresql://collector@localhost/collector");
+        let password_file = s.opt_string("password_file");
+        let ssl_root_cert = s.opt_string("ssl_root_cert").map(PathBuf::from);
+        let pool_size = s.int("pool_size", 8, 1, 1000) as u32;
+        let connect_timeout = s.secs("connect_timeout_secs", 10, 1, 3600);
+        let startup_deadline = s.secs("startup_deadline_secs", 300, 0, 86_400);
+        s.finish();
+        let url = env.database_url.clone().unwrap_or(file_url);
+        match url.parse::<tokio_postgres::Config>() {
+            Ok(_) => {}
+            Err(e) => problems.push(format!(
+                "database.url: not a PostgreSQL connection URL ({e}): {}",
+                redact_url(&url)
+            )),
+        }
+        let (password, password_source) = match (&password_file, &env.credentials_directory) {
+            (Some(file), _) => match std::fs::read_to_string(file) {
+                Ok(p) => (Some(p.trim_end_matches(['\n', '\r']).to_string()), Some(file.clone())),
+                Err(e) => {
+                    problems.push(format!("database.password_file: cannot read {file}: {e}"));
+                    (None, None)
+                }
+            },
+            (None, Some(dir)) => {
+                let path = Path::new(dir).join(PASSWORD_CREDENTIAL);
+                match std::fs::read_to_string(&path) {
+                    Ok(p) => (
+                        Some(p.trim_end_matches(['\n', '\r']).to_string()),
+                        Some(format!("systemd credential {PASSWORD_CREDENTIAL}")),
+                    ),
+                    Err(_) => (None, None),
+                }
+            }
+            (None, None) => (None, None),
+        };
+        let database = DatabaseConfig {
+            url,
+            password,
+            password_source,
+            ssl_root_cert,
+            pool_size,
+            connect_timeout,
+            startup_deadline,
+        };
+
+        let mut s = Section::new("upstream", upstream_t, &mut problems);
+        let gamma_url = s.url("gamma_url", "https://gamma-api.polymarket.com", &["http", "https"]);
+        let clob_url = s.url("clob_url", "https://clob.polymarket.com", &["http", "https"]);
+        let data_url = s.url("data_url", "https://data-api.polymarket.com", &["http", "https"]);
+        let ws_url = s.url(
+            "ws_url",
+            "wss://ws-subscriptions-clob.polymarket.com/ws/market",
+            &["ws", "wss"],
+        );
+        let user_agent = s.string(
+            "user_agent",
+            concat!("collector/", env!("CARGO_PKG_VERSION"), " (polymarket market-data recorder)"),
+        );
+        if user_agent.trim().is_empty() {
+            s.problem("user_agent", "must not be empty (a default agent gets 403 error 1010)");
+        }
+        let upstream = UpstreamConfig {
+            gamma_url,
+            clob_url,
+            data_url,
+            ws_url,
+            user_agent,
+            request_timeout: s.secs("request_timeout_secs", 30, 1, 600),
+            max_retries: s.int("max_retries", 5, 0, 100) as u32,
+            backoff_base: Duration::from_millis(s.int("backoff_base_ms", 500, 1, 600_000)),
+            backoff_max: s.secs("backoff_max_secs", 60, 1, 3600),
+            gamma_requests_per_10s: s.int("gamma_requests_per_10s", 200, 1, 10_000) as u32,
+            clob_books_requests_per_10s: s.int("clob_books_requests_per_10s", 250, 1, 10_000) as u32,
+            data_requests_per_10s: s.int("data_requests_per_10s", 100, 1, 10_000) as u32,
+        };
+        s.finish();
+
+        let mut s = Section::new("catalog", catalog_t, &mut problems);
+        let catalog = CatalogConfig {
+            enabled: s.bool("enabled", true),
+            full_sweep_interval: s.secs("full_sweep_interval_secs", 900, 1, 86_400),
+            new_markets_interval: s.secs("new_markets_interval_secs", 60, 1, 86_400),
+            new_markets_max_pages: s.int("new_markets_max_pages", 5, 1, 1000) as u32,
+            resolutions_interval: s.secs("resolutions_interval_secs", 300, 1, 86_400),
+            resolution_watch: Duration::from_secs(
+                s.int("resolution_watch_days", 14, 0, 3650) * 86_400,
+            ),
+            page_size: s.int("page_size", 100, 1, 500) as u32,
+        };
+        s.finish();
+
+        let mut s = Section::new("books", books_t, &mut problems);
+        let books = BooksConfig {
+            enabled: s.bool("enabled", true),
+            interval: s.secs("interval_secs", 60, 1, 86_400),
+            batch_size: s.int("batch_size", 100, 1, 500) as u32,
+        };
+        s.finish();
+
+        let mut s = Section::new("health", health_t, &mut problems);
+        let health = HealthConfig { log_interval: s.secs("log_interval_secs", 60, 1, 86_400) };
+        s.finish();
+
+        let mut s = Section::new("log", log_t, &mut problems);
+        let level = s.string("level", "info");
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            s.problem("level", &format!("not a valid log filter: {e}"));
+        }
+        s.finish();
+        let log = LogConfig { level };
+
+        if problems.is_empty() {
+            Ok(Config { database, upstream, catalog, books, health, log })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The effective configuration as TOML, with the database password redacted.
+    pub fn redacted(&self) -> String {
+        let d = &self.database;
+        let u = &self.upstream;
+        let c = &self.catalog;
+        let b = &self.books;
+        let secs = |d: Duration| d.as_secs();
+        format!(
+            "[database]\n\
+             url = {url:?}\n\
+             password = {password}\n\
+             ssl_root_cert = {root:?}\n\
+             pool_size = {pool}\n\
+             connect_timeout_secs = {cto}\n\
+             startup_deadline_secs = {sd}\n\
+             \n[upstream]\n\
+             gamma_url = {gamma:?}\nclob_url = {clob:?}\ndata_url = {data:?}\nws_url = {ws:?}\n\
+             user_agent = {ua:?}\n\
+             request_timeout_secs = {rt}\nmax_retries = {mr}\nbackoff_base_ms = {bb}\n\
+             backoff_max_secs = {bm}\ngamma_requests_per_10s = {gb}\n\
+             clob_books_requests_per_10s = {cb}\ndata_requests_per_10s = {db}\n\
+             \n[catalog]\n\
+             enabled = {ce}\nfull_sweep_interval_secs = {fs}\nnew_markets_interval_secs = {nm}\n\
+             new_markets_max_pages = {nmp}\nresolutions_interval_secs = {ri}\n\
+             resolution_watch_days = {rw}\npage_size = {ps}\n\
+             \n[books]\n\
+             enabled = {be}\ninterval_secs = {bi}\nbatch_size = {bs}\n\
+             \n[health]\nlog_interval_secs = {hl}\n\
+             \n[log]\nlevel = {lvl:?}\n",
+            url = redact_url(&d.url),
+            password = match &d.password_source {
+                Some(src) => format!("\"***\"  # from {src}"),
+                None => "\"\"  # none configured".to_string(),
+            },
+            root = d.ssl_root_cert.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            pool = d.pool_size,
+            cto = secs(d.connect_timeout),
+            sd = secs(d.startup_deadline),
+            gamma = u.gamma_url.as_str(),
+            clob = u.clob_url.as_str(),
+            data = u.data_url.as_str(),
+            ws = u.ws_url.as_str(),
+            ua = u.user_agent,
+            rt = secs(u.request_timeout),
+            mr = u.max_retries,
+            bb = u.backoff_base.as_millis(),
+            bm = secs(u.backoff_max),
+            gb = u.gamma_requests_per_10s,
+            cb = u.clob_books_requests_per_10s,
+            db = u.data_requests_per_10s,
+            ce = c.enabled,
+            fs = secs(c.full_sweep_interval),
+            nm = secs(c.new_markets_interval),
+            nmp = c.new_markets_max_pages,
+            ri = secs(c.resolutions_interval),
+            rw = c.resolution_watch.as_secs() / 86_400,
+            ps = c.page_size,
+            be = b.enabled,
+            bi = secs(b.interval),
+            bs = b.batch_size,
+            hl = secs(self.health.log_interval),
+            lvl = self.log.level,
+        )
+    }
+}
+
+/// What configuration loading reads from the process environment, passed in so tests need
+/// not mutate the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// `COLLECTOR_DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// `CREDENTIALS_DIRECTORY`, set by systemd for `LoadCredential=`.
+    pub credentials_directory: Option<String>,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        let non_empty = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env {
+            database_url: non_empty(DATABASE_URL_ENV),
+            credentials_directory: non_empty("CREDENTIALS_DIRECTORY"),
+        }
+    }
+}
+
+/// Replaces the password of a connection URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        // Key-value form ("host=... password=..."): redact the password word by word.
+        Err(_) => url
+            .split_whitespace()
+            .map(|w| if w.starts_with("password=") { "password=***" } else { w })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// One TOML table being read: typed getters with defaults that record problems instead of
+/// failing, and `finish` that reports every key nobody asked for.
+struct Section<'p> {
+    name: &'static str,
+    table: toml::Table,
+    seen: BTreeSet<String>,
+    problems: &'p mut Vec<String>,
+}
+
+impl<'p> Section<'p> {
+    fn new(name: &'static str, table: toml::Table, problems: &'p mut Vec<String>) -> Self {
+        Section { name, table, seen: BTreeSet::new(), problems }
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.name.is_empty() { key.to_string() } else { format!("{}.{key}", self.name) }
+    }
+
+    fn problem(&mut self, key: &str, what: &str) {
+        let k = self.key(key);
+        self.problems.push(format!("{k}: {what}"));
+    }
+
+    fn get(&mut self, key: &str) -> Option<toml::Value> {
+        self.seen.insert(key.to_string());
+        self.table.get(key).cloned()
+    }
+
+    fn table(&mut self, key: &str) -> toml::Table {
+        match self.get(key) {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t,
+            Some(other) => {
+                self.problem(key, &format!("expected a table, found {}", other.type_str()));
+                toml::Table::new()
+            }
+        }
+    }
+
+    fn string(&mut self, key: &str, default: &str) -> String {
+        self.opt_string(key).unwrap_or_else(|| default.to_string())
+    }
+
+    fn opt_string(&mut self, key: &str) -> Option<String> {
+        match self.get(key)? {
+            toml::Value::String(s) => Some(s),
+            other => {
+                self.problem(key, &format!("expected a string, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, key: &str, default: bool) -> bool {
+        match self.get(key) {
+            None => default,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(other) => {
+                self.problem(key, &format!("expected true or false, found {}", other.type_str()));
+                default
+            }
+        }
+    }
+
+    fn int(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
+        match self.get(key) {
+            None => default,
+            Some(toml::Value::Integer(i)) if i >= min as i64 && i <= max as i64 => i as u64,
+            Some(toml::Value::Integer(i)) => {
+                self.problem(key, &format!("{i} is out of range {min}..={max}"));
+                default
+            }
+            Some(other) => {
+                self.problem(key, &format!("expected an integer, found {}", other.type_str()));
+                default
+            }
+        }
+    }
+
+    fn secs(&mut self, key: &str, default: u64, min: u64, max: u64) -> Duration {
+        Duration::from_secs(self.int(key, default, min, max))
+    }
+
+    fn url(&mut self, key: &str, default: &str, schemes: &[&str]) -> Url {
+        let text = self.string(key, default);
+        match Url::parse(&text) {
+            Ok(u) if schemes.contains(&u.scheme()) => u,
+            Ok(u) => {
+                self.problem(key, &format!("scheme {} is not one of {schemes:?}", u.scheme()));
+                Url::parse(default).expect("default URL is valid")
+            }
+            Err(e) => {
+                self.problem(key, &format!("not a URL ({e}): {text:?}"));
+                Url::parse(default).expect("default URL is valid")
+            }
+        }
+    }
+
+    fn finish(self) {
+        for key in self.table.keys() {
+            if !self.seen.contains(key) {
+                let k = self.key(key);
+                self.problems.push(format!("{k}: unknown key"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = Config::parse("", &Env::default()).unwrap();
+        assert_eq!(c.health.log_interval, Duration::from_secs(60));
+        assert_eq!(c.books.batch_size, 100);
+        assert_eq!(c.upstream.gamma_url.as_str(), "https://gamma-api.polymarket.com/");
+        assert_eq!(c.database.url, "postgresql://collector@localhost/collector");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            colour = "blue"
+            [database]
+            url = 42
+            pool_size = 0
+            [upstream]
+            gamma_url = "ftp://x"
+            timeout = 3
+            [health]
+            log_interval_secs = "soon"
+            [log]
+            level = "collector=loud"
+        "#;
+        let problems = Config::parse(text, &Env::default()).unwrap_err();
+        let all = problems.join("\n");
+        for needle in [
+            "colour: unknown key",
+            "database.url: expected a string",
+            "database.pool_size: 0 is out of range",
+            "upstream.gamma_url: scheme ftp",
+            "upstream.timeout: unknown key",
+            "health.log_interval_secs: expected an integer",
+            "log.level: not a valid log filter",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(problems.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn env_url_overrides_file_and_password_is_redacted() {
+        let env = Env {
+            database_url: Some("postgresql://u:s3cret@db.example/x".into()),
+            credentials_directory: None,
+        };
+        let c = Config::parse("[database]\nurl = \"postgresql://a@b/c\"\n", &env).unwrap();
+        assert_eq!(c.database.url, "postgresql://u:s3cret@db.example/x");
+        let shown = c.redacted();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgresql://u:***@db.example/x"), "{shown}");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn password_comes_from_credential_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(PASSWORD_CREDENTIAL), "pa55\n").unwrap();
+        let env = Env {
+            database_url: None,
+            credentials_directory: Some(dir.path().display().to_string()),
+        };
+        let c = Config::parse("", &env).unwrap();
+        assert_eq!(c.database.password.as_deref(), Some("pa55"));
+        assert!(!c.redacted().contains("pa55"));
+    }
+
+    #[test]
+    fn unreadable_password_file_is_a_problem() {
+        let problems =
+            Config::parse("[database]\npassword_file = \"/nonexistent/pw\"\n", &Env::default())
+                .unwrap_err();
+        assert!(problems[0].starts_with("database.password_file: cannot read"), "{problems:?}");
+    }
+
+    #[test]
+    fn redact_key_value_form() {
+        assert_eq!(redact_url("host=x password=y user=z"), "host=x password=*** user=z");
+    }
+}

@@ -1,0 +1,65 @@
+//! `book_snapshots`: one row per distinct `(token_id, source_ts, hash)`, whatever the source.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use tokio_postgres::GenericClient;
+
+use crate::polymarket::clob::Book;
+
+/// Where a snapshot came from (`book_snapshots.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookSource {
+    Rest,
+    Ws,
+}
+
+impl BookSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BookSource::Rest => "rest",
+            BookSource::Ws => "ws",
+        }
+    }
+}
+
+/// Inserts the snapshots not stored yet; returns how many were new.
+pub async fn insert_snapshots<C: GenericClient>(
+    db: &C,
+    books: &[(Book, DateTime<Utc>)],
+    source: BookSource,
+) -> Result<u64, tokio_postgres::Error> {
+    if books.is_empty() {
+        return Ok(0);
+    }
+    let token: Vec<&str> = books.iter().map(|(b, _)| b.token_id.as_str()).collect();
+    let source_ts: Vec<DateTime<Utc>> = books.iter().map(|(b, _)| b.source_ts).collect();
+    let hash: Vec<&str> = books.iter().map(|(b, _)| b.hash.as_str()).collect();
+    let received: Vec<DateTime<Utc>> = books.iter().map(|(_, r)| *r).collect();
+    let cond: Vec<Option<&str>> = books.iter().map(|(b, _)| b.condition_id.as_deref()).collect();
+    let best_bid: Vec<Option<Decimal>> = books.iter().map(|(b, _)| b.best_bid()).collect();
+    let best_ask: Vec<Option<Decimal>> = books.iter().map(|(b, _)| b.best_ask()).collect();
+    let bids: Vec<Value> = books.iter().map(|(b, _)| Book::levels_json(&b.bids)).collect();
+    let asks: Vec<Value> = books.iter().map(|(b, _)| Book::levels_json(&b.asks)).collect();
+    let tick: Vec<Option<Decimal>> = books.iter().map(|(b, _)| b.tick_size).collect();
+    let min_size: Vec<Option<Decimal>> = books.iter().map(|(b, _)| b.min_order_size).collect();
+    let last: Vec<Option<Decimal>> = books.iter().map(|(b, _)| b.last_trade_price).collect();
+    let neg: Vec<Option<bool>> = books.iter().map(|(b, _)| b.neg_risk).collect();
+    db.execute(
+        "INSERT INTO book_snapshots (token_id, source_ts, hash, received_at, source, condition_id,
+            best_bid, best_ask, bids, asks, tick_size, min_order_size, last_trade_price, neg_risk)
+         SELECT token_id, source_ts, hash, received_at, $5, condition_id, best_bid, best_ask,
+            bids, asks, tick_size, min_order_size, last_trade_price, neg_risk
+         FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::timestamptz[], $6::text[],
+            $7::numeric[], $8::numeric[], $9::jsonb[], $10::jsonb[], $11::numeric[],
+            $12::numeric[], $13::numeric[], $14::bool[])
+            AS u(token_id, source_ts, hash, received_at, condition_id, best_bid, best_ask, bids,
+            asks, tick_size, min_order_size, last_trade_price, neg_risk)
+         ON CONFLICT (token_id, source_ts, hash) DO NOTHING",
+        &[
+            &token, &source_ts, &hash, &received, &source.as_str(), &cond, &best_bid, &best_ask,
+            &bids, &asks, &tick, &min_size, &last, &neg,
+        ],
+    )
+    .await
+}

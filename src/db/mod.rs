@@ -1,0 +1,137 @@
+//! PostgreSQL: connection settings, TLS (rustls), the bb8 pool, start-up retries, and one
+//! module per table family.
+
+pub mod books;
+pub mod catalog;
+pub mod migrate;
+
+use std::time::Duration;
+
+use bb8_postgres::PostgresConnectionManager;
+use tokio::time::Instant;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::{DatabaseConfig, redact_url};
+use crate::polymarket::client::error_chain;
+
+pub type Pool = bb8::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
+pub type PooledConn<'a> = bb8::PooledConnection<'a, PostgresConnectionManager<MakeRustlsConnect>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database unreachable for {waited:?} (startup deadline), last error: {last}")]
+    Unreachable { waited: Duration, last: String },
+    #[error("bad database settings: {0}")]
+    Settings(String),
+    #[error("database pool: {0}")]
+    Pool(String),
+    #[error("database: {}", error_chain(.0))]
+    Query(#[from] tokio_postgres::Error),
+}
+
+impl From<bb8::RunError<tokio_postgres::Error>> for DbError {
+    fn from(e: bb8::RunError<tokio_postgres::Error>) -> Self {
+        match e {
+            bb8::RunError::User(e) => DbError::Query(e),
+            bb8::RunError::TimedOut => DbError::Pool("timed out waiting for a connection".into()),
+        }
+    }
+}
+
+/// The `tokio_postgres::Config` for `cfg`, password applied.
+pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
+    let mut pg: tokio_postgres::Config = cfg
+        .url
+        .parse()
+        .map_err(|e| DbError::Settings(format!("{e}: {}", redact_url(&cfg.url))))?;
+    if let Some(p) = &cfg.password {
+        pg.password(p);
+    }
+    if pg.get_application_name().is_none() {
+        pg.application_name("collector");
+    }
+    pg.connect_timeout(cfg.connect_timeout);
+    Ok(pg)
+}
+
+/// rustls connector trusting the system roots plus `ssl_root_cert`. Used for every
+/// connection; whether TLS is negotiated follows the URL's `sslmode` (disable, prefer, require).
+pub fn tls(cfg: &DatabaseConfig) -> Result<MakeRustlsConnect, DbError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &cfg.ssl_root_cert {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| DbError::Settings(format!("ssl_root_cert {}: {e}", path.display())))?;
+        for cert in certs {
+            let cert = cert
+                .map_err(|e| DbError::Settings(format!("ssl_root_cert {}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| DbError::Settings(format!("ssl_root_cert {}: {e}", path.display())))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Connects once directly (to surface the real cause of a failure, which bb8 hides behind
+/// "timed out"), retrying with capped backoff until `startup_deadline`, then builds the pool.
+pub async fn connect(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
+    let pg = pg_config(cfg)?;
+    let tls = tls(cfg)?;
+    let started = Instant::now();
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        match pg.connect(tls.clone()).await {
+            Ok((client, conn)) => {
+                drop(client);
+                drop(conn);
+                break;
+            }
+            Err(e) => {
+                let last = error_chain(&e);
+                let waited = started.elapsed();
+                if waited >= cfg.startup_deadline {
+                    return Err(DbError::Unreachable { waited, last });
+                }
+                let delay = Duration::from_millis(250 * 2u64.pow(attempt.min(7)))
+                    .min(Duration::from_secs(30))
+                    .min(cfg.startup_deadline.saturating_sub(waited) + Duration::from_millis(10));
+                tracing::warn!(
+                    attempt, error = %last, url = %redact_url(&cfg.url),
+                    retry_in_ms = delay.as_millis() as u64,
+                    deadline_secs = cfg.startup_deadline.as_secs(),
+                    "database unreachable, retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+    let manager = PostgresConnectionManager::new(pg, tls);
+    bb8::Pool::builder()
+        .max_size(cfg.pool_size)
+        .connection_timeout(cfg.connect_timeout)
+        .error_sink(Box::new(LogSink))
+        .build(manager)
+        .await
+        .map_err(DbError::Query)
+}
+
+/// Logs every connection error the pool meets, with its source chain.
+#[derive(Debug, Clone, Copy)]
+struct LogSink;
+
+impl bb8::ErrorSink<tokio_postgres::Error> for LogSink {
+    fn sink(&self, e: tokio_postgres::Error) {
+        tracing::warn!(error = %error_chain(&e), "database connection error");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+        Box::new(*self)
+    }
+}

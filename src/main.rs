@@ -1,0 +1,123 @@
+//! `collector`: args → config → logging → command → exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use argh::FromArgs;
+use collector::config::{self, Config};
+use collector::{app, exit, logging};
+
+/// Records Polymarket's public market data into PostgreSQL.
+#[derive(FromArgs)]
+struct Cli {
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
+    #[argh(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Collect(Collect),
+    Migrate(Migrate),
+    CheckConfig(CheckConfig),
+}
+
+/// run the daemon until SIGTERM or SIGINT
+#[derive(FromArgs)]
+#[argh(subcommand, name = "collect")]
+struct Collect {
+    /// configuration file (default /etc/collector/collector.toml)
+    #[argh(option, default = "PathBuf::from(config::DEFAULT_PATH)")]
+    config: PathBuf,
+}
+
+/// apply pending database migrations, print what was applied, exit
+#[derive(FromArgs)]
+#[argh(subcommand, name = "migrate")]
+struct Migrate {
+    /// configuration file (default /etc/collector/collector.toml)
+    #[argh(option, default = "PathBuf::from(config::DEFAULT_PATH)")]
+    config: PathBuf,
+}
+
+/// validate the configuration and print it with secrets redacted
+#[derive(FromArgs)]
+#[argh(subcommand, name = "check-config")]
+struct CheckConfig {
+    /// configuration file (default /etc/collector/collector.toml)
+    #[argh(option, default = "PathBuf::from(config::DEFAULT_PATH)")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cli = match Cli::from_args(&strs[..1], &strs[1..]) {
+        Ok(cli) => cli,
+        Err(early) => {
+            // --help prints to stdout and succeeds; a usage error is exit 64.
+            return match early.status {
+                Ok(()) => {
+                    println!("{}", early.output);
+                    ExitCode::SUCCESS
+                }
+                Err(()) => {
+                    eprintln!("{}", early.output);
+                    ExitCode::from(exit::USAGE)
+                }
+            };
+        }
+    };
+    if cli.version {
+        println!("collector {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        eprintln!("a command is required: collect, migrate or check-config (see --help)");
+        return ExitCode::from(exit::USAGE);
+    };
+    let path = match &command {
+        Command::Collect(c) => &c.config,
+        Command::Migrate(c) => &c.config,
+        Command::CheckConfig(c) => &c.config,
+    };
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("collector: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    if let Command::CheckConfig(_) = command {
+        print!("{}", cfg.redacted());
+        eprintln!("configuration OK: {}", path.display());
+        return ExitCode::SUCCESS;
+    }
+    logging::init(&cfg.log.level);
+    // Both reqwest and the PostgreSQL TLS connector use rustls; name its crypto provider once.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("collector: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Collect(_) => app::collect(cfg).await,
+            Command::Migrate(_) => app::migrate(cfg).await,
+            Command::CheckConfig(_) => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            app::report(&e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
