@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
 use tokio::time::Instant;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{DatabaseConfig, redact_url};
 use crate::polymarket::client::error_chain;
 
-pub type Pool = bb8::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
-pub type PooledConn<'a> = bb8::PooledConnection<'a, PostgresConnectionManager<MakeRustlsConnect>>;
+pub type Pool = bb8::Pool<PostgresConnectionManager<MakeTls>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -56,7 +56,7 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError
 
 /// rustls connector trusting the system roots plus `ssl_root_cert`. Used for every
 /// connection; whether TLS is negotiated follows the URL's `sslmode` (disable, prefer, require).
-pub fn tls(cfg: &DatabaseConfig) -> Result<MakeRustlsConnect, DbError> {
+pub fn tls(cfg: &DatabaseConfig) -> Result<MakeTls, DbError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -75,7 +75,53 @@ pub fn tls(cfg: &DatabaseConfig) -> Result<MakeRustlsConnect, DbError> {
         }
     }
     let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
+    Ok(MakeTls(MakeRustlsConnect::new(config)))
+}
+
+/// The rustls connector, except for unix-socket hosts: tokio-postgres asks for a connector
+/// with an empty host name there, which rustls refuses, although PostgreSQL never speaks TLS
+/// over a unix socket (it answers the TLS request with "no" and the connection goes on plain).
+#[derive(Clone)]
+pub struct MakeTls(MakeRustlsConnect);
+
+impl<S> MakeTlsConnect<S> for MakeTls
+where
+    MakeRustlsConnect: MakeTlsConnect<S>,
+    <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect: Send + 'static,
+    <<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect as TlsConnect<S>>::Future: Send + 'static,
+    S: Send + 'static,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = MaybeTls<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect>;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+        if domain.is_empty() || domain.starts_with('/') {
+            return Ok(MaybeTls(None));
+        }
+        self.0.make_tls_connect(domain).map(|c| MaybeTls(Some(c)))
+    }
+}
+
+/// A TLS connector, or none for a unix socket.
+pub struct MaybeTls<T>(Option<T>);
+
+impl<S, T> TlsConnect<S> for MaybeTls<T>
+where
+    T: TlsConnect<S> + Send + 'static,
+    T::Future: Send + 'static,
+    S: Send + 'static,
+{
+    type Stream = T::Stream;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T::Stream, Self::Error>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        match self.0 {
+            Some(c) => Box::pin(async move { c.connect(stream).await.map_err(Into::into) }),
+            None => Box::pin(async { Err("TLS over a unix socket is not supported".into()) }),
+        }
+    }
 }
 
 /// Connects once directly (to surface the real cause of a failure, which bb8 hides behind

@@ -1,1 +1,62 @@
+//! The integration tests: one binary, a real PostgreSQL, a fake Polymarket, the real
+//! `collector` binary where the process boundary matters.
 
+mod books;
+mod catalog;
+mod cli;
+mod client;
+mod fake;
+mod migrations;
+mod pg;
+
+use collector::config::{Config, Env};
+
+/// Configuration text for a collector using `db` and a fake Polymarket at `upstream`, with
+/// fast test cadences. `extra` is appended (it may add tables or keys).
+pub fn config_text(db: &pg::TestDb, upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+[database]
+url = "{url}"
+startup_deadline_secs = 5
+connect_timeout_secs = 2
+
+[upstream]
+gamma_url = "{upstream}"
+clob_url = "{upstream}"
+data_url = "{upstream}"
+ws_url = "ws://{host}/ws/market"
+backoff_base_ms = 10
+backoff_max_secs = 1
+max_retries = 4
+request_timeout_secs = 5
+gamma_requests_per_10s = 10000
+clob_books_requests_per_10s = 10000
+
+{extra}
+"#,
+        url = db.url,
+        host = upstream.trim_start_matches("http://"),
+    )
+}
+
+/// The parsed config of [`config_text`] with defaults for the rest.
+pub fn config_for(db: &pg::TestDb, upstream: &str) -> Config {
+    Config::parse(&config_text(db, upstream, ""), &Env::default()).unwrap()
+}
+
+/// Polls `check` until it returns true or `secs` pass; panics with `what` on timeout.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

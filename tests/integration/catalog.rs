@@ -1,0 +1,228 @@
+use std::sync::Arc;
+
+use collector::collectors::Collector;
+use collector::collectors::CollectError;
+use collector::collectors::catalog::{CatalogCtx, CatalogState, FullSweep, NewMarkets, Resolutions};
+use collector::polymarket::client::PolymarketClient;
+use serde_json::json;
+
+use crate::fake::{self, Fake};
+use crate::{config_for, pg};
+
+async fn ctx(db: &pg::TestDb, fake: &Fake) -> CatalogCtx {
+    let cfg = config_for(db, &fake.url());
+    CatalogCtx {
+        client: Arc::new(PolymarketClient::new(&cfg.upstream).unwrap()),
+        pool: db.pool().await,
+        cfg: cfg.catalog,
+        state: Arc::new(CatalogState::default()),
+    }
+}
+
+/// 30 events × 2 markets, paged 7 at a time, plus the captured live market and odd ones.
+async fn populated_fake() -> Fake {
+    let fake = Fake::start().await;
+    fake.with(|s| {
+        s.events = (0..30).map(|e| fake::event(e, 2)).collect();
+        let mut live_event = fake::event(1000, 0);
+        let live = fake::shared_fixture("captured/gamma_market_live.json");
+        let no_condition = json!({"id": "900001", "conditionId": "", "question": "broken",
+            "clobTokenIds": "[\"1\", \"2\"]", "outcomes": "[\"Yes\", \"No\"]", "closed": false});
+        let three = json!({"id": "900002", "conditionId": format!("0x{:064x}", 77),
+            "question": "three-way", "clobTokenIds": "[\"31\", \"32\", \"33\"]",
+            "outcomes": "[\"A\", \"B\", \"C\"]", "closed": false, "active": true});
+        let no_tokens = json!({"id": "900003", "conditionId": format!("0x{:064x}", 78),
+            "clobTokenIds": "[]", "closed": false});
+        let no_id = json!({"question": "nameless"});
+        live_event["markets"] = json!([live, no_condition, three, no_tokens, no_id]);
+        s.events.push(live_event);
+    });
+    fake
+}
+
+#[tokio::test]
+async fn full_sweep_stores_exactly_the_fakes_catalog() {
+    let db = pg::fresh_db().await;
+    let fake = populated_fake().await;
+    let mut c = ctx(&db, &fake).await;
+    c.cfg.page_size = 7;
+    let mut sweep = FullSweep(c.clone());
+    let stored = sweep.collect_once().await.unwrap();
+
+    // 60 generated + live + no-condition + three-way + no-tokens; the id-less one is skipped.
+    assert_eq!(stored, 64);
+    assert_eq!(db.count("SELECT count(*) FROM markets").await, 64);
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 31);
+    // 2 per generated market, 2 for the live one, 3 for the three-way market.
+    assert_eq!(db.count("SELECT count(*) FROM tokens").await, 60 * 2 + 2 + 3);
+    assert_eq!(c.state.oddities.load(std::sync::atomic::Ordering::Relaxed), 3);
+    // Pages followed with after_cursor: 31 events / 7 per page = 5 pages.
+    assert_eq!(fake.hits("events/keyset"), 5);
+    let queries = fake.with(|s| s.queries["events/keyset"].clone());
+    assert!(queries[1].contains("after_cursor=ks1.7") && queries[1].contains("closed=false"), "{queries:?}");
+
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT volume::text, liquidity::text, tick_size::text, outcome_prices::text, event_id, condition_id
+             FROM markets WHERE id = '559652'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "25814545.294374414");
+    assert_eq!(row.get::<_, String>(1), "230438.22824");
+    assert_eq!(row.get::<_, String>(2), "0.001");
+    assert_eq!(row.get::<_, String>(3), "{0.2325,0.7675}");
+    assert_eq!(row.get::<_, String>(4), "91000");
+    assert_eq!(row.get::<_, String>(5), "0x0f49db97f71c68b1e42a6d16e3de93d85dbf7d4148e3f018eb79e88554be9f75");
+    let v: String = client
+        .query_one("SELECT volume::text FROM markets WHERE id = '700005'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "5.000000000000000001", "a decimal that f64 cannot hold");
+    let t = client
+        .query_one(
+            "SELECT outcome, outcome_index, market_id FROM tokens
+             WHERE token_id = '87854174148074652060467921081181402357467303721471806610111179101805869578687'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((t.get::<_, String>(0), t.get::<_, i32>(1), t.get::<_, String>(2)), ("No".into(), 1, "559652".into()));
+    let broken: Option<String> = client
+        .query_one("SELECT condition_id FROM markets WHERE id = '900001'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(broken, None, "an empty condition id is stored as NULL, without tokens");
+}
+
+#[tokio::test]
+async fn rerunning_the_sweep_stores_no_duplicates() {
+    let db = pg::fresh_db().await;
+    let fake = populated_fake().await;
+    let mut sweep = FullSweep(ctx(&db, &fake).await);
+    sweep.collect_once().await.unwrap();
+    let before = (
+        db.count("SELECT count(*) FROM markets").await,
+        db.count("SELECT count(*) FROM tokens").await,
+        db.count("SELECT count(*) FROM events").await,
+    );
+    fake.update_market("700003", |m| m["volume"] = json!("42.5"));
+    sweep.collect_once().await.unwrap();
+    let after = (
+        db.count("SELECT count(*) FROM markets").await,
+        db.count("SELECT count(*) FROM tokens").await,
+        db.count("SELECT count(*) FROM events").await,
+    );
+    assert_eq!(before, after);
+    let v: String = db.client().await
+        .query_one("SELECT volume::text FROM markets WHERE id = '700003'", &[]).await.unwrap().get(0);
+    assert_eq!(v, "42.5", "the second sweep updated the market in place");
+}
+
+#[tokio::test]
+async fn a_cursor_that_repeats_aborts_the_sweep() {
+    let db = pg::fresh_db().await;
+    let fake = populated_fake().await;
+    let mut c = ctx(&db, &fake).await;
+    c.cfg.page_size = 10;
+    // Simulate upstream ignoring our cursor: every page answers with the same next_cursor.
+    // The fake honours after_cursor, so point the client at a route that ignores it instead.
+    let stuck = Fake::start().await;
+    let events = fake.with(|s| s.events.clone());
+    stuck.with(|s| s.events = events);
+    let app_url = stuck_url(&stuck).await;
+    let cfg = crate::config_for(&db, &app_url);
+    c.client = Arc::new(PolymarketClient::new(&cfg.upstream).unwrap());
+    let err = FullSweep(c).collect_once().await.unwrap_err();
+    assert!(matches!(err, CollectError::CursorRepeated(_)), "{err}");
+}
+
+/// A proxy in front of `fake` that renames `after_cursor` to `cursor`, which upstream ignores.
+async fn stuck_url(fake: &Fake) -> String {
+    use axum::extract::{Query, State};
+    let target = fake.url();
+    let app = axum::Router::new()
+        .route(
+            "/events/keyset",
+            axum::routing::get(|State(t): State<String>, Query(p): Query<Vec<(String, String)>>| async move {
+                let q: Vec<String> = p
+                    .iter()
+                    .map(|(k, v)| format!("{}={v}", if k == "after_cursor" { "cursor" } else { k.as_str() }))
+                    .collect();
+                let body = reqwest::get(format!("{t}/events/keyset?{}", q.join("&"))).await.unwrap().text().await.unwrap();
+                ([("content-type", "application/json")], body)
+            }),
+        )
+        .with_state(target);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn new_markets_pass_picks_up_listings_and_stops_at_known_ones() {
+    let db = pg::fresh_db().await;
+    let fake = populated_fake().await;
+    let c = ctx(&db, &fake).await;
+    FullSweep(c.clone()).collect_once().await.unwrap();
+    fake.with(|s| {
+        let mut m = fake::market(5000);
+        m["createdAt"] = json!("2026-11-28T00:00:00Z");
+        s.events[0]["markets"].as_array_mut().unwrap().push(m);
+    });
+    let before = fake.hits("markets/keyset");
+    let stored = NewMarkets(c.clone()).collect_once().await.unwrap();
+    assert_eq!(stored, 1);
+    assert_eq!(fake.hits("markets/keyset") - before, 1, "one page: the rest were known");
+    let row = db.client().await
+        .query_one("SELECT event_id FROM markets WHERE id = '705000'", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "90000");
+    assert_eq!(db.count("SELECT count(*) FROM tokens WHERE market_id = '705000'").await, 2);
+}
+
+#[tokio::test]
+async fn resolutions_pass_captures_a_closed_and_resolved_market() {
+    let db = pg::fresh_db().await;
+    let fake = populated_fake().await;
+    let c = ctx(&db, &fake).await;
+    FullSweep(c.clone()).collect_once().await.unwrap();
+    // Event 90002 closes: market 700004 resolves to "No", 700005 closes awaiting resolution.
+    // Both leave the open list the full sweep reads.
+    fake.with(|s| s.events[2]["closed"] = json!(true));
+    let closed_time = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S+00").to_string();
+    for id in ["700004", "700005"] {
+        fake.update_market(id, |m| {
+            m["closed"] = json!(true);
+            m["closedTime"] = json!(closed_time.clone());
+        });
+    }
+    fake.update_market("700004", |m| {
+        m["outcomePrices"] = json!("[\"0\", \"1\"]");
+        m["umaResolutionStatus"] = json!("resolved");
+    });
+    fake.update_market("700005", |m| m["umaResolutionStatus"] = json!("proposed"));
+    FullSweep(c.clone()).collect_once().await.unwrap();
+    let stored = Resolutions(c.clone()).collect_once().await.unwrap();
+    assert_eq!(stored, 2);
+    let row = db.client().await
+        .query_one("SELECT closed, resolved, winning_outcome_index, closed_time IS NOT NULL FROM markets WHERE id = '700004'", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1), row.get::<_, i32>(2), row.get::<_, bool>(3)), (true, true, 1, true));
+    let row = db.client().await
+        .query_one("SELECT closed, resolved FROM markets WHERE id = '700005'", &[]).await.unwrap();
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1)), (true, false));
+    let queries = fake.with(|s| s.queries["markets/keyset"].clone());
+    let last = queries.last().unwrap();
+    assert!(last.contains("id=700004") && last.contains("id=700005") && last.contains("closed=true"), "{queries:?}");
+    // The resolved market is not asked for again; the unresolved one is, until it resolves.
+    assert_eq!(Resolutions(c).collect_once().await.unwrap(), 1);
+    let queries = fake.with(|s| s.queries["markets/keyset"].clone());
+    let last = queries.last().unwrap();
+    assert!(last.contains("id=700005") && !last.contains("id=700004"), "{last}");
+}

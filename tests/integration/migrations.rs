@@ -1,0 +1,48 @@
+use collector::db::migrate::{self, MigrateError};
+
+use crate::pg;
+
+#[tokio::test]
+async fn migrations_apply_once_and_record_checksums() {
+    let db = pg::fresh_db().await;
+    let mut client = db.client().await;
+    let first = migrate::run(&mut client).await.unwrap();
+    assert_eq!(first.len(), migrate::MIGRATIONS.len());
+    let second = migrate::run(&mut client).await.unwrap();
+    assert!(second.is_empty(), "second run applied {second:?}");
+    let recorded = db.count("SELECT count(*) FROM schema_migrations").await;
+    assert_eq!(recorded as usize, migrate::MIGRATIONS.len());
+    for table in ["events", "markets", "tokens", "book_snapshots"] {
+        let n = db.count(&format!("SELECT count(*) FROM {table}")).await;
+        assert_eq!(n, 0, "{table}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_starts_serialise_on_the_advisory_lock() {
+    let db = pg::fresh_db().await;
+    let (mut a, mut b) = (db.client().await, db.client().await);
+    let (ra, rb) = tokio::join!(migrate::run(&mut a), migrate::run(&mut b));
+    let applied = ra.unwrap().len() + rb.unwrap().len();
+    assert_eq!(applied, migrate::MIGRATIONS.len(), "each migration applied exactly once");
+}
+
+#[tokio::test]
+async fn altered_or_unknown_migrations_are_refused() {
+    let db = pg::fresh_db().await;
+    let mut client = db.client().await;
+    migrate::run(&mut client).await.unwrap();
+
+    client.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1", &[]).await.unwrap();
+    let err = migrate::run(&mut client).await.unwrap_err();
+    assert!(matches!(err, MigrateError::Altered { version: 1, .. }), "{err}");
+
+    let real = migrate::checksum(&(migrate::MIGRATIONS[0].sql)());
+    client.execute("UPDATE schema_migrations SET checksum = $1 WHERE version = 1", &[&real]).await.unwrap();
+    client
+        .execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (999, 'future', 'x')", &[])
+        .await
+        .unwrap();
+    let err = migrate::run(&mut client).await.unwrap_err();
+    assert!(matches!(err, MigrateError::Unknown { version: 999, .. }), "{err}");
+}

@@ -1,0 +1,162 @@
+//! A throwaway PostgreSQL for the whole test run, and a fresh database per test.
+//!
+//! `COLLECTOR_TEST_DATABASE_URL` (an admin URL) uses an existing server instead. Otherwise one
+//! cluster is created from the machine's binaries in a temp dir, listening only on a unix
+//! socket there (no TCP port at all), run as `postgres` when the tests run as root (initdb
+//! refuses root). A shell guard stops it and removes the dir when this process exits: it holds
+//! the read end of a pipe whose write end only this process has.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    /// Admin connection string (key-value form).
+    admin: String,
+    _guard_stdin: Option<std::process::ChildStdin>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+fn bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    dirs.retain(|d| d.join("initdb").exists());
+    dirs.sort();
+    dirs.pop().expect("PostgreSQL server binaries (apt-get install postgresql)")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe extern "C" {
+        fn geteuid() -> u32;
+    }
+    unsafe { geteuid() == 0 }
+}
+
+/// Runs `program args` as postgres when root.
+fn as_pg(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn start_cluster() -> Cluster {
+    if let Ok(url) = std::env::var("COLLECTOR_TEST_DATABASE_URL") {
+        return Cluster { admin: url, _guard_stdin: None };
+    }
+    let bin = bin_dir();
+    let dir = tempfile::Builder::new().prefix("collector-pg-").tempdir().unwrap().keep();
+    if is_root() {
+        let ok = Command::new("chown").arg("postgres:").arg(&dir).status().unwrap().success();
+        assert!(ok, "chown postgres {}", dir.display());
+    }
+    let data = dir.join("data");
+    let out = as_pg(&bin.join("initdb"))
+        .arg("-D").arg(&data)
+        .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+
+    // The guard: postgres in the background; when our end of stdin closes, stop it, clean up.
+    let script = format!(
+        "{pg} -D {data} -k {dir} -c listen_addresses= -c fsync=off -c synchronous_commit=off \
+         -c full_page_writes=off -c max_connections=200 >{dir}/log 2>&1 & pid=$!; \
+         cat >/dev/null; kill -INT $pid; wait $pid; rm -rf {dir}",
+        pg = bin.join("postgres").display(),
+        data = data.display(),
+        dir = dir.display(),
+    );
+    let mut guard = as_pg(Path::new("/bin/sh"))
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = guard.stdin.take();
+    std::mem::forget(guard);
+
+    let admin = format!("host={} user=postgres dbname=postgres", dir.display());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = Command::new(bin.join("pg_isready"))
+            .arg("-h").arg(&dir).args(["-U", "postgres", "-q"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "PostgreSQL did not start; see {}/log", dir.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Cluster { admin, _guard_stdin: stdin }
+}
+
+/// The admin connection string of the test server.
+pub fn admin_url() -> String {
+    CLUSTER.get_or_init(start_cluster).admin.clone()
+}
+
+/// A database of one test.
+pub struct TestDb {
+    pub name: String,
+    /// Connection string for the collector's config.
+    pub url: String,
+}
+
+fn with_dbname(admin: &str, name: &str) -> String {
+    if admin.starts_with("postgres://") || admin.starts_with("postgresql://") {
+        let mut u = url::Url::parse(admin).unwrap();
+        u.set_path(&format!("/{name}"));
+        u.to_string()
+    } else {
+        format!("{admin} dbname={name}")
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Creates an empty database for one test.
+pub async fn fresh_db() -> TestDb {
+    let admin = admin_url();
+    let name = format!("t_{}", fastrand::u64(..));
+    connect(&admin).await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    TestDb { url: with_dbname(&admin, &name), name }
+}
+
+impl TestDb {
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    /// The pool the collector would build for this database, schema migrated.
+    pub async fn pool(&self) -> collector::db::Pool {
+        let cfg = super::config_for(self, "http://127.0.0.1:9");
+        let pool = collector::db::connect(&cfg.database).await.unwrap();
+        let mut conn = pool.get().await.unwrap();
+        collector::db::migrate::run(&mut conn).await.unwrap();
+        drop(conn);
+        pool
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client().await.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    /// Like `count`, but `None` while the query cannot run yet (schema not migrated).
+    pub async fn try_count(&self, sql: &str) -> Option<i64> {
+        self.client().await.query_one(sql, &[]).await.ok().map(|r| r.get(0))
+    }
+}
