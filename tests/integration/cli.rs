@@ -164,3 +164,18 @@ async fn collect_fills_the_catalog_and_books_keeps_them_current_and_stops_cleanl
 fn json_now() -> serde_json::Value {
     serde_json::json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
+
+#[tokio::test]
+async fn the_packaged_example_config_is_valid_and_shows_the_defaults() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/collector.toml");
+    let (code, out, err) = run(&["check-config", "--config", path]).await;
+    assert_eq!(code, 0, "{err}");
+    // Every key the example documents has the value the binary would use without it.
+    let text = std::fs::read_to_string(path).unwrap();
+    for line in text.lines().filter(|l| !l.starts_with('#') && l.contains(" = ")) {
+        let (key, value) = line.split_once(" = ").unwrap();
+        let value = value.trim_matches('"');
+        assert!(out.lines().any(|l| l.starts_with(&format!("{key} = ")) && l.contains(value)),
+            "example says {key} = {value}, effective config:\n{out}");
+    }
+}
