@@ -226,3 +226,25 @@ async fn resolutions_pass_captures_a_closed_and_resolved_market() {
     let last = queries.last().unwrap();
     assert!(last.contains("id=700005") && !last.contains("id=700004"), "{last}");
 }
+
+/// The example queries of docs/schema.md run against a real catalog, and the first one finds
+/// the fixture event's markets.
+#[tokio::test]
+async fn schema_doc_example_queries_run() {
+    let db = pg::fresh_db().await;
+    let fake = Fake::start().await;
+    let mut ev = fake::shared_fixture("gamma_event.json");
+    for m in ev["markets"].as_array_mut().unwrap() {
+        m["closed"] = json!(false);
+    }
+    fake.with(|s| s.events = vec![ev]);
+    FullSweep(ctx(&db, &fake).await).collect_once().await.unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schema.md")).unwrap();
+    let queries: Vec<&str> = doc.split("```sql").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert!(queries.len() >= 5, "found {} queries", queries.len());
+    let client = db.client().await;
+    for q in &queries {
+        client.query(*q, &[]).await.unwrap_or_else(|e| panic!("{e:?} in:\n{q}"));
+    }
+    assert_eq!(client.query(queries[0], &[]).await.unwrap().len(), 4, "2 markets × 2 outcomes");
+}

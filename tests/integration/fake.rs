@@ -165,7 +165,7 @@ fn query_string(p: &Params) -> String {
 
 /// Keyset paging over `items`: the cursor encodes the next offset. Only `after_cursor` is
 /// honoured; `cursor=` is ignored like upstream does (page 1 again, same `next_cursor`).
-fn keyset(items: Vec<Value>, p: &Params, key: &str, max_limit: usize) -> Response {
+fn keyset(items: &[&Value], p: &Params, key: &str, max_limit: usize) -> Response {
     if param(p, "offset").is_some() {
         return (StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({"error": "offset not supported on keyset endpoints"}))).into_response();
@@ -179,7 +179,7 @@ fn keyset(items: Vec<Value>, p: &Params, key: &str, max_limit: usize) -> Respons
         None => 0,
     };
     let end = (start + limit).min(items.len());
-    let page: Vec<Value> = items.get(start..end).unwrap_or(&[]).to_vec();
+    let page: Vec<&Value> = items.get(start..end).unwrap_or(&[]).to_vec();
     let mut body = json!({ key: page });
     if end < items.len() {
         body["next_cursor"] = json!(format!("ks1.{end}"));
@@ -199,11 +199,9 @@ async fn events_keyset(State(state): State<Arc<Mutex<FakeState>>>, Query(p): Que
     if let Some(r) = enter(&state, "events/keyset", query_string(&p)) {
         return r;
     }
-    let events: Vec<Value> = {
-        let s = state.lock().unwrap();
-        s.events.iter().filter(|e| closed_filter(&p, e)).cloned().collect()
-    };
-    keyset(events, &p, "events", 500)
+    let s = state.lock().unwrap();
+    let events: Vec<&Value> = s.events.iter().filter(|e| closed_filter(&p, e)).collect();
+    keyset(&events, &p, "events", 500)
 }
 
 async fn markets_keyset(State(state): State<Arc<Mutex<FakeState>>>, Query(p): Query<Params>) -> Response {
@@ -225,7 +223,8 @@ async fn markets_keyset(State(state): State<Arc<Mutex<FakeState>>>, Query(p): Qu
             markets.reverse();
         }
     }
-    keyset(markets, &p, "markets", 100)
+    let refs: Vec<&Value> = markets.iter().collect();
+    keyset(&refs, &p, "markets", 100)
 }
 
 /// Legacy offset listing: deep offsets are refused like upstream does since 2026.
