@@ -5,7 +5,8 @@
 #   scripts/run-local.sh                  # set up what is missing, then run
 #   COLLECTOR_DATABASE_URL=... scripts/run-local.sh   # use your own database, skip the setup
 #
-# State (config, password) lives in .local/ beside the repository. Stop with Ctrl-C.
+# State (config, password, status socket) lives in .local/ beside the repository. Stop with
+# Ctrl-C; meanwhile `target/release/collector status --socket .local/status.sock` shows health.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .local
@@ -49,7 +50,9 @@ fi
 
 if [ ! -f .local/collector.toml ]; then
   sed -e "s|^url = \"postgresql://.*|url = \"$db_url\"|" \
-      -e "s|^# password_file = .*|$password_line|" packaging/collector.toml > .local/collector.toml
+      -e "s|^# password_file = .*|$password_line|" \
+      -e "s|^# status_socket = .*|status_socket = \"$PWD/.local/status.sock\"|" \
+      packaging/collector.toml > .local/collector.toml
 fi
 echo "==> building"
 cargo build --release --locked

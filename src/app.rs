@@ -9,13 +9,12 @@ use tokio_util::sync::CancellationToken;
 use crate::collectors::books::BooksCollector;
 use crate::collectors::catalog::{CatalogCtx, CatalogState, FullSweep, NewMarkets, Resolutions};
 use crate::config::{Config, redact_url};
-use crate::daemon::{health, supervisor::Supervisor};
+use crate::daemon::health::{self, Health};
+use crate::daemon::supervisor::Supervisor;
+use crate::daemon::{fault, journal, status, systemd};
 use crate::db::{self, DbError, migrate};
 use crate::exit;
 use crate::polymarket::client::{ClientError, PolymarketClient, error_chain};
-
-/// How long a clean stop waits for the collectors to finish their pass.
-const DRAIN_GRACE: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -29,6 +28,8 @@ pub enum AppError {
     Signals(#[source] std::io::Error),
     #[error("second signal received during drain; exiting at once")]
     Interrupted,
+    #[error("supervisor gave up: {0}")]
+    GaveUp(String),
 }
 
 impl AppError {
@@ -68,23 +69,30 @@ pub async fn migrate(cfg: Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// `collector collect`: runs until SIGTERM or SIGINT.
+/// `collector collect`: runs until SIGTERM or SIGINT (exit 0 after the drain), a second
+/// signal during the drain (exit 130), or a collector spending its restart budget (exit 70).
 pub async fn collect(cfg: Config) -> Result<(), AppError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
     tracing::info!(
+        message_id = journal::LIFECYCLE,
         version = env!("CARGO_PKG_VERSION"),
         database = %redact_url(&cfg.database.url),
         gamma = %cfg.upstream.gamma_url, clob = %cfg.upstream.clob_url,
         catalog = cfg.catalog.enabled, books = cfg.books.enabled,
+        status_socket = %cfg.daemon.status_socket.display(),
         "collector starting"
     );
-    let (pool, applied) = connect_and_migrate(&cfg).await?;
+    let (pool, applied) = tokio::select! {
+        r = connect_and_migrate(&cfg) => r?,
+        _ = sigterm.recv() => return Ok(()),
+        _ = sigint.recv() => return Ok(()),
+    };
     tracing::info!(applied = applied.len(), "database connected, schema current");
     let client = Arc::new(PolymarketClient::new(&cfg.upstream)?);
 
     let cancel = CancellationToken::new();
-    let supervisor = Supervisor::new(cancel.clone());
+    let supervisor = Supervisor::new(cancel.clone(), &cfg.daemon, fault::from_env());
     if cfg.catalog.enabled {
         let ctx = CatalogCtx {
             client: client.clone(),
@@ -102,29 +110,56 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
         let (client, pool, books) = (client.clone(), pool.clone(), cfg.books.clone());
         supervisor.spawn_polling(move || BooksCollector::new(client.clone(), pool.clone(), books.clone()));
     }
-    let started = tokio::time::Instant::now();
-    let health_task = tokio::spawn(health::run(supervisor.clone(), started, cfg.health.log_interval, cancel.clone()));
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tracing::info!("collector running");
 
-    let which = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    let health = Health::new(supervisor.clone(), client.stats.clone(), pool.clone());
+    // The health loop is not restarted if it dies; its death is logged.
+    let health_task = tokio::spawn(health::run(health.clone(), cfg.health.log_interval, cancel.clone()));
+    let health_watch = tokio::spawn(async move {
+        match health_task.await {
+            Err(e) if e.is_panic() => tracing::error!(error = %e, "health loop died; health reports stopped"),
+            _ => {}
+        }
+    });
+    let watchdog = tokio::spawn(systemd::watchdog(supervisor.clone(), cfg.daemon.stall_timeout, Vec::new(), cancel.clone()));
+    let status_task = status::bind(&cfg.daemon.status_socket).map(|listener| {
+        tokio::spawn(status::serve(listener, cfg.daemon.status_socket.clone(), health.clone(), cancel.clone()))
+    });
+    systemd::ready();
+    tracing::info!(message_id = journal::LIFECYCLE, "collector running");
+
+    let stop = tokio::select! {
+        _ = sigterm.recv() => Ok("SIGTERM"),
+        _ = sigint.recv() => Ok("SIGINT"),
+        reason = supervisor.gave_up() => Err(reason),
     };
-    tracing::info!(signal = which, "stopping: draining collectors");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let grace = cfg.daemon.drain_grace;
+    match &stop {
+        Ok(signal) => tracing::info!(message_id = journal::LIFECYCLE, signal, grace_secs = grace.as_secs(), "stopping: draining collectors"),
+        Err(reason) => tracing::error!(message_id = journal::LIFECYCLE, reason = %reason, "stopping: restart budget spent"),
+    }
+    systemd::stopping();
+    systemd::extend_timeout(grace + Duration::from_secs(5));
     let drained = tokio::select! {
-        d = supervisor.shutdown(DRAIN_GRACE) => d,
+        d = supervisor.shutdown(grace) => d,
         _ = sigterm.recv() => return Err(AppError::Interrupted),
         _ = sigint.recv() => return Err(AppError::Interrupted),
     };
-    let _ = health_task.await;
+    let _ = health_watch.await;
+    let _ = watchdog.await;
+    if let Some(t) = status_task {
+        let _ = t.await;
+    }
     if !drained {
-        tracing::warn!(grace_secs = DRAIN_GRACE.as_secs(), "some collectors did not stop within the grace period");
+        tracing::warn!(grace_secs = grace.as_secs(), "some collectors did not stop within the grace period");
     }
     drop(pool);
-    tracing::info!("stopped cleanly");
-    Ok(())
+    match stop {
+        Ok(_) => {
+            tracing::info!(message_id = journal::LIFECYCLE, "stopped cleanly");
+            Ok(())
+        }
+        Err(reason) => Err(AppError::GaveUp(reason)),
+    }
 }
 
 /// Logs a failure with its whole chain.

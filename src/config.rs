@@ -27,6 +27,7 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub books: BooksConfig,
     pub health: HealthConfig,
+    pub daemon: DaemonConfig,
     pub log: LogConfig,
 }
 
@@ -118,6 +119,27 @@ pub struct HealthConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// How long a clean stop waits for collectors to finish and queues to flush; keep it
+    /// below the unit's `TimeoutStopSec`. Default 30 s.
+    pub drain_grace: Duration,
+    /// Unix socket serving `collector status`. Default `$RUNTIME_DIRECTORY/status.sock`, else
+    /// `/run/collector/status.sock`.
+    pub status_socket: PathBuf,
+    /// Restarts of one collector tolerated within `restart_window`; one more and the daemon
+    /// exits 70 for systemd to restart it. Default 5.
+    pub max_restarts: u32,
+    /// Default 300 s.
+    pub restart_window: Duration,
+    /// First restart delay of a crashed collector; doubles per restart up to 60 s, jittered.
+    /// Default 1000 ms.
+    pub restart_backoff_base: Duration,
+    /// A collector pass running longer than this counts as wedged and stops the systemd
+    /// watchdog pings. Default 900 s.
+    pub stall_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `collector=debug,info`). `RUST_LOG` overrides it. Default `info`.
     pub level: String,
@@ -160,6 +182,7 @@ impl Config {
         let books_t = root.table("books");
         let health_t = root.table("health");
         let log_t = root.table("log");
+        let daemon_t = root.table("daemon");
         root.finish();
 
         let mut s = Section::new("database", database_t, &mut problems);
@@ -266,6 +289,21 @@ impl Config {
         let health = HealthConfig { log_interval: s.secs("log_interval_secs", 60, 1, 86_400) };
         s.finish();
 
+        let mut s = Section::new("daemon", daemon_t, &mut problems);
+        let default_socket = match &env.runtime_directory {
+            Some(dir) => Path::new(dir).join("status.sock"),
+            None => PathBuf::from("/run/collector/status.sock"),
+        };
+        let daemon = DaemonConfig {
+            drain_grace: s.secs("drain_grace_secs", 30, 1, 3600),
+            status_socket: s.opt_string("status_socket").map(PathBuf::from).unwrap_or(default_socket),
+            max_restarts: s.int("max_restarts", 5, 0, 10_000) as u32,
+            restart_window: s.secs("restart_window_secs", 300, 1, 86_400),
+            restart_backoff_base: Duration::from_millis(s.int("restart_backoff_base_ms", 1000, 1, 600_000)),
+            stall_timeout: s.secs("stall_timeout_secs", 900, 1, 86_400),
+        };
+        s.finish();
+
         let mut s = Section::new("log", log_t, &mut problems);
         let level = s.string("level", "info");
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
@@ -275,7 +313,7 @@ impl Config {
         let log = LogConfig { level };
 
         if problems.is_empty() {
-            Ok(Config { database, upstream, catalog, books, health, log })
+            Ok(Config { database, upstream, catalog, books, health, daemon, log })
         } else {
             Err(problems)
         }
@@ -309,6 +347,8 @@ impl Config {
              \n[books]\n\
              enabled = {be}\ninterval_secs = {bi}\nbatch_size = {bs}\n\
              \n[health]\nlog_interval_secs = {hl}\n\
+             \n[daemon]\ndrain_grace_secs = {dg}\nstatus_socket = {ss:?}\nmax_restarts = {mx}\n\
+             restart_window_secs = {rwin}\nrestart_backoff_base_ms = {rbb}\nstall_timeout_secs = {st}\n\
              \n[log]\nlevel = {lvl:?}\n",
             url = redact_url(&d.url),
             password = match &d.password_source {
@@ -342,6 +382,12 @@ impl Config {
             bi = secs(b.interval),
             bs = b.batch_size,
             hl = secs(self.health.log_interval),
+            dg = secs(self.daemon.drain_grace),
+            ss = self.daemon.status_socket.display().to_string(),
+            mx = self.daemon.max_restarts,
+            rwin = secs(self.daemon.restart_window),
+            rbb = self.daemon.restart_backoff_base.as_millis(),
+            st = secs(self.daemon.stall_timeout),
             lvl = self.log.level,
         )
     }
@@ -355,6 +401,8 @@ pub struct Env {
     pub database_url: Option<String>,
     /// `CREDENTIALS_DIRECTORY`, set by systemd for `LoadCredential=`.
     pub credentials_directory: Option<String>,
+    /// `RUNTIME_DIRECTORY`, set by systemd for `RuntimeDirectory=`.
+    pub runtime_directory: Option<String>,
 }
 
 impl Env {
@@ -363,6 +411,7 @@ impl Env {
         Env {
             database_url: non_empty(DATABASE_URL_ENV),
             credentials_directory: non_empty("CREDENTIALS_DIRECTORY"),
+            runtime_directory: non_empty("RUNTIME_DIRECTORY"),
         }
     }
 }
@@ -541,6 +590,7 @@ mod tests {
         let env = Env {
             database_url: Some("postgresql://u:s3cret@db.example/x".into()),
             credentials_directory: None,
+            runtime_directory: None,
         };
         let c = Config::parse("[database]\nurl = \"postgresql://a@b/c\"\n", &env).unwrap();
         assert_eq!(c.database.url, "postgresql://u:s3cret@db.example/x");
@@ -557,6 +607,7 @@ mod tests {
         let env = Env {
             database_url: None,
             credentials_directory: Some(dir.path().display().to_string()),
+            runtime_directory: None,
         };
         let c = Config::parse("", &env).unwrap();
         assert_eq!(c.database.password.as_deref(), Some("pa55"));

@@ -13,7 +13,8 @@ pub fn init(level: &str) -> &'static str {
     // systemd sets JOURNAL_STREAM when stdout/stderr are connected to the journal.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(journald) = tracing_journald::layer() {
-            let journald = journald.with_syslog_identifier("collector".into());
+            // No field prefix: `message_id` becomes MESSAGE_ID, `collector` COLLECTOR, ...
+            let journald = journald.with_syslog_identifier("collector".into()).with_field_prefix(None);
             if tracing_subscriber::registry().with(filter.clone()).with(journald).try_init().is_ok() {
                 return "journald";
             }
@@ -23,6 +24,64 @@ pub fn init(level: &str) -> &'static str {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .fmt_fields(HumanFields)
         .try_init();
     "stderr"
+}
+
+/// Field formatting for stderr: the message, then `key=value` pairs — except on health
+/// records, whose fields are for journald and would only clutter the report lines. The
+/// `message_id` itself is journald's business too.
+struct HumanFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for HumanFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut v = Collect::default();
+        fields.record(&mut v);
+        let mut first = true;
+        if let Some(m) = &v.message {
+            write!(writer, "{m}")?;
+            first = false;
+        }
+        if v.message_id.as_deref() == Some(crate::daemon::journal::HEALTH) {
+            return Ok(());
+        }
+        for (k, val) in &v.fields {
+            if !first {
+                write!(writer, " ")?;
+            }
+            write!(writer, "{k}={val}")?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Collect {
+    message: Option<String>,
+    message_id: Option<String>,
+    fields: Vec<(&'static str, String)>,
+}
+
+impl tracing::field::Visit for Collect {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = Some(format!("{value:?}")),
+            "message_id" => self.message_id = Some(format!("{value:?}")),
+            name => self.fields.push((name, format!("{value:?}"))),
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.message = Some(value.to_string()),
+            "message_id" => self.message_id = Some(value.to_string()),
+            name => self.fields.push((name, value.to_string())),
+        }
+    }
 }

@@ -23,6 +23,7 @@ enum Command {
     Collect(Collect),
     Migrate(Migrate),
     CheckConfig(CheckConfig),
+    Status(Status),
 }
 
 /// run the daemon until SIGTERM or SIGINT
@@ -52,6 +53,45 @@ struct CheckConfig {
     config: PathBuf,
 }
 
+/// print the running daemon's live health
+#[derive(FromArgs)]
+#[argh(subcommand, name = "status")]
+struct Status {
+    /// print the health snapshot as JSON
+    #[argh(switch)]
+    json: bool,
+    /// the daemon's status socket (default $RUNTIME_DIRECTORY/status.sock, else
+    /// /run/collector/status.sock)
+    #[argh(option)]
+    socket: Option<PathBuf>,
+}
+
+/// `collector status`: exit 0 with the health, 69 when no daemon answers.
+fn status(args: Status) -> ExitCode {
+    let socket = args.socket.unwrap_or_else(|| {
+        let env = config::Env::from_process();
+        match env.runtime_directory {
+            Some(dir) => PathBuf::from(dir).join("status.sock"),
+            None => PathBuf::from("/run/collector/status.sock"),
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    match runtime.block_on(collector::daemon::status::fetch(&socket)) {
+        Ok(h) if args.json => {
+            println!("{}", serde_json::to_string_pretty(&h).expect("serialises"));
+            ExitCode::SUCCESS
+        }
+        Ok(h) => {
+            print!("{}", collector::daemon::status::render(&h));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("collector: {e}");
+            ExitCode::from(exit::UNAVAILABLE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -79,10 +119,15 @@ fn main() -> ExitCode {
         eprintln!("a command is required: collect, migrate or check-config (see --help)");
         return ExitCode::from(exit::USAGE);
     };
+    let command = match command {
+        Command::Status(args) => return status(args),
+        other => other,
+    };
     let path = match &command {
         Command::Collect(c) => &c.config,
         Command::Migrate(c) => &c.config,
         Command::CheckConfig(c) => &c.config,
+        Command::Status(_) => unreachable!("handled above"),
     };
     let cfg = match Config::load(path) {
         Ok(cfg) => cfg,
@@ -110,7 +155,7 @@ fn main() -> ExitCode {
         match command {
             Command::Collect(_) => app::collect(cfg).await,
             Command::Migrate(_) => app::migrate(cfg).await,
-            Command::CheckConfig(_) => unreachable!("handled above"),
+            Command::CheckConfig(_) | Command::Status(_) => unreachable!("handled above"),
         }
     });
     match result {

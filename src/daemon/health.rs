@@ -1,12 +1,160 @@
-//! The health log (DESIGN §2): a header and one line per collector, every
-//! `health.log_interval_secs`.
+//! Health (DESIGN §2): the `get_health()` snapshot, the periodic health log with structured
+//! journald fields, and the systemd `STATUS=` line.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::journal;
 use super::supervisor::Supervisor;
+use super::systemd;
+use crate::db::Pool;
+use crate::polymarket::client::ClientStats;
+
+/// The whole daemon's health at one instant (`collector status --json` prints it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HealthSnapshot {
+    pub uptime_seconds: u64,
+    pub tasks_alive: usize,
+    pub tasks_dead: usize,
+    pub total_restarts: u64,
+    pub collectors: BTreeMap<String, CollectorHealth>,
+    /// The live stream's health; `None` while the stream is not running.
+    pub trade_listener: Option<TradeListenerHealth>,
+    pub upstream: UpstreamHealth,
+    /// Open markets in the catalog (as of the last health tick).
+    pub open_markets: Option<i64>,
+}
+
+/// One polling collector (DESIGN §2 stats plus supervision).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CollectorHealth {
+    pub last_collect_ts: Option<chrono::DateTime<chrono::Utc>>,
+    pub total_items: u64,
+    pub error_count: u64,
+    pub last_error: Option<String>,
+    pub restarts: u64,
+    pub alive: bool,
+    /// How long the pass in progress has been running (seconds); `None` between passes.
+    pub pass_running_secs: Option<f64>,
+}
+
+/// The stream's health (filled by the stream collector).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TradeListenerHealth {
+    pub trades_received: u64,
+    pub trades_inserted: u64,
+    pub connections_active: u64,
+    pub connections_total: u64,
+    pub queue_depth: u64,
+    pub spool_bytes: u64,
+    pub gaps: u64,
+    pub reconnects: u64,
+    pub stalls: u64,
+    pub quarantined: u64,
+}
+
+/// Something that reports the stream's health.
+pub trait StreamHealth: Send + Sync {
+    fn snapshot(&self) -> TradeListenerHealth;
+}
+
+/// REST client counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct UpstreamHealth {
+    pub requests: u64,
+    pub retries: u64,
+    pub rate_limited: u64,
+    pub server_errors: u64,
+    pub html_pages: u64,
+    pub transport_errors: u64,
+    pub malformed_bodies: u64,
+    pub client_errors: u64,
+    pub gave_up: u64,
+}
+
+/// What health is computed from.
+#[derive(Clone)]
+pub struct Health {
+    pub started: Instant,
+    pub supervisor: Supervisor,
+    pub client_stats: Arc<ClientStats>,
+    pub stream: Option<Arc<dyn StreamHealth>>,
+    pub pool: Pool,
+    open_markets: Arc<std::sync::Mutex<Option<i64>>>,
+}
+
+impl Health {
+    pub fn new(supervisor: Supervisor, client_stats: Arc<ClientStats>, pool: Pool) -> Self {
+        Health {
+            started: Instant::now(),
+            supervisor,
+            client_stats,
+            stream: None,
+            pool,
+            open_markets: Arc::default(),
+        }
+    }
+
+    /// `get_health()`.
+    pub fn get_health(&self) -> HealthSnapshot {
+        let tasks = self.supervisor.tasks();
+        let collectors: BTreeMap<String, CollectorHealth> = tasks
+            .iter()
+            .map(|(name, t)| {
+                let s = t.stats.snapshot();
+                (name.to_string(), CollectorHealth {
+                    last_collect_ts: s.last_collect_ts,
+                    total_items: s.total_items,
+                    error_count: s.error_count,
+                    last_error: s.last_error,
+                    restarts: t.restarts.load(Ordering::Relaxed),
+                    alive: t.alive.load(Ordering::Relaxed),
+                    pass_running_secs: t.stats.pass_running_for().map(|d| d.as_secs_f64()),
+                })
+            })
+            .collect();
+        let alive = collectors.values().filter(|c| c.alive).count();
+        let c = &self.client_stats;
+        let get = ClientStats::get;
+        HealthSnapshot {
+            uptime_seconds: self.started.elapsed().as_secs(),
+            tasks_alive: alive,
+            tasks_dead: collectors.len() - alive,
+            total_restarts: collectors.values().map(|c| c.restarts).sum(),
+            collectors,
+            trade_listener: self.stream.as_ref().map(|s| s.snapshot()),
+            upstream: UpstreamHealth {
+                requests: get(&c.requests),
+                retries: get(&c.retries),
+                rate_limited: get(&c.rate_limited),
+                server_errors: get(&c.server_errors),
+                html_pages: get(&c.html_pages),
+                transport_errors: get(&c.transport_errors),
+                malformed_bodies: get(&c.malformed_bodies),
+                client_errors: get(&c.client_errors),
+                gave_up: get(&c.gave_up),
+            },
+            open_markets: *self.open_markets.lock().expect("health lock"),
+        }
+    }
+
+    async fn refresh_open_markets(&self) {
+        let query = async {
+            let conn = self.pool.get().await.ok()?;
+            let row = conn.query_one("SELECT count(*) FROM markets WHERE closed IS NOT TRUE", &[]).await.ok()?;
+            Some(row.get::<_, i64>(0))
+        };
+        if let Ok(Some(n)) = tokio::time::timeout(Duration::from_secs(5), query).await {
+            *self.open_markets.lock().expect("health lock") = Some(n);
+        }
+    }
+}
 
 /// `Xh Ym`, or `Ym Zs` under an hour.
 pub fn format_uptime(d: Duration) -> String {
@@ -14,29 +162,105 @@ pub fn format_uptime(d: Duration) -> String {
     if s >= 3600 { format!("{}h {}m", s / 3600, s % 3600 / 60) } else { format!("{}m {}s", s / 60, s % 60) }
 }
 
-/// Logs health until cancelled.
-pub async fn run(supervisor: Supervisor, started: Instant, interval: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval_at(started + interval, interval);
+/// The human report: the header, one line per collector, the stream line (DESIGN §2).
+pub fn report_lines(h: &HealthSnapshot) -> Vec<String> {
+    let mut lines = vec![format!(
+        "=== Daemon Health === uptime: {} | tasks: {} alive, {} dead | restarts: {}",
+        format_uptime(Duration::from_secs(h.uptime_seconds)), h.tasks_alive, h.tasks_dead, h.total_restarts
+    )];
+    for (name, c) in &h.collectors {
+        let last = c.last_collect_ts.map_or_else(
+            || "never".to_string(),
+            |ts| ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+        lines.push(format!("  {}: items={} errors={} last={}", name, c.total_items, c.error_count, last));
+    }
+    if let Some(t) = &h.trade_listener {
+        lines.push(format!(
+            "  trades: received={} inserted={} conns={} queue={}",
+            t.trades_received, t.trades_inserted, t.connections_active, t.queue_depth
+        ));
+    }
+    lines
+}
+
+/// The systemd `STATUS=` line; `trades_per_min` is the insert rate since the last tick.
+pub fn status_line(h: &HealthSnapshot, trades_per_min: Option<u64>) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = h.open_markets {
+        parts.push(format!("markets {m}"));
+    }
+    if let Some(t) = &h.trade_listener {
+        parts.push(format!("ws {}/{}", t.connections_active, t.connections_total));
+        parts.push(format!("trades {} (+{}/min)", t.trades_inserted, trades_per_min.unwrap_or(0)));
+        parts.push(format!("queue {}", t.queue_depth));
+        parts.push(format!("gaps {}", t.gaps));
+    }
+    if let Some(b) = h.collectors.get("books") {
+        parts.push(format!("books {}", b.total_items));
+    }
+    let errors: u64 = h.collectors.values().map(|c| c.error_count).sum();
+    parts.push(format!("errors {errors}"));
+    parts.push(format!("restarts {}", h.total_restarts));
+    parts.join(" | ")
+}
+
+/// Logs the report and refreshes `STATUS=` every `interval`, until cancelled. Each record
+/// carries structured fields (journald makes them queryable) and `MESSAGE_ID` = HEALTH.
+pub async fn run(health: Health, interval: Duration, cancel: CancellationToken) {
+    health.refresh_open_markets().await;
+    let first = health.get_health();
+    systemd::status(&status_line(&first, None));
+    let mut last_inserted = first.trade_listener.as_ref().map(|t| t.trades_inserted);
+    let mut last_tick = Instant::now();
+    let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let tasks = supervisor.tasks();
-        let alive = tasks.values().filter(|t| t.alive.load(std::sync::atomic::Ordering::Relaxed)).count();
-        let restarts: u64 = tasks.values().map(|t| t.restarts.load(std::sync::atomic::Ordering::Relaxed)).sum();
+        health.refresh_open_markets().await;
+        let h = health.get_health();
+        let lines = report_lines(&h);
+        let t = h.trade_listener.clone().unwrap_or_default();
         tracing::info!(
-            "=== Daemon Health === uptime: {} | tasks: {} alive, {} dead | restarts: {}",
-            format_uptime(started.elapsed()), alive, tasks.len() - alive, restarts
+            message_id = journal::HEALTH,
+            uptime_secs = h.uptime_seconds,
+            tasks_alive = h.tasks_alive,
+            tasks_dead = h.tasks_dead,
+            restarts = h.total_restarts,
+            open_markets = h.open_markets.unwrap_or(-1),
+            trades_received = t.trades_received,
+            trades_inserted = t.trades_inserted,
+            connections = t.connections_active,
+            queue_depth = t.queue_depth,
+            spool_bytes = t.spool_bytes,
+            gaps = t.gaps,
+            "{}", lines[0]
         );
-        for (name, t) in &tasks {
-            let s = t.stats.snapshot();
-            let last = s.last_collect_ts.map_or_else(
-                || "never".to_string(),
-                |ts| ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        for (line, (name, c)) in lines[1..].iter().zip(&h.collectors) {
+            tracing::info!(
+                message_id = journal::HEALTH,
+                collector = name.as_str(),
+                items = c.total_items,
+                errors = c.error_count,
+                last_collect = c.last_collect_ts.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                "{line}"
             );
-            tracing::info!("  {}: items={} errors={} last={}", name, s.total_items, s.error_count, last);
         }
+        if h.trade_listener.is_some() {
+            tracing::info!(message_id = journal::HEALTH, collector = "trades", "{}", lines.last().expect("stream line"));
+        }
+        let per_min = match (last_inserted, &h.trade_listener) {
+            (Some(before), Some(now)) => {
+                let secs = last_tick.elapsed().as_secs_f64().max(1.0);
+                Some(((now.trades_inserted.saturating_sub(before)) as f64 * 60.0 / secs) as u64)
+            }
+            _ => None,
+        };
+        last_inserted = h.trade_listener.as_ref().map(|t| t.trades_inserted);
+        last_tick = Instant::now();
+        systemd::status(&status_line(&h, per_min));
     }
 }
 
@@ -49,5 +273,41 @@ mod tests {
         assert_eq!(format_uptime(Duration::from_secs(2 * 3600 + 13 * 60 + 5)), "2h 13m");
         assert_eq!(format_uptime(Duration::from_secs(59 * 60 + 7)), "59m 7s");
         assert_eq!(format_uptime(Duration::from_secs(3)), "0m 3s");
+    }
+
+    fn snapshot() -> HealthSnapshot {
+        let mut collectors = BTreeMap::new();
+        collectors.insert("books".to_string(), CollectorHealth {
+            last_collect_ts: Some("2026-11-28T04:01:00Z".parse().unwrap()),
+            total_items: 48213, error_count: 2, last_error: None, restarts: 1, alive: true,
+            pass_running_secs: None,
+        });
+        HealthSnapshot {
+            uptime_seconds: 2 * 3600 + 13 * 60,
+            tasks_alive: 5, tasks_dead: 0, total_restarts: 1, collectors,
+            trade_listener: Some(TradeListenerHealth {
+                trades_received: 91234, trades_inserted: 91234, connections_active: 12,
+                connections_total: 12, queue_depth: 0, gaps: 2, ..Default::default()
+            }),
+            upstream: UpstreamHealth::default(),
+            open_markets: Some(15234),
+        }
+    }
+
+    #[test]
+    fn report_lines_match_the_design_exactly() {
+        assert_eq!(report_lines(&snapshot()), vec![
+            "=== Daemon Health === uptime: 2h 13m | tasks: 5 alive, 0 dead | restarts: 1",
+            "  books: items=48213 errors=2 last=2026-11-28T04:01:00Z",
+            "  trades: received=91234 inserted=91234 conns=12 queue=0",
+        ]);
+    }
+
+    #[test]
+    fn status_line_summarises() {
+        assert_eq!(
+            status_line(&snapshot(), Some(840)),
+            "markets 15234 | ws 12/12 | trades 91234 (+840/min) | queue 0 | gaps 2 | books 48213 | errors 2 | restarts 1"
+        );
     }
 }

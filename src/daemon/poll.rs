@@ -2,16 +2,19 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::fault::Fault;
 use crate::collectors::Collector;
 
 /// Per-collector stats, updated by its polling loop.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CollectorStats {
     /// Set after each successful `collect_once` (UTC).
     last_collect_ts: Mutex<Option<DateTime<Utc>>>,
@@ -20,10 +23,26 @@ pub struct CollectorStats {
     error_count: AtomicU64,
     /// Text of the last failure.
     last_error: Mutex<Option<String>>,
+    /// When the pass in progress started (ms after `epoch`); 0 when idle.
+    pass_started_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for CollectorStats {
+    fn default() -> Self {
+        CollectorStats {
+            last_collect_ts: Mutex::new(None),
+            total_items: AtomicU64::new(0),
+            error_count: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            pass_started_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// A copy of [`CollectorStats`] at one instant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     pub last_collect_ts: Option<DateTime<Utc>>,
     pub total_items: u64,
@@ -42,6 +61,23 @@ impl CollectorStats {
         *self.last_error.lock().expect("stats lock") = Some(error);
     }
 
+    fn pass_begins(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.pass_started_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    fn pass_ends(&self) {
+        self.pass_started_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the pass in progress has been running, if one is.
+    pub fn pass_running_for(&self) -> Option<Duration> {
+        match self.pass_started_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.epoch.elapsed().saturating_sub(Duration::from_millis(ms))),
+        }
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             last_collect_ts: *self.last_collect_ts.lock().expect("stats lock"),
@@ -55,16 +91,30 @@ impl CollectorStats {
 /// Runs `collector` until `cancel` fires: `collect_once`, record, wait `interval`. A failed
 /// pass is logged and counted and the loop goes on; cancellation is honoured between passes
 /// and while waiting, and also interrupts a pass in progress (its transaction rolls back, and
-/// every pass is idempotent).
-pub async fn run<C: Collector>(mut collector: C, stats: &CollectorStats, cancel: CancellationToken) {
+/// every pass is idempotent). `fault` is the test-only hook (see [`super::fault`]).
+pub async fn run<C: Collector>(mut collector: C, stats: &CollectorStats, cancel: CancellationToken, fault: Option<Fault>) {
     let name = collector.name();
     let span = tracing::info_span!("collector", collector = name);
     async move {
+        let mut passes = 0u64;
         loop {
+            stats.pass_begins();
+            passes += 1;
+            if fault == Some(Fault::Stubborn) && passes > 1 {
+                // Test hook: a pass that ignores the stop request.
+                std::future::pending::<()>().await;
+            }
             let pass = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = collector.collect_once() => r,
+                r = async {
+                    match fault {
+                        Some(Fault::Panic) => panic!("injected fault: {name} panics"),
+                        Some(Fault::Wedge) if passes > 1 => std::future::pending().await,
+                        _ => collector.collect_once().await,
+                    }
+                } => r,
             };
+            stats.pass_ends();
             match pass {
                 Ok(items) => {
                     stats.record_success(items);

@@ -6,6 +6,7 @@ mod books;
 mod catalog;
 mod cli;
 mod client;
+mod daemon;
 mod fake;
 mod migrations;
 mod pg;

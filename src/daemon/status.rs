@@ -1,0 +1,110 @@
+//! `collector status`: the daemon serves its `get_health()` snapshot as one JSON document on a
+//! unix socket (mode 0600: the service's user and root only); the command reads and prints it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use super::health::{Health, HealthSnapshot, report_lines};
+
+/// Binds `path` (replacing a stale socket of a previous run). `None`, with a warning, when it
+/// cannot: the daemon runs on without a status socket.
+pub fn bind(path: &Path) -> Option<UnixListener> {
+    if path.exists() {
+        // A live daemon would answer; a stale file from a crash is removed.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            tracing::warn!(socket = %path.display(), "another collector answers on the status socket; not serving status");
+            return None;
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = match UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(socket = %path.display(), error = %e, "cannot bind the status socket; `collector status` will not work");
+            return None;
+        }
+    };
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(socket = %path.display(), error = %e, "cannot restrict the status socket");
+    }
+    Some(listener)
+}
+
+/// Answers every connection with the current health, until cancelled; removes the socket.
+pub async fn serve(listener: UnixListener, path: PathBuf, health: Health, cancel: CancellationToken) {
+    loop {
+        let (mut conn, _) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "status socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let body = serde_json::to_vec(&health.get_health()).expect("health serialises");
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.write_all(&body)).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("no collector daemon is running (cannot connect to {path}: {source})")]
+    NotRunning { path: String, source: std::io::Error },
+    #[error("the daemon at {path} did not answer: {detail}")]
+    BadAnswer { path: String, detail: String },
+}
+
+/// Reads the running daemon's health from `path`.
+pub async fn fetch(path: &Path) -> Result<HealthSnapshot, StatusError> {
+    let shown = path.display().to_string();
+    let mut conn = UnixStream::connect(path)
+        .await
+        .map_err(|source| StatusError::NotRunning { path: shown.clone(), source })?;
+    let mut body = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut body))
+        .await
+        .map_err(|_| StatusError::BadAnswer { path: shown.clone(), detail: "timed out".into() })?
+        .map_err(|e| StatusError::BadAnswer { path: shown.clone(), detail: e.to_string() })?;
+    serde_json::from_slice(&body).map_err(|e| StatusError::BadAnswer { path: shown, detail: e.to_string() })
+}
+
+/// The human form of `collector status`.
+pub fn render(h: &HealthSnapshot) -> String {
+    let mut out = report_lines(h).join("\n");
+    out.push('\n');
+    for (name, c) in &h.collectors {
+        if let Some(e) = &c.last_error {
+            out.push_str(&format!("  {name}: last error: {e}\n"));
+        }
+        if c.restarts > 0 || !c.alive {
+            out.push_str(&format!("  {name}: restarts={} alive={}\n", c.restarts, c.alive));
+        }
+    }
+    if let Some(m) = h.open_markets {
+        out.push_str(&format!("  catalog: open markets={m}\n"));
+    }
+    let u = &h.upstream;
+    out.push_str(&format!(
+        "  upstream: requests={} retries={} rate_limited={} server_errors={} html_pages={} transport_errors={} gave_up={}\n",
+        u.requests, u.retries, u.rate_limited, u.server_errors, u.html_pages, u.transport_errors, u.gave_up
+    ));
+    if let Some(t) = &h.trade_listener {
+        out.push_str(&format!(
+            "  stream: conns={}/{} reconnects={} stalls={} gaps={} spool_bytes={} quarantined={}\n",
+            t.connections_active, t.connections_total, t.reconnects, t.stalls, t.gaps, t.spool_bytes, t.quarantined
+        ));
+    }
+    out
+}

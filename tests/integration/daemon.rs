@@ -1,0 +1,380 @@
+//! The daemon as systemd sees it: the real binary with `NOTIFY_SOCKET` on a datagram socket
+//! this test owns, `WATCHDOG_USEC`, signals, the status socket, the fault hook, journald.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UnixDatagram;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::fake::{self, Fake};
+use crate::{config_text, eventually, pg};
+
+/// Datagrams received from the daemon, with their arrival time.
+#[derive(Clone, Default)]
+struct Notes(Arc<Mutex<Vec<(Instant, String)>>>);
+
+impl Notes {
+    fn listen(path: &Path) -> Notes {
+        let sock = UnixDatagram::bind(path).unwrap();
+        let notes = Notes::default();
+        let n = notes.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(len) = sock.recv(&mut buf).await {
+                let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+                for line in text.lines() {
+                    n.0.lock().unwrap().push((Instant::now(), line.to_string()));
+                }
+            }
+        });
+        notes
+    }
+
+    fn all(&self) -> Vec<(Instant, String)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn times_of(&self, prefix: &str) -> Vec<Instant> {
+        self.all().into_iter().filter(|(_, l)| l.starts_with(prefix)).map(|(t, _)| t).collect()
+    }
+
+    fn has(&self, prefix: &str) -> bool {
+        !self.times_of(prefix).is_empty()
+    }
+}
+
+/// Stderr lines of a child, collected as they come.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+struct Daemon {
+    child: Child,
+    log: Log,
+    notes: Notes,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `collector collect` on `db` and `fake` with `extra` config, `env` added.
+    async fn start(db: &pg::TestDb, fake: &Fake, extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("status.sock");
+        let notify = dir.path().join("notify.sock");
+        let notes = Notes::listen(&notify);
+        let text = config_text(db, &fake.url(), &format!("[daemon]\nstatus_socket = \"{}\"\n{extra}", socket.display()));
+        let config = dir.path().join("collector.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_collector"));
+        cmd.args(["collect", "--config", config.to_str().unwrap()])
+            .env_remove("COLLECTOR_DATABASE_URL")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", &notify)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let log = Log::default();
+        let l = log.clone();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                l.0.lock().unwrap().push(line);
+            }
+        });
+        Daemon { child, log, notes, socket, _dir: dir }
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe extern "C" {
+            fn kill(pid: i32, sig: i32) -> i32;
+        }
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { kill(pid, sig) }, 0);
+    }
+
+    async fn exit_code(&mut self, within: u64) -> i32 {
+        let status = tokio::time::timeout(Duration::from_secs(within), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("did not exit within {within} s; log:\n{}", self.log.text()))
+            .unwrap();
+        status.code().unwrap_or(-1)
+    }
+
+    /// Waits until the books pass the stubborn fault holds has been running for a while.
+    async fn stubborn_pass_running(&self) {
+        eventually(20, "the stubborn books pass", || async {
+            let (code, json) = self.status(true).await;
+            code == 0 && serde_json::from_str::<serde_json::Value>(&json).unwrap()["collectors"]["books"]["pass_running_secs"]
+                .as_f64()
+                .is_some_and(|s| s > 0.5)
+        })
+        .await;
+    }
+
+    async fn status(&self, json: bool) -> (i32, String) {
+        let mut args = vec!["status", "--socket", self.socket.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_collector")).args(&args).output().await.unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+async fn small_fake() -> Fake {
+    let fake = Fake::start().await;
+    fake.with(|s| s.events = (0..3).map(|e| fake::event(e, 2)).collect());
+    fake::books_for_all(&fake, 1_795_683_663_127);
+    fake
+}
+
+const FAST: &str = "[catalog]\nfull_sweep_interval_secs = 1\nnew_markets_interval_secs = 1\nresolutions_interval_secs = 1\n\
+                    [books]\ninterval_secs = 1\n[health]\nlog_interval_secs = 1\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_after_migrations_then_status_watchdog_health_and_clean_stop() {
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let mut d = Daemon::start(&db, &fake, &format!("drain_grace_secs = 5\n{FAST}"), &[("WATCHDOG_USEC", "1000000")]).await;
+
+    eventually(20, "READY=1", || async { d.notes.has("READY=1") }).await;
+    // By READY the schema exists and every collector was started.
+    assert!(db.try_count("SELECT count(*) FROM schema_migrations").await.unwrap() >= 1);
+
+    eventually(20, "two health reports, STATUS updates, watchdog pings", || async {
+        d.log.count("=== Daemon Health === uptime:") >= 2
+            && d.notes.times_of("STATUS=").len() >= 2
+            && d.notes.times_of("WATCHDOG=1").len() >= 4
+    })
+    .await;
+    let ready_at = d.notes.times_of("READY=1")[0];
+    let pings = d.notes.times_of("WATCHDOG=1");
+    for w in pings.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(gap >= Duration::from_millis(300) && gap <= Duration::from_millis(900), "ping every WATCHDOG_USEC/2 = 500 ms, got {gap:?}");
+    }
+    assert!(pings[0] >= ready_at - Duration::from_millis(600), "pings start with the daemon");
+    let status_lines: Vec<String> = d.notes.all().into_iter().filter(|(_, l)| l.starts_with("STATUS=")).map(|(_, l)| l).collect();
+    assert!(status_lines.last().unwrap().contains("markets 6 |"), "{status_lines:?}");
+    assert!(status_lines.last().unwrap().contains("restarts 0"), "{status_lines:?}");
+    let log = d.log.text();
+    assert!(log.contains("  books: items=") && log.contains("  catalog: items="), "{log}");
+
+    let (code, json) = d.status(true).await;
+    assert_eq!(code, 0);
+    let h: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(h["tasks_alive"], 4, "{json}");
+    assert_eq!(h["tasks_dead"], 0);
+    assert_eq!(h["total_restarts"], 0);
+    assert!(h["uptime_seconds"].as_u64().is_some());
+    assert!(h["collectors"]["books"]["total_items"].as_u64().unwrap() >= 12, "{json}");
+    assert!(h["collectors"]["catalog"]["last_collect_ts"].is_string(), "{json}");
+    let (code, human) = d.status(false).await;
+    assert_eq!(code, 0);
+    assert!(human.starts_with("=== Daemon Health === uptime: "), "{human}");
+
+    d.signal(SIGTERM);
+    assert_eq!(d.exit_code(20).await, 0, "{}", d.log.text());
+    assert!(d.notes.has("STOPPING=1"));
+    assert!(d.notes.has("EXTEND_TIMEOUT_USEC="));
+    assert!(!d.socket.exists(), "the status socket is removed on exit");
+    let (code, _) = d.status(true).await;
+    assert_eq!(code, 69, "no daemon: exit 69");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_collector_stops_the_watchdog_pings() {
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let d = Daemon::start(&db, &fake, &format!("stall_timeout_secs = 1\n{FAST}"),
+        &[("WATCHDOG_USEC", "400000"), ("COLLECTOR_FAULT_INJECT", "wedge:books")]).await;
+    eventually(20, "watchdog pings while healthy", || async { d.notes.times_of("WATCHDOG=1").len() >= 2 }).await;
+    eventually(20, "wedge detected", || async { d.log.count("withholding watchdog pings") >= 1 }).await;
+    let detected = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let late: Vec<_> = d.notes.times_of("WATCHDOG=1").into_iter().filter(|t| *t > detected).collect();
+    assert!(late.is_empty(), "no pings once wedged, got {}", late.len());
+    assert!(d.log.text().contains("collector books has been in one pass"), "{}", d.log.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_collector_is_restarted_with_growing_delays_until_the_budget_is_spent() {
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let mut d = Daemon::start(&db, &fake,
+        &format!("max_restarts = 3\nrestart_window_secs = 60\nrestart_backoff_base_ms = 200\n{FAST}"),
+        &[("COLLECTOR_FAULT_INJECT", "panic:books")]).await;
+    eventually(20, "first restart", || async { d.log.count("collector task died, restarting") >= 1 }).await;
+    // Restarts are ≥ 700 ms apart in total before the budget is spent: the daemon still runs.
+    let (code, json) = d.status(true).await;
+    assert_eq!(code, 0, "{}", d.log.text());
+    let h: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(h["collectors"]["books"]["restarts"].as_u64().unwrap() >= 1, "{json}");
+    assert!(h["total_restarts"].as_u64().unwrap() >= 1, "{json}");
+    assert_eq!(d.exit_code(30).await, 70, "budget spent: exit 70 for systemd to restart");
+    let log = d.log.text();
+    let delays: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("collector task died, restarting"))
+        .map(|l| l.split("delay_ms=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(delays.len(), 3, "{log}");
+    // Full jitter in the upper half of a doubling ceiling: 100–200, 200–400, 400–800 ms.
+    for (k, d) in delays.iter().enumerate() {
+        let ceiling = 200u64 << k;
+        assert!(*d >= ceiling / 2 && *d <= ceiling, "restart {k}: {d} ms not in {}..={ceiling}: {delays:?}", ceiling / 2);
+    }
+    assert!(log.contains("giving up"), "{log}");
+    assert!(log.contains("catalog: items=") || log.contains("collector running"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_the_drain_exits_at_once() {
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let mut d = Daemon::start(&db, &fake, &format!("drain_grace_secs = 60\n{FAST}"),
+        &[("COLLECTOR_FAULT_INJECT", "stubborn:books")]).await;
+    d.stubborn_pass_running().await;
+    d.signal(SIGTERM);
+    eventually(10, "STOPPING", || async { d.notes.has("STOPPING=1") }).await;
+    let t = Instant::now();
+    d.signal(SIGINT);
+    let code = d.exit_code(10).await;
+    assert_eq!(code, 130, "{}", d.log.text());
+    assert!(t.elapsed() < Duration::from_secs(5), "exited at once, not after the 60 s grace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_is_bounded_by_the_grace_period() {
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let mut d = Daemon::start(&db, &fake, &format!("drain_grace_secs = 1\n{FAST}"),
+        &[("COLLECTOR_FAULT_INJECT", "stubborn:books")]).await;
+    d.stubborn_pass_running().await;
+    let t = Instant::now();
+    d.signal(SIGTERM);
+    assert_eq!(d.exit_code(10).await, 0);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(d.log.text().contains("did not stop within the grace period"), "{}", d.log.text());
+}
+
+/// Journald's native protocol: `KEY=value\n`, or `KEY\n` + u64 LE length + bytes + `\n`.
+fn decode_journal(mut b: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let nl = b.iter().position(|&c| c == b'\n').unwrap_or(b.len());
+        let line = &b[..nl];
+        if let Some(eq) = line.iter().position(|&c| c == b'=') {
+            out.push((String::from_utf8_lossy(&line[..eq]).into(), String::from_utf8_lossy(&line[eq + 1..]).into()));
+            b = &b[(nl + 1).min(b.len())..];
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let rest = &b[nl + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            out.push((key, String::from_utf8_lossy(&rest[8..8 + len]).into()));
+            b = &rest[(8 + len + 1).min(rest.len())..];
+        }
+    }
+    out
+}
+
+#[test]
+fn journal_decoder_reads_both_forms() {
+    let mut d = b"MESSAGE=hi\nPRIORITY=6\n".to_vec();
+    d.extend_from_slice(b"MULTI\n");
+    d.extend_from_slice(&5u64.to_le_bytes());
+    d.extend_from_slice(b"a\nb c\n");
+    let f = decode_journal(&d);
+    assert_eq!(f, vec![("MESSAGE".into(), "hi".into()), ("PRIORITY".into(), "6".into()), ("MULTI".into(), "a\nb c".into())]);
+}
+
+/// Runs the daemon in a private mount namespace where `/run/systemd/journal/socket` is a
+/// socket this test bound, and decodes the records journald would have stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_records_reach_journald_with_fields_and_message_ids() {
+    let probe = std::process::Command::new("unshare").args(["-m", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: unshare -m is not permitted here (needs root)");
+        return;
+    }
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let jdir = dir.path().join("journal");
+    std::fs::create_dir(&jdir).unwrap();
+    let sock = UnixDatagram::bind(jdir.join("socket")).unwrap();
+    let config = dir.path().join("collector.toml");
+    std::fs::write(&config, config_text(&db, &fake.url(),
+        &format!("[daemon]\nstatus_socket = \"{}/s.sock\"\n{FAST}", dir.path().display()))).unwrap();
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+         mount --bind {jdir} /run/systemd/journal && exec {bin} collect --config {config}",
+        jdir = jdir.display(), bin = env!("CARGO_BIN_EXE_collector"), config = config.display());
+    let mut child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env("JOURNAL_STREAM", "8:1234")
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut records: Vec<Vec<(String, String)>> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 1 << 20];
+    while Instant::now() < deadline {
+        let got = tokio::time::timeout(Duration::from_millis(500), sock.recv(&mut buf)).await;
+        if let Ok(Ok(n)) = got {
+            records.push(decode_journal(&buf[..n]));
+        }
+        let headers = records.iter().filter(|r| r.iter().any(|(k, v)| k == "MESSAGE" && v.starts_with("=== Daemon Health ==="))).count();
+        if headers >= 1 && records.iter().any(|r| r.iter().any(|(k, v)| k == "COLLECTOR" && v == "books") && r.iter().any(|(k, _)| k == "ITEMS")) {
+            break;
+        }
+    }
+    let _ = child.start_kill();
+    let field = |r: &Vec<(String, String)>, k: &str| r.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let header = records
+        .iter()
+        .find(|r| field(r, "MESSAGE").is_some_and(|m| m.starts_with("=== Daemon Health ===")))
+        .unwrap_or_else(|| panic!("no health record among {} records: {records:?}", records.len()));
+    assert_eq!(field(header, "MESSAGE_ID").as_deref(), Some(collector::daemon::journal::HEALTH));
+    assert_eq!(field(header, "SYSLOG_IDENTIFIER").as_deref(), Some("collector"));
+    for k in ["UPTIME_SECS", "TASKS_ALIVE", "TASKS_DEAD", "RESTARTS", "TRADES_INSERTED", "QUEUE_DEPTH", "GAPS"] {
+        assert!(field(header, k).is_some(), "health record lacks {k}: {header:?}");
+    }
+    assert_eq!(field(header, "TASKS_ALIVE").as_deref(), Some("4"));
+    let books = records
+        .iter()
+        .find(|r| field(r, "COLLECTOR").as_deref() == Some("books") && field(r, "ITEMS").is_some())
+        .expect("a books health record");
+    assert!(field(books, "MESSAGE").unwrap().starts_with("  books: items="));
+    assert!(field(books, "ERRORS").is_some() && field(books, "LAST_COLLECT").is_some(), "{books:?}");
+    let lifecycle = records.iter().any(|r| field(r, "MESSAGE_ID").as_deref() == Some(collector::daemon::journal::LIFECYCLE));
+    assert!(lifecycle, "lifecycle records carry their MESSAGE_ID");
+}
