@@ -24,6 +24,7 @@ pub fn init(level: &str) -> &'static str {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .fmt_fields(HumanFields)
         .try_init();
     "stderr"

@@ -378,3 +378,20 @@ async fn health_records_reach_journald_with_fields_and_message_ids() {
     let lifecycle = records.iter().any(|r| field(r, "MESSAGE_ID").as_deref() == Some(collector::daemon::journal::LIFECYCLE));
     assert!(lifecycle, "lifecycle records carry their MESSAGE_ID");
 }
+
+/// Prints what an operator sees (used for the README's "Operating" section):
+/// `cargo test --test integration demo_operating_output -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "demo"]
+async fn demo_operating_output() {
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let mut d = Daemon::start(&db, &fake, "[health]\nlog_interval_secs = 2\n", &[]).await;
+    eventually(20, "two health reports", || async { d.log.count("=== Daemon Health ===") >= 2 }).await;
+    println!("--- collector status\n{}", d.status(false).await.1);
+    println!("--- collector status --json\n{}", d.status(true).await.1);
+    println!("--- last STATUS=\n{:?}", d.notes.all().into_iter().filter(|(_, l)| l.starts_with("STATUS=")).last());
+    d.signal(SIGTERM);
+    d.exit_code(20).await;
+    println!("--- log\n{}", d.log.text());
+}
