@@ -8,6 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::collectors::books::BooksCollector;
 use crate::collectors::catalog::{CatalogCtx, CatalogState, FullSweep, NewMarkets, Resolutions};
+use crate::collectors::stream::{StreamCollector, StreamMonitor, StreamStats};
+use crate::db::spool::Spool;
+use crate::db::writer::{Sink, Writer};
 use crate::config::{Config, redact_url};
 use crate::daemon::health::{self, Health};
 use crate::daemon::supervisor::Supervisor;
@@ -30,6 +33,8 @@ pub enum AppError {
     Interrupted,
     #[error("supervisor gave up: {0}")]
     GaveUp(String),
+    #[error("stream spool: {0} (set stream.spool_dir to a writable directory)")]
+    Spool(#[from] crate::db::spool::SpoolError),
 }
 
 impl AppError {
@@ -41,6 +46,7 @@ impl AppError {
             // An unknown or altered migration: restarting cannot fix it.
             AppError::Migrate(migrate::MigrateError::Unknown { .. } | migrate::MigrateError::Altered { .. }) => exit::CONFIG,
             AppError::Interrupted => 130,
+            AppError::Spool(_) => exit::CONFIG,
             _ => exit::SOFTWARE,
         }
     }
@@ -111,7 +117,42 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
         supervisor.spawn_polling(move || BooksCollector::new(client.clone(), pool.clone(), books.clone()));
     }
 
-    let health = Health::new(supervisor.clone(), client.stats.clone(), pool.clone());
+    // The live stream: pool manager → sink (queue, spool) → writer.
+    let stream_cancel = CancellationToken::new();
+    let writer_cancel = CancellationToken::new();
+    let mut stream = None;
+    if cfg.stream.enabled {
+        let spool = Spool::open(&cfg.stream.spool_dir, cfg.stream.spool_max_bytes)?;
+        let (sink, rx) = Sink::new(cfg.stream.queue_capacity, spool);
+        let writer = Writer {
+            pool: pool.clone(),
+            rx,
+            sink: sink.clone(),
+            batch_size: cfg.stream.batch_size,
+            flush_interval: cfg.stream.flush_interval,
+        };
+        let writer_task = tokio::spawn(writer.run(writer_cancel.clone(), cfg.daemon.drain_grace));
+        let stats = Arc::new(StreamStats::default());
+        let collector = StreamCollector {
+            cfg: cfg.stream.clone(),
+            ws_url: cfg.upstream.ws_url.clone(),
+            pool: pool.clone(),
+            client: client.clone(),
+            sink: sink.clone(),
+            stats: stats.clone(),
+        };
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let manager = tokio::spawn(collector.run(stream_cancel.clone(), ready_tx));
+        let monitor = Arc::new(StreamMonitor { stats, sink, stall_timeout: cfg.daemon.stall_timeout });
+        stream = Some((manager, writer_task, monitor, ready_rx));
+    }
+
+    let mut health = Health::new(supervisor.clone(), client.stats.clone(), pool.clone());
+    let mut liveness: Vec<Arc<dyn systemd::Liveness>> = Vec::new();
+    if let Some((_, _, monitor, _)) = &stream {
+        health.stream = Some(monitor.clone());
+        liveness.push(monitor.clone());
+    }
     // The health loop is not restarted if it dies; its death is logged.
     let health_task = tokio::spawn(health::run(health.clone(), cfg.health.log_interval, cancel.clone()));
     let health_watch = tokio::spawn(async move {
@@ -120,10 +161,22 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
             _ => {}
         }
     });
-    let watchdog = tokio::spawn(systemd::watchdog(supervisor.clone(), cfg.daemon.stall_timeout, Vec::new(), cancel.clone()));
+    let watchdog = tokio::spawn(systemd::watchdog(supervisor.clone(), cfg.daemon.stall_timeout, liveness, cancel.clone()));
     let status_task = status::bind(&cfg.daemon.status_socket).map(|listener| {
         tokio::spawn(status::serve(listener, cfg.daemon.status_socket.clone(), health.clone(), cancel.clone()))
     });
+    // READY once the stream's first connections are up (bounded: 30 s).
+    let (mut manager, mut writer_task, ready_rx) = match stream {
+        Some((m, w, _, r)) => (Some(m), Some(w), Some(r)),
+        None => (None, None, None),
+    };
+    if let Some(r) = ready_rx {
+        tokio::select! {
+            _ = r => {}
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    }
     systemd::ready();
     tracing::info!(message_id = journal::LIFECYCLE, "collector running");
 
@@ -131,6 +184,14 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
         _ = sigterm.recv() => Ok("SIGTERM"),
         _ = sigint.recv() => Ok("SIGINT"),
         reason = supervisor.gave_up() => Err(reason),
+        r = async { manager.as_mut().expect("guarded").await }, if manager.is_some() => {
+            manager = None;
+            Err(format!("stream manager ended unexpectedly: {r:?}"))
+        }
+        r = async { writer_task.as_mut().expect("guarded").await }, if writer_task.is_some() => {
+            writer_task = None;
+            Err(format!("stream writer ended unexpectedly: {r:?}"))
+        }
     };
     let grace = cfg.daemon.drain_grace;
     match &stop {
@@ -138,12 +199,33 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
         Err(reason) => tracing::error!(message_id = journal::LIFECYCLE, reason = %reason, "stopping: restart budget spent"),
     }
     systemd::stopping();
-    systemd::extend_timeout(grace + Duration::from_secs(5));
+    // While the drain runs, keep asking systemd for time (a long flush of the queue).
+    let extender = tokio::spawn(async move {
+        loop {
+            systemd::extend_timeout(grace + Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let deadline = tokio::time::Instant::now() + grace;
+    let drain = async {
+        // Stream first (planned gap, close connections), then the writer flushes what they
+        // accepted, then the polling collectors.
+        stream_cancel.cancel();
+        if let Some(m) = manager.take() {
+            let _ = tokio::time::timeout_at(deadline, m).await;
+        }
+        writer_cancel.cancel();
+        if let Some(w) = writer_task.take() {
+            let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), w).await;
+        }
+        supervisor.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await
+    };
     let drained = tokio::select! {
-        d = supervisor.shutdown(grace) => d,
+        d = drain => d,
         _ = sigterm.recv() => return Err(AppError::Interrupted),
         _ = sigint.recv() => return Err(AppError::Interrupted),
     };
+    extender.abort();
     let _ = health_watch.await;
     let _ = watchdog.await;
     if let Some(t) = status_task {

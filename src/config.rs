@@ -26,6 +26,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub catalog: CatalogConfig,
     pub books: BooksConfig,
+    pub stream: StreamConfig,
     pub health: HealthConfig,
     pub daemon: DaemonConfig,
     pub log: LogConfig,
@@ -113,6 +114,51 @@ pub struct BooksConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub enabled: bool,
+    /// Assets per WebSocket connection. Default 200 (500 stops delivery upstream; stalls
+    /// were reported from ~250).
+    pub max_assets_per_connection: usize,
+    /// Delay between opening two connections (bursts of handshakes get 429). Default 250 ms.
+    pub connect_interval: Duration,
+    /// Text `PING` cadence; upstream closes a connection without one (1008). Default 10 s.
+    pub ping_interval: Duration,
+    /// A connection with no data frame (PONG does not count) this long is rebuilt. Default 60 s.
+    pub silence_timeout: Duration,
+    /// An asset with no first `book` this long after subscribing gets its connection rebuilt
+    /// (once). Default 30 s.
+    pub first_book_timeout: Duration,
+    /// How often the subscription set is recomputed from the catalog. Default 30 s.
+    pub refresh_interval: Duration,
+    /// Scope: only markets with at least this 24 h volume (USD). Default 0 (all).
+    pub min_volume_24h: u64,
+    /// Scope: only markets with at least this liquidity (USD). Default 0 (all).
+    pub min_liquidity: u64,
+    /// Scope: only markets of events carrying one of these tag slugs. Default empty (all).
+    pub tag_slugs: Vec<String>,
+    /// Scope: exactly these token ids, instead of the catalog. Default empty.
+    pub token_ids: Vec<String>,
+    /// Store every `price_change` level update in `price_changes`. Default true.
+    pub store_price_changes: bool,
+    /// Rows the write queue holds before spilling to the spool. Default 100,000.
+    pub queue_capacity: usize,
+    /// Rows per database transaction. Default 5,000.
+    pub batch_size: usize,
+    /// Longest wait to fill a batch. Default 50 ms.
+    pub flush_interval: Duration,
+    /// Directory of the on-disk spool. Default `$STATE_DIRECTORY`, else `/var/lib/collector`.
+    pub spool_dir: PathBuf,
+    /// Spool size bound; past it rows are dropped with an ERROR. Default 1 GiB.
+    pub spool_max_bytes: u64,
+    /// Backfill trades of unplanned gaps from the Data API. Default true.
+    pub backfill: bool,
+    /// Reconnect delay doubles from this, with jitter. Default 1000 ms.
+    pub reconnect_base: Duration,
+    /// Longest reconnect delay (a handshake `Retry-After` may ask for more). Default 60 s.
+    pub reconnect_max: Duration,
+}
+
+#[derive(Debug, Clone)]
 pub struct HealthConfig {
     /// Health log cadence. Default 60 s.
     pub log_interval: Duration,
@@ -181,6 +227,7 @@ impl Config {
         let catalog_t = root.table("catalog");
         let books_t = root.table("books");
         let health_t = root.table("health");
+        let stream_t = root.table("stream");
         let log_t = root.table("log");
         let daemon_t = root.table("daemon");
         root.finish();
@@ -285,6 +332,38 @@ impl Config {
         };
         s.finish();
 
+        let mut s = Section::new("stream", stream_t, &mut problems);
+        let default_spool = match &env.state_directory {
+            Some(dir) => PathBuf::from(dir),
+            None => PathBuf::from("/var/lib/collector"),
+        };
+        let stream = StreamConfig {
+            enabled: s.bool("enabled", true),
+            max_assets_per_connection: s.int("max_assets_per_connection", 200, 1, 1000) as usize,
+            connect_interval: Duration::from_millis(s.int("connect_interval_ms", 250, 0, 60_000)),
+            ping_interval: s.secs("ping_interval_secs", 10, 1, 600),
+            silence_timeout: s.secs("silence_timeout_secs", 60, 1, 86_400),
+            first_book_timeout: s.secs("first_book_timeout_secs", 30, 1, 86_400),
+            refresh_interval: s.secs("refresh_interval_secs", 30, 1, 86_400),
+            min_volume_24h: s.int("min_volume_24h", 0, 0, u64::MAX / 2),
+            min_liquidity: s.int("min_liquidity", 0, 0, u64::MAX / 2),
+            tag_slugs: s.string_list("tag_slugs"),
+            token_ids: s.string_list("token_ids"),
+            store_price_changes: s.bool("store_price_changes", true),
+            queue_capacity: s.int("queue_capacity", 100_000, 1, 100_000_000) as usize,
+            batch_size: s.int("batch_size", 5000, 1, 1_000_000) as usize,
+            flush_interval: Duration::from_millis(s.int("flush_interval_ms", 50, 1, 60_000)),
+            spool_dir: s.opt_string("spool_dir").map(PathBuf::from).unwrap_or(default_spool),
+            spool_max_bytes: s.int("spool_max_bytes", 1 << 30, 1024, u64::MAX / 2),
+            backfill: s.bool("backfill", true),
+            reconnect_base: Duration::from_millis(s.int("reconnect_base_ms", 1000, 1, 600_000)),
+            reconnect_max: s.secs("reconnect_max_secs", 60, 1, 3600),
+        };
+        if stream.ping_interval >= stream.silence_timeout {
+            s.problem("silence_timeout_secs", "must be longer than ping_interval_secs");
+        }
+        s.finish();
+
         let mut s = Section::new("health", health_t, &mut problems);
         let health = HealthConfig { log_interval: s.secs("log_interval_secs", 60, 1, 86_400) };
         s.finish();
@@ -313,7 +392,7 @@ impl Config {
         let log = LogConfig { level };
 
         if problems.is_empty() {
-            Ok(Config { database, upstream, catalog, books, health, daemon, log })
+            Ok(Config { database, upstream, catalog, books, stream, health, daemon, log })
         } else {
             Err(problems)
         }
@@ -346,6 +425,14 @@ impl Config {
              resolution_watch_days = {rw}\npage_size = {ps}\n\
              \n[books]\n\
              enabled = {be}\ninterval_secs = {bi}\nbatch_size = {bs}\n\
+             \n[stream]\n\
+             enabled = {se}\nmax_assets_per_connection = {sma}\nconnect_interval_ms = {sci}\n\
+             ping_interval_secs = {spi}\nsilence_timeout_secs = {sst}\nfirst_book_timeout_secs = {sfb}\n\
+             refresh_interval_secs = {sri}\nmin_volume_24h = {smv}\nmin_liquidity = {sml}\n\
+             tag_slugs = {stags:?}\ntoken_ids = {stoks:?}\nstore_price_changes = {spc}\n\
+             queue_capacity = {sqc}\nbatch_size = {sbs}\nflush_interval_ms = {sfi}\n\
+             spool_dir = {ssd:?}\nspool_max_bytes = {ssm}\nbackfill = {sbf}\n\
+             reconnect_base_ms = {srb}\nreconnect_max_secs = {srm}\n\
              \n[health]\nlog_interval_secs = {hl}\n\
              \n[daemon]\ndrain_grace_secs = {dg}\nstatus_socket = {ss:?}\nmax_restarts = {mx}\n\
              restart_window_secs = {rwin}\nrestart_backoff_base_ms = {rbb}\nstall_timeout_secs = {st}\n\
@@ -382,6 +469,26 @@ impl Config {
             bi = secs(b.interval),
             bs = b.batch_size,
             hl = secs(self.health.log_interval),
+            se = self.stream.enabled,
+            sma = self.stream.max_assets_per_connection,
+            sci = self.stream.connect_interval.as_millis(),
+            spi = secs(self.stream.ping_interval),
+            sst = secs(self.stream.silence_timeout),
+            sfb = secs(self.stream.first_book_timeout),
+            sri = secs(self.stream.refresh_interval),
+            smv = self.stream.min_volume_24h,
+            sml = self.stream.min_liquidity,
+            stags = self.stream.tag_slugs,
+            stoks = self.stream.token_ids,
+            spc = self.stream.store_price_changes,
+            sqc = self.stream.queue_capacity,
+            sbs = self.stream.batch_size,
+            sfi = self.stream.flush_interval.as_millis(),
+            ssd = self.stream.spool_dir.display().to_string(),
+            ssm = self.stream.spool_max_bytes,
+            sbf = self.stream.backfill,
+            srb = self.stream.reconnect_base.as_millis(),
+            srm = secs(self.stream.reconnect_max),
             dg = secs(self.daemon.drain_grace),
             ss = self.daemon.status_socket.display().to_string(),
             mx = self.daemon.max_restarts,
@@ -403,6 +510,8 @@ pub struct Env {
     pub credentials_directory: Option<String>,
     /// `RUNTIME_DIRECTORY`, set by systemd for `RuntimeDirectory=`.
     pub runtime_directory: Option<String>,
+    /// `STATE_DIRECTORY`, set by systemd for `StateDirectory=`.
+    pub state_directory: Option<String>,
 }
 
 impl Env {
@@ -412,6 +521,7 @@ impl Env {
             database_url: non_empty(DATABASE_URL_ENV),
             credentials_directory: non_empty("CREDENTIALS_DIRECTORY"),
             runtime_directory: non_empty("RUNTIME_DIRECTORY"),
+            state_directory: non_empty("STATE_DIRECTORY"),
         }
     }
 }
@@ -482,6 +592,26 @@ impl<'p> Section<'p> {
             other => {
                 self.problem(key, &format!("expected a string, found {}", other.type_str()));
                 None
+            }
+        }
+    }
+
+    fn string_list(&mut self, key: &str) -> Vec<String> {
+        match self.get(key) {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => out.push(s),
+                        other => self.problem(key, &format!("expected strings, found {}", other.type_str())),
+                    }
+                }
+                out
+            }
+            Some(other) => {
+                self.problem(key, &format!("expected a list of strings, found {}", other.type_str()));
+                Vec::new()
             }
         }
     }
@@ -591,6 +721,7 @@ mod tests {
             database_url: Some("postgresql://u:s3cret@db.example/x".into()),
             credentials_directory: None,
             runtime_directory: None,
+            state_directory: None,
         };
         let c = Config::parse("[database]\nurl = \"postgresql://a@b/c\"\n", &env).unwrap();
         assert_eq!(c.database.url, "postgresql://u:s3cret@db.example/x");
@@ -608,6 +739,7 @@ mod tests {
             database_url: None,
             credentials_directory: Some(dir.path().display().to_string()),
             runtime_directory: None,
+            state_directory: None,
         };
         let c = Config::parse("", &env).unwrap();
         assert_eq!(c.database.password.as_deref(), Some("pa55"));

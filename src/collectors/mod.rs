@@ -4,6 +4,7 @@
 
 pub mod books;
 pub mod catalog;
+pub mod stream;
 
 use std::future::Future;
 use std::time::Duration;

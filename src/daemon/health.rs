@@ -57,6 +57,16 @@ pub struct TradeListenerHealth {
     pub reconnects: u64,
     pub stalls: u64,
     pub quarantined: u64,
+    pub assets_subscribed: u64,
+    pub events_received: u64,
+    /// Level changes not stored: no fresh book since a reconnect.
+    pub withheld_changes: u64,
+    /// Level changes after which the local book disagreed with upstream's top of book.
+    pub book_divergences: u64,
+    pub rows_written: u64,
+    pub write_errors: u64,
+    /// Rows lost because the spool was full.
+    pub dropped_rows: u64,
 }
 
 /// Something that reports the stream's health.

@@ -4,6 +4,8 @@
 pub mod books;
 pub mod catalog;
 pub mod migrate;
+pub mod spool;
+pub mod writer;
 
 use std::time::Duration;
 

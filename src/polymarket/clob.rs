@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::decode::{self, FieldError};
 
 /// One price level, exactly as upstream wrote it, plus its parsed price for ordering.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Level {
     pub price: Decimal,
     pub price_text: String,
@@ -15,7 +15,7 @@ pub struct Level {
 }
 
 /// A full order book of one token.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Book {
     pub token_id: String,
     pub condition_id: Option<String>,

@@ -4,6 +4,8 @@
 pub mod budget;
 pub mod client;
 pub mod clob;
+pub mod data;
 pub mod decode;
 pub mod gamma;
 pub mod retry;
+pub mod ws;

@@ -38,6 +38,10 @@ pub struct FakeState {
     pub queries: HashMap<&'static str, Vec<String>>,
     /// Largest `POST /books` batch accepted; larger ones get 413.
     pub max_books_batch: usize,
+    /// Data API trades (v2 row shape), newest first as served.
+    pub trades: Vec<Value>,
+    /// The v2 route answers 404 (retired), so clients must use v1.
+    pub v2_retired: bool,
 }
 
 #[derive(Clone)]
@@ -54,6 +58,8 @@ impl Fake {
             .route("/markets/keyset", get(markets_keyset))
             .route("/markets", get(legacy_markets))
             .route("/books", post(books))
+            .route("/v2/trades", get(trades_v2))
+            .route("/trades", get(trades_v1))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -264,6 +270,69 @@ async fn books(State(state): State<Arc<Mutex<FakeState>>>, _h: HeaderMap, body: 
         }
     }
     Json(Value::Array(out)).into_response()
+}
+
+fn trades_for(s: &FakeState, conditions: Option<&str>) -> Vec<Value> {
+    let wanted: Option<Vec<&str>> = conditions.map(|c| c.split(',').collect());
+    let mut rows: Vec<Value> = s
+        .trades
+        .iter()
+        .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t["condition_id"].as_str().unwrap_or(""))))
+        .cloned()
+        .collect();
+    rows.sort_by_key(|t| std::cmp::Reverse(t["timestamp"].as_i64().unwrap_or(0)));
+    rows
+}
+
+/// Data API v2: `{data, pagination}`, cursor paging, newest first, `limit` on the first page.
+async fn trades_v2(State(state): State<Arc<Mutex<FakeState>>>, Query(p): Query<Params>) -> Response {
+    if let Some(r) = enter(&state, "v2/trades", query_string(&p)) {
+        return r;
+    }
+    let s = state.lock().unwrap();
+    if s.v2_retired {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "not found", "code": "not_found", "retryable": false}))).into_response();
+    }
+    let rows = trades_for(&s, param(&p, "condition"));
+    let (start, limit) = match param(&p, "cursor") {
+        Some(c) => {
+            let mut it = c.split(':');
+            (it.next().unwrap().parse().unwrap(), it.next().unwrap().parse().unwrap())
+        }
+        None => (0usize, param(&p, "limit").and_then(|l| l.parse().ok()).unwrap_or(100usize)),
+    };
+    let end = (start + limit).min(rows.len());
+    let next = (end < rows.len()).then(|| format!("{end}:{limit}"));
+    Json(json!({"data": rows[start.min(end)..end], "pagination": {"limit": limit, "has_more": next.is_some(), "next_cursor": next}})).into_response()
+}
+
+/// Data API v1: bare camelCase array, offset paging, `start`/`end` in seconds.
+async fn trades_v1(State(state): State<Arc<Mutex<FakeState>>>, Query(p): Query<Params>) -> Response {
+    if let Some(r) = enter(&state, "trades", query_string(&p)) {
+        return r;
+    }
+    let s = state.lock().unwrap();
+    let num = |k: &str| param(&p, k).and_then(|v| v.parse::<i64>().ok());
+    let rows: Vec<Value> = trades_for(&s, param(&p, "market"))
+        .into_iter()
+        .filter(|t| num("start").is_none_or(|st| t["timestamp"].as_i64().unwrap() >= st))
+        .filter(|t| num("end").is_none_or(|en| t["timestamp"].as_i64().unwrap() <= en))
+        .map(|t| json!({"asset": t["token_id"], "conditionId": t["condition_id"], "side": t["side"],
+            "size": t["size"], "price": t["price"], "timestamp": t["timestamp"], "transactionHash": t["transaction_hash"]}))
+        .collect();
+    let offset = num("offset").unwrap_or(0) as usize;
+    let limit = num("limit").unwrap_or(100) as usize;
+    Json(Value::Array(rows.into_iter().skip(offset).take(limit).collect())).into_response()
+}
+
+/// A Data API v2 trade row; `price` and `size` are raw JSON number text (floats upstream).
+pub fn data_trade(asset: &str, condition: &str, price: &str, size: &str, side: &str, ts_secs: i64, tx: &str) -> Value {
+    serde_json::from_str(&format!(
+        r#"{{"proxy_wallet": "0x1111111111111111111111111111111111111111", "side": "{side}", "token_id": "{asset}",
+            "condition_id": "{condition}", "size": {size}, "price": {price}, "timestamp": {ts_secs},
+            "outcome": "Yes", "outcome_index": 0, "transaction_hash": "{tx}"}}"#
+    ))
+    .unwrap()
 }
 
 // ---- data builders -------------------------------------------------------------------------

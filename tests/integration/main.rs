@@ -8,14 +8,22 @@ mod cli;
 mod client;
 mod daemon;
 mod fake;
+mod fake_ws;
 mod migrations;
 mod pg;
+mod stream;
 
 use collector::config::{Config, Env};
 
 /// Configuration text for a collector using `db` and a fake Polymarket at `upstream`, with
 /// fast test cadences. `extra` is appended (it may add tables or keys).
 pub fn config_text(db: &pg::TestDb, upstream: &str, extra: &str) -> String {
+    let ws = format!("ws://{}/ws/market", upstream.trim_start_matches("http://"));
+    config_text_ws(db, upstream, &ws, extra)
+}
+
+/// [`config_text`] with the market WebSocket at `ws`.
+pub fn config_text_ws(db: &pg::TestDb, upstream: &str, ws: &str, extra: &str) -> String {
     format!(
         r#"
 [database]
@@ -27,7 +35,7 @@ connect_timeout_secs = 2
 gamma_url = "{upstream}"
 clob_url = "{upstream}"
 data_url = "{upstream}"
-ws_url = "ws://{host}/ws/market"
+ws_url = "{ws}"
 backoff_base_ms = 10
 backoff_max_secs = 1
 max_retries = 4
@@ -36,10 +44,21 @@ gamma_requests_per_10s = 10000
 clob_books_requests_per_10s = 10000
 
 {extra}
+{stream}
 "#,
         url = db.url,
-        host = upstream.trim_start_matches("http://"),
+        extra = extra.replace("[stream]\n", &format!("[stream]\nspool_dir = \"{}\"\n", spool_dir())),
+        stream = if extra.contains("[stream]") {
+            String::new()
+        } else {
+            format!("[stream]\nenabled = false\nspool_dir = \"{}\"\n", spool_dir())
+        },
     )
+}
+
+/// A fresh directory for one test's spool (removed with the temp dir at reboot; tiny).
+pub fn spool_dir() -> String {
+    tempfile::Builder::new().prefix("collector-spool-").tempdir().unwrap().keep().display().to_string()
 }
 
 /// The parsed config of [`config_text`] with defaults for the rest.

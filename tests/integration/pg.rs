@@ -160,3 +160,64 @@ impl TestDb {
         self.client().await.query_one(sql, &[]).await.ok().map(|r| r.get(0))
     }
 }
+
+/// A cluster of one test's own, which the test may stop and start (a database restart).
+pub struct PrivateCluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub url: String,
+}
+
+impl PrivateCluster {
+    pub fn start() -> PrivateCluster {
+        let bin = bin_dir();
+        let dir = tempfile::Builder::new().prefix("collector-pgp-").tempdir().unwrap().keep();
+        if is_root() {
+            assert!(Command::new("chown").arg("postgres:").arg(&dir).status().unwrap().success());
+        }
+        let out = as_pg(&bin.join("initdb"))
+            .arg("-D").arg(dir.join("data"))
+            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let c = PrivateCluster { url: format!("host={} user=postgres dbname=postgres", dir.display()), dir, bin };
+        c.up();
+        c
+    }
+
+    pub fn up(&self) {
+        let out = as_pg(&self.bin.join("pg_ctl"))
+            .arg("-D").arg(self.dir.join("data"))
+            .arg("-l").arg(self.dir.join("log"))
+            .arg("-w")
+            .arg("-o").arg(format!("-k {} -c listen_addresses= -c fsync=off", self.dir.display()))
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn down(&self) {
+        let out = as_pg(&self.bin.join("pg_ctl"))
+            .arg("-D").arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn test_db(&self) -> TestDb {
+        TestDb { name: "postgres".into(), url: self.url.clone() }
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = as_pg(&self.bin.join("pg_ctl"))
+            .arg("-D").arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,67 @@
+//! Data API trades (v2 `/v2/trades`: snake_case in a `{data, pagination}` envelope; v1
+//! `/trades`: camelCase bare array). Prices and sizes are JSON floats there (`0.709999959`):
+//! stored exactly as written. Timestamps are whole seconds.
+
+use serde_json::Value;
+
+use super::decode::{self, FieldError};
+use super::ws::Trade;
+
+/// One trade row of either version.
+pub fn decode_trade(obj: &Value) -> Result<Trade, FieldError> {
+    let pick = |a: &str, b: &str| decode::string(obj, a).or_else(|| decode::string(obj, b));
+    let asset_id = pick("token_id", "asset").or_else(|| decode::string(obj, "asset_id")).ok_or_else(|| FieldError::new("token_id", "missing"))?;
+    let side = decode::string(obj, "side").map(|s| s.to_ascii_uppercase()).filter(|s| s == "BUY" || s == "SELL")
+        .ok_or_else(|| FieldError::new("side", "expected BUY or SELL"))?;
+    Ok(Trade {
+        asset_id,
+        condition_id: pick("condition_id", "conditionId"),
+        price: decode::decimal(obj, "price")?.ok_or_else(|| FieldError::new("price", "missing"))?,
+        size: decode::decimal(obj, "size")?.ok_or_else(|| FieldError::new("size", "missing"))?,
+        side,
+        fee_rate_bps: None,
+        source_ts: decode::timestamp(obj, "timestamp")?.ok_or_else(|| FieldError::new("timestamp", "missing"))?,
+        tx_hash: pick("transaction_hash", "transactionHash"),
+    })
+}
+
+/// A v2 page: rows and the next cursor (`None` at the end).
+pub fn v2_page(body: &Value) -> Result<(Vec<Value>, Option<String>), FieldError> {
+    let rows = match body.get("data") {
+        Some(Value::Array(a)) => a.clone(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(_) => return Err(FieldError::new("data", "expected an array")),
+    };
+    let cursor = body.get("pagination").and_then(|p| decode::string(p, "next_cursor"));
+    Ok((rows, cursor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(rel: &str) -> Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/");
+        serde_json::from_str(&std::fs::read_to_string(format!("{path}{rel}")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn v2_floats_are_stored_as_written() {
+        let (rows, cursor) = v2_page(&fixture("captured/data_api_v2_trades.json")).unwrap();
+        assert_eq!(cursor, None);
+        let t = decode_trade(&rows[1]).unwrap();
+        assert_eq!(t.price.to_string(), "0.709999959");
+        assert_eq!(t.size.to_string(), "1.464786");
+        assert_eq!(t.source_ts.timestamp(), 1786179730);
+        assert_eq!(decode_trade(&rows[2]).unwrap().price.to_string(), "0.2972581967");
+    }
+
+    #[test]
+    fn v1_rows_decode_too() {
+        let rows = fixture("data_api_trades.json");
+        for r in rows.as_array().unwrap() {
+            let t = decode_trade(r).unwrap();
+            assert!(t.tx_hash.is_some() && t.condition_id.is_some());
+        }
+    }
+}

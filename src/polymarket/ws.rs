@@ -1,0 +1,323 @@
+//! The CLOB market WebSocket protocol: subscription frames we send, and decoding of what the
+//! server sends (one JSON object, a JSON array of them, or plain text such as `PONG`).
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use super::clob::{self, Book};
+use super::decode::{self, FieldError};
+
+/// The first frame on a connection.
+pub fn subscribe_initial(assets: &[String]) -> String {
+    json!({"type": "market", "assets_ids": assets, "initial_dump": true, "custom_feature_enabled": true}).to_string()
+}
+
+/// Adds assets on an open connection.
+pub fn subscribe_more(assets: &[String]) -> String {
+    json!({"operation": "subscribe", "assets_ids": assets, "initial_dump": true, "custom_feature_enabled": true}).to_string()
+}
+
+/// Removes assets on an open connection.
+pub fn unsubscribe(assets: &[String]) -> String {
+    json!({"operation": "unsubscribe", "assets_ids": assets}).to_string()
+}
+
+/// The keep-alive the venue counts (protocol-level pings do not).
+pub const PING: &str = "PING";
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Trade {
+    pub asset_id: String,
+    pub condition_id: Option<String>,
+    pub price: Decimal,
+    pub size: Decimal,
+    /// Taker side, `BUY` or `SELL`.
+    pub side: String,
+    pub fee_rate_bps: Option<Decimal>,
+    pub source_ts: DateTime<Utc>,
+    pub tx_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LevelChange {
+    pub asset_id: String,
+    pub price: Decimal,
+    /// New aggregate size at the level; zero removes it.
+    pub size: Decimal,
+    /// `BUY` (bid side) or `SELL` (ask side).
+    pub side: String,
+    pub hash: Option<String>,
+    pub best_bid: Option<Decimal>,
+    pub best_ask: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PriceChange {
+    pub condition_id: Option<String>,
+    pub source_ts: DateTime<Utc>,
+    pub changes: Vec<LevelChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Quote {
+    pub asset_id: String,
+    pub condition_id: Option<String>,
+    pub best_bid: Option<Decimal>,
+    pub best_ask: Option<Decimal>,
+    pub spread: Option<Decimal>,
+    pub source_ts: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TickSizeChange {
+    pub asset_id: String,
+    pub condition_id: Option<String>,
+    pub old_tick_size: Option<Decimal>,
+    pub new_tick_size: Option<Decimal>,
+    pub source_ts: DateTime<Utc>,
+}
+
+/// `new_market` / `market_resolved`, kept whole.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Lifecycle {
+    pub kind: String,
+    pub condition_id: Option<String>,
+    pub market_id: Option<String>,
+    pub assets: Vec<String>,
+    pub winning_asset_id: Option<String>,
+    pub source_ts: DateTime<Utc>,
+    pub payload: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Book(Book),
+    PriceChange(PriceChange),
+    Trade(Trade),
+    Quote(Quote),
+    TickSize(TickSizeChange),
+    NewMarket(Lifecycle),
+    MarketResolved(Lifecycle),
+}
+
+impl Event {
+    /// The asset the event is about, when it is about one.
+    pub fn asset_id(&self) -> Option<&str> {
+        match self {
+            Event::Book(b) => Some(&b.token_id),
+            Event::Trade(t) => Some(&t.asset_id),
+            Event::Quote(q) => Some(&q.asset_id),
+            Event::TickSize(t) => Some(&t.asset_id),
+            _ => None,
+        }
+    }
+}
+
+/// One server frame, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// Answer to our `PING`: not data, so it does not feed the silence watchdog.
+    Pong,
+    /// Sent periodically with custom features on.
+    NoNewAssets,
+    /// Decoded events, and the elements that could not be decoded with the reason.
+    Events { events: Vec<Event>, rejected: Vec<(String, String)> },
+    /// Text that is neither JSON nor a known keyword.
+    OtherText(String),
+}
+
+/// Decodes a text frame. Never fails: what cannot be decoded is returned as rejected with a
+/// reason (and quarantined by the caller).
+pub fn decode_frame(text: &str) -> Frame {
+    let t = text.trim();
+    match t {
+        "PONG" => return Frame::Pong,
+        "NO NEW ASSETS" => return Frame::NoNewAssets,
+        _ => {}
+    }
+    if !(t.starts_with('{') || t.starts_with('[')) {
+        return Frame::OtherText(t.to_string());
+    }
+    let value: Value = match serde_json::from_str(t) {
+        Ok(v) => v,
+        Err(e) => {
+            return Frame::Events { events: Vec::new(), rejected: vec![(t.to_string(), format!("invalid JSON: {e}"))] };
+        }
+    };
+    let items = match value {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    let mut events = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for item in items {
+        match decode_event(&item) {
+            Ok(e) => events.push(e),
+            Err(reason) => rejected.push((item.to_string(), reason)),
+        }
+    }
+    Frame::Events { events, rejected }
+}
+
+fn ts(obj: &Value) -> Result<DateTime<Utc>, FieldError> {
+    decode::timestamp(obj, "timestamp")?.ok_or_else(|| FieldError::new("timestamp", "missing"))
+}
+
+fn required_decimal(obj: &Value, field: &str) -> Result<Decimal, FieldError> {
+    decode::decimal(obj, field)?.ok_or_else(|| FieldError::new(field, "missing"))
+}
+
+fn required_string(obj: &Value, field: &str) -> Result<String, FieldError> {
+    decode::string(obj, field).ok_or_else(|| FieldError::new(field, "missing"))
+}
+
+fn side(obj: &Value) -> Result<String, FieldError> {
+    match decode::string(obj, "side").map(|s| s.to_ascii_uppercase()).as_deref() {
+        Some(s @ ("BUY" | "SELL")) => Ok(s.to_string()),
+        other => Err(FieldError::new("side", format!("expected BUY or SELL, got {other:?}"))),
+    }
+}
+
+/// Decodes one event object; `Err(reason)` for unknown types and malformed events.
+pub fn decode_event(obj: &Value) -> Result<Event, String> {
+    let kind = decode::string(obj, "event_type").ok_or("no event_type")?;
+    let r: Result<Event, FieldError> = match kind.as_str() {
+        "book" => clob::decode_book(obj).map(Event::Book),
+        "last_trade_price" => (|| {
+            Ok(Event::Trade(Trade {
+                asset_id: required_string(obj, "asset_id")?,
+                condition_id: decode::string(obj, "market"),
+                price: required_decimal(obj, "price")?,
+                size: required_decimal(obj, "size")?,
+                side: side(obj)?,
+                fee_rate_bps: decode::decimal(obj, "fee_rate_bps")?,
+                source_ts: ts(obj)?,
+                tx_hash: decode::string(obj, "transaction_hash"),
+            }))
+        })(),
+        "price_change" => (|| {
+            let Some(Value::Array(list)) = obj.get("price_changes") else {
+                return Err(FieldError::new("price_changes", "missing (legacy schema?)"));
+            };
+            let changes = list
+                .iter()
+                .map(|c| {
+                    Ok(LevelChange {
+                        asset_id: required_string(c, "asset_id")?,
+                        price: required_decimal(c, "price")?,
+                        size: required_decimal(c, "size")?,
+                        side: side(c)?,
+                        hash: decode::string(c, "hash"),
+                        best_bid: decode::decimal(c, "best_bid")?,
+                        best_ask: decode::decimal(c, "best_ask")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, FieldError>>()?;
+            Ok(Event::PriceChange(PriceChange { condition_id: decode::string(obj, "market"), source_ts: ts(obj)?, changes }))
+        })(),
+        "best_bid_ask" => (|| {
+            Ok(Event::Quote(Quote {
+                asset_id: required_string(obj, "asset_id")?,
+                condition_id: decode::string(obj, "market"),
+                best_bid: decode::decimal(obj, "best_bid")?,
+                best_ask: decode::decimal(obj, "best_ask")?,
+                spread: decode::decimal(obj, "spread")?,
+                source_ts: ts(obj)?,
+            }))
+        })(),
+        "tick_size_change" => (|| {
+            Ok(Event::TickSize(TickSizeChange {
+                asset_id: required_string(obj, "asset_id")?,
+                condition_id: decode::string(obj, "market"),
+                old_tick_size: decode::decimal(obj, "old_tick_size")?,
+                new_tick_size: decode::decimal(obj, "new_tick_size")?,
+                source_ts: ts(obj)?,
+            }))
+        })(),
+        "new_market" | "market_resolved" => (|| {
+            let lifecycle = Lifecycle {
+                kind: kind.clone(),
+                condition_id: decode::string(obj, "market").or_else(|| decode::string(obj, "condition_id")),
+                market_id: decode::string(obj, "id"),
+                assets: decode::string_array(obj, "assets_ids")?
+                    .or(decode::string_array(obj, "clob_token_ids")?)
+                    .unwrap_or_default(),
+                winning_asset_id: decode::string(obj, "winning_asset_id"),
+                source_ts: ts(obj)?,
+                payload: obj.clone(),
+            };
+            Ok(if kind == "new_market" { Event::NewMarket(lifecycle) } else { Event::MarketResolved(lifecycle) })
+        })(),
+        other => return Err(format!("unknown event_type {other:?}")),
+    };
+    r.map_err(|e| format!("{kind}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(rel: &str) -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/");
+        std::fs::read_to_string(format!("{path}{rel}")).unwrap()
+    }
+
+    #[test]
+    fn array_frames_of_books_decode() {
+        let Frame::Events { events, rejected } = decode_frame(&fixture("ws_book.json")) else { panic!() };
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(events.len(), 2);
+        assert!(matches!(&events[0], Event::Book(b) if b.best_bid().is_some()));
+    }
+
+    #[test]
+    fn trade_decodes_exactly() {
+        let Frame::Events { events, .. } = decode_frame(&fixture("ws_last_trade_price.json")) else { panic!() };
+        let Event::Trade(t) = &events[0] else { panic!() };
+        assert_eq!(t.size.to_string(), "412.857142");
+        assert_eq!(t.side, "BUY");
+        assert_eq!(t.source_ts.timestamp_millis(), 1795683665911);
+        assert!(t.tx_hash.as_deref().unwrap().starts_with("0x6d1f"));
+    }
+
+    #[test]
+    fn price_change_and_other_events_decode() {
+        let Frame::Events { events, .. } = decode_frame(&fixture("ws_price_change.json")) else { panic!() };
+        let Event::PriceChange(pc) = &events[0] else { panic!() };
+        assert_eq!(pc.changes.len(), 3);
+        assert!(pc.changes[2].size.is_zero());
+        let others: Value = serde_json::from_str(&fixture("ws_other_events.json")).unwrap();
+        for (k, v) in others.as_object().unwrap() {
+            if k.starts_with('_') {
+                continue;
+            }
+            let e = decode_event(v).unwrap_or_else(|r| panic!("{k}: {r}"));
+            match (k.as_str(), e) {
+                ("new_market", Event::NewMarket(l)) => assert_eq!(l.assets.len(), 2),
+                ("market_resolved", Event::MarketResolved(l)) => assert!(l.winning_asset_id.is_some()),
+                ("tick_size_change", Event::TickSize(t)) => assert_eq!(t.new_tick_size.unwrap().to_string(), "0.001"),
+                ("best_bid_ask", Event::Quote(q)) => assert_eq!(q.spread.unwrap().to_string(), "0.01"),
+                (k, e) => panic!("{k} decoded as {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn text_frames_and_bad_events_never_fail() {
+        assert_eq!(decode_frame("PONG"), Frame::Pong);
+        assert_eq!(decode_frame("NO NEW ASSETS"), Frame::NoNewAssets);
+        assert_eq!(decode_frame("INVALID OPERATION"), Frame::OtherText("INVALID OPERATION".into()));
+        let Frame::Events { events, rejected } =
+            decode_frame(r#"[{"event_type":"mystery"},{"event_type":"last_trade_price","asset_id":"1"}]"#)
+        else {
+            panic!()
+        };
+        assert!(events.is_empty());
+        assert_eq!(rejected.len(), 2);
+        assert!(rejected[0].1.contains("unknown event_type"));
+        assert!(rejected[1].1.contains("price"), "{}", rejected[1].1);
+        let Frame::Events { rejected, .. } = decode_frame("{\"event_type\": \"bo") else { panic!() };
+        assert!(rejected[0].1.starts_with("invalid JSON"));
+    }
+}

@@ -1,0 +1,341 @@
+//! The live stream against the fake market WebSocket (and the fake Data API for backfill),
+//! writing to a real PostgreSQL.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use collector::collectors::Collector;
+use collector::collectors::catalog::{CatalogCtx, CatalogState, FullSweep};
+use collector::collectors::stream::{StreamCollector, StreamStats};
+use collector::config::{Config, Env};
+use collector::db::spool::Spool;
+use collector::db::writer::{Sink, Writer};
+use collector::polymarket::client::PolymarketClient;
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::fake::{self, Fake};
+use crate::fake_ws::{FakeWs, trade_frame};
+use crate::{config_text_ws, eventually, pg};
+
+const FAST_STREAM: &str = "[stream]\nping_interval_secs = 1\n\
+    refresh_interval_secs = 1\nreconnect_base_ms = 100\nreconnect_max_secs = 1\nconnect_interval_ms = 20\nflush_interval_ms = 20\n";
+
+struct Harness {
+    db: pg::TestDb,
+    ws: FakeWs,
+    http: Fake,
+    sink: Arc<Sink>,
+    stats: Arc<StreamStats>,
+    cancel: CancellationToken,
+    writer_cancel: CancellationToken,
+    manager: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Harness {
+    /// The catalog of `markets` fake markets swept into `db`, then the stream started with
+    /// `stream_extra` added to the fast test settings.
+    async fn start(db: pg::TestDb, markets: u64, stream_extra: &str) -> Harness {
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("collector=debug,info").try_init();
+        let http = Fake::start().await;
+        http.with(|s| s.events = (0..markets).map(|e| fake::event(e, 1)).collect());
+        let ws = FakeWs::start().await;
+        let text = config_text_ws(&db, &http.url(), &ws.url(), &format!("{FAST_STREAM}{stream_extra}"));
+        let cfg = Config::parse(&text, &Env::default()).unwrap();
+        let client = Arc::new(PolymarketClient::new(&cfg.upstream).unwrap());
+        let pool = db.pool().await;
+        let ctx = CatalogCtx { client: client.clone(), pool: pool.clone(), cfg: cfg.catalog.clone(), state: Arc::new(CatalogState::default()) };
+        FullSweep(ctx).collect_once().await.unwrap();
+        let spool = Spool::open(&cfg.stream.spool_dir, cfg.stream.spool_max_bytes).unwrap();
+        let (sink, rx) = Sink::new(cfg.stream.queue_capacity, spool);
+        let writer_cancel = CancellationToken::new();
+        let writer = Writer { pool: pool.clone(), rx, sink: sink.clone(), batch_size: cfg.stream.batch_size, flush_interval: cfg.stream.flush_interval };
+        let writer = tokio::spawn(writer.run(writer_cancel.clone(), Duration::from_secs(10)));
+        let stats = Arc::new(StreamStats::default());
+        let collector = StreamCollector {
+            cfg: cfg.stream.clone(),
+            ws_url: cfg.upstream.ws_url.clone(),
+            pool,
+            client,
+            sink: sink.clone(),
+            stats: stats.clone(),
+        };
+        let cancel = CancellationToken::new();
+        let (ready_tx, _ready_rx) = tokio::sync::oneshot::channel();
+        let manager = tokio::spawn(collector.run(cancel.clone(), ready_tx));
+        Harness { db, ws, http, sink, stats, cancel, writer_cancel, manager: Some(manager), writer: Some(writer) }
+    }
+
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        self.manager.take().unwrap().await.unwrap();
+        self.writer_cancel.cancel();
+        self.writer.take().unwrap().await.unwrap();
+    }
+
+    async fn trades(&self) -> i64 {
+        self.db.try_count("SELECT count(*) FROM trades").await.unwrap_or(-1)
+    }
+}
+
+fn all_tokens(markets: u64) -> HashSet<String> {
+    (0..markets).flat_map(|m| [fake::token_id(m, 0), fake::token_id(m, 1)]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarantined() {
+    let db = pg::fresh_db().await;
+    let mut h = Harness::start(db, 110, "max_assets_per_connection = 100\n").await;
+    h.ws.with(|s| s.ping_deadline = Some(Duration::from_millis(2500)));
+    let want = all_tokens(110);
+    eventually(20, "220 assets over 3 connections", || async { h.ws.live_assets() == want && h.ws.live_connections() == 3 }).await;
+    h.ws.with(|s| {
+        for c in s.conns.iter().filter(|c| c.alive) {
+            assert!(c.assets.len() <= 100, "a connection carries {}", c.assets.len());
+        }
+        let first = s.frames.iter().filter(|f| f["type"] == "market").count();
+        assert_eq!(first, 3, "each connection opened with one type:market frame");
+        assert!(s.frames.iter().all(|f| f["type"] != "market" || (f["initial_dump"] == true && f["custom_feature_enabled"] == true)));
+    });
+    eventually(20, "initial dumps stored", || async {
+        h.db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws'").await == Some(220)
+    }).await;
+
+    // Trades, one of them delivered twice: stored once each.
+    let asset = fake::token_id(7, 1);
+    let t0 = 1_795_683_700_000;
+    for n in 0..50 {
+        assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, n, t0 + n)));
+    }
+    h.ws.send_to_asset(&asset, &trade_frame(&asset, 3, t0 + 3));
+    // An array frame mixing a trade, an unknown event and a malformed trade.
+    let mixed = format!("[{}, {{\"event_type\": \"mystery\", \"x\": 1}}, {{\"event_type\": \"last_trade_price\", \"asset_id\": \"{asset}\"}}]",
+        trade_frame(&asset, 100, t0 + 100));
+    h.ws.send_to_asset(&asset, &mixed);
+    h.ws.send_to_asset(&asset, "NO NEW ASSETS");
+    h.ws.send_to_asset(&asset, "SOMETHING ODD");
+    eventually(20, "51 distinct trades", || async { h.trades().await == 51 }).await;
+    let row = h.db.client().await
+        .query_one("SELECT price::text, size::text, side, source, tx_hash, (extract(epoch from source_ts)*1000)::bigint,
+                    received_at > now() - interval '1 minute' FROM trades WHERE size = 10.000003", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "0.35");
+    assert_eq!(row.get::<_, String>(1), "10.000003");
+    assert_eq!(row.get::<_, String>(2), "SELL");
+    assert_eq!(row.get::<_, String>(3), "ws");
+    assert_eq!(row.get::<_, String>(4), format!("0x{:064x}", 3));
+    assert_eq!(row.get::<_, i64>(5), (t0 + 3) as i64);
+    assert!(row.get::<_, bool>(6));
+    eventually(10, "quarantined frames", || async {
+        h.db.try_count("SELECT count(*) FROM stream_quarantine").await == Some(3)
+    }).await;
+    let reasons: Vec<String> = h.db.client().await
+        .query("SELECT reason FROM stream_quarantine ORDER BY id", &[]).await.unwrap()
+        .iter().map(|r| r.get(0)).collect();
+    assert!(reasons.iter().any(|r| r.contains("unknown event_type")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("last_trade_price")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("unexpected text")), "{reasons:?}");
+
+    // Price changes apply to the dumped book; other events land in their tables.
+    let pc = json!({"event_type": "price_change", "market": "0x1", "timestamp": "1795683700500",
+        "price_changes": [{"asset_id": asset, "price": "0.34", "size": "99", "side": "BUY", "hash": "h1", "best_bid": "0.34", "best_ask": "0.35"}]});
+    h.ws.send_to_asset(&asset, &pc.to_string());
+    let quote = json!({"event_type": "best_bid_ask", "market": "0x1", "asset_id": asset, "best_bid": "0.34", "best_ask": "0.35", "spread": "0.01", "timestamp": "1795683700600"});
+    h.ws.send_to_asset(&asset, &quote.to_string());
+    let tick = json!({"event_type": "tick_size_change", "market": "0x1", "asset_id": asset, "old_tick_size": "0.01", "new_tick_size": "0.001", "timestamp": "1795683700700"});
+    h.ws.send_to_asset(&asset, &tick.to_string());
+    eventually(10, "price change, quote, tick size stored", || async {
+        h.db.try_count("SELECT count(*) FROM price_changes WHERE size = 99").await == Some(1)
+            && h.db.try_count("SELECT count(*) FROM quotes").await == Some(1)
+            && h.db.try_count("SELECT count(*) FROM tick_size_changes WHERE new_tick_size = 0.001").await == Some(1)
+    }).await;
+
+    // A new market on the stream is subscribed at once; a resolved one is dropped.
+    let mut nm: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/ws_other_events.json")).unwrap()).unwrap();
+    let new_market = nm["new_market"].take();
+    let new_assets: Vec<String> = new_market["assets_ids"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    h.ws.broadcast(&new_market.to_string());
+    eventually(10, "new market subscribed", || async {
+        let live = h.ws.live_assets();
+        new_assets.iter().all(|a| live.contains(a))
+    }).await;
+    eventually(10, "new market registered", || async {
+        h.db.try_count("SELECT count(*) FROM tokens WHERE market_id = '690377'").await == Some(2)
+            && h.db.try_count("SELECT count(*) FROM market_events WHERE kind = 'new_market'").await == Some(1)
+    }).await;
+    let resolved = json!({"event_type": "market_resolved", "id": "700007", "market": format!("0x{:064x}", 8),
+        "assets_ids": [fake::token_id(7, 0), fake::token_id(7, 1)], "winning_asset_id": fake::token_id(7, 1),
+        "winning_outcome": "No", "timestamp": "1795700100448"});
+    h.ws.broadcast(&resolved.to_string());
+    eventually(10, "resolved market unsubscribed", || async { !h.ws.live_assets().contains(&asset) }).await;
+    eventually(10, "resolved market updated", || async {
+        h.db.try_count("SELECT count(*) FROM markets WHERE id = '700007' AND resolved AND closed AND winning_outcome_index = 1").await == Some(1)
+    }).await;
+
+    // Pings: never before subscribing, then every second on every connection — past the
+    // fake's 2.5 s deadline, so upstream never had a reason to close one.
+    eventually(20, "three pings on every connection", || async {
+        h.ws.with(|s| s.conns.iter().filter(|c| c.alive).all(|c| c.pings.len() >= 3))
+    }).await;
+    let (early, no_ping) = h.ws.with(|s| (s.early_pings, s.closed_for_no_ping));
+    assert_eq!(early, 0);
+    assert_eq!(no_ping, 0);
+    assert_eq!(h.stats.reconnects.load(Ordering::Relaxed), 0);
+    h.stop().await;
+    assert_eq!(h.db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND reason = 'shutdown' AND ended_at IS NULL").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stall_is_detected_rebuilt_and_recorded_as_a_gap() {
+    let db = pg::fresh_db().await;
+    let mut h = Harness::start(db, 3, "backfill = false\nsilence_timeout_secs = 3\n").await;
+    eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
+    eventually(20, "books", || async { h.db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws'").await == Some(6) }).await;
+    h.ws.silence_all();
+    eventually(20, "stall detected and a new connection up", || async {
+        h.stats.stalls.load(Ordering::Relaxed) >= 1 && h.ws.live_connections() == 1 && h.ws.with(|s| s.conns.len()) >= 2
+    }).await;
+    eventually(20, "gap closed", || async {
+        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE reason = 'stall' AND ended_at IS NOT NULL AND asset_count = 6 AND NOT planned").await == Some(1)
+    }).await;
+    // The resubscription asked for a fresh dump; trades flow again.
+    let asset = fake::token_id(1, 0);
+    assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, 1, 1_795_683_700_000)));
+    eventually(10, "trade after the stall", || async { h.trades().await == 1 }).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abrupt_drop_is_a_gap_whose_trades_are_backfilled_once() {
+    let db = pg::fresh_db().await;
+    let mut h = Harness::start(db, 2, "").await;
+    let asset = fake::token_id(0, 0);
+    let cond = format!("0x{:064x}", 1);
+    eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
+    // A trade seen live, which the Data API will list too: it must not be stored twice.
+    let now_ms = chrono::Utc::now().timestamp_millis() as u64;
+    assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, 1, now_ms)));
+    eventually(10, "live trade", || async { h.trades().await == 1 }).await;
+
+    // The connection drops; the next two handshakes are refused with 429 + Retry-After: 1.
+    h.ws.with(|s| s.refuse_handshakes = 2);
+    h.ws.drop_all();
+    let gap_ts = chrono::Utc::now().timestamp();
+    h.http.with(|s| {
+        s.trades = vec![
+            // The live one again (same tx hash, side, size; Data API time in seconds).
+            fake::data_trade(&asset, &cond, "0.35", "10.000001", "SELL", (now_ms / 1000) as i64, &format!("0x{:064x}", 1)),
+            // Two fills of one transaction during the gap, float prices as the API writes them.
+            fake::data_trade(&asset, &cond, "0.709999959", "1.464786", "BUY", gap_ts, "0xfeed"),
+            fake::data_trade(&asset, &cond, "0.2972581967", "244", "BUY", gap_ts, "0xfeed"),
+            // A trade of an asset not subscribed, and one long before the gap: not ours.
+            fake::data_trade("12345", &cond, "0.5", "1", "BUY", gap_ts, "0xother"),
+            fake::data_trade(&asset, &cond, "0.5", "3", "SELL", gap_ts - 3600, "0xold"),
+        ];
+    });
+    eventually(30, "reconnected after the refusals", || async { h.ws.live_connections() == 1 && h.ws.with(|s| s.refused) == 2 }).await;
+    eventually(30, "gap backfilled", || async {
+        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE backfill_status = 'done' AND ended_at IS NOT NULL").await == Some(1)
+    }).await;
+    let rows = h.db.client().await
+        .query("SELECT price::text, size::text, source FROM trades ORDER BY source, size", &[]).await.unwrap();
+    let got: Vec<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(got, vec![
+        ("0.709999959".into(), "1.464786".into(), "backfill".into()),
+        ("0.2972581967".into(), "244".into(), "backfill".into()),
+        ("0.35".into(), "10.000001".into(), "ws".into()),
+    ]);
+    let gap = h.db.client().await
+        .query_one("SELECT reason, backfill_trades, asset_count FROM stream_gaps", &[]).await.unwrap();
+    assert!(gap.get::<_, String>(0).contains("closed") || gap.get::<_, String>(0).contains("error") || gap.get::<_, String>(0).contains("end of stream"),
+        "{}", gap.get::<_, String>(0));
+    assert_eq!(gap.get::<_, Option<i32>>(1), Some(2));
+    assert_eq!(gap.get::<_, i32>(2), 4);
+    assert!(h.http.with(|s| s.queries["v2/trades"][0].contains("condition=")));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_falls_back_to_v1_when_v2_is_retired() {
+    let db = pg::fresh_db().await;
+    let mut h = Harness::start(db, 1, "").await;
+    let asset = fake::token_id(0, 1);
+    let cond = format!("0x{:064x}", 1);
+    eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
+    h.ws.with(|s| s.refuse_handshakes = 1);
+    h.ws.drop_all();
+    let ts = chrono::Utc::now().timestamp();
+    h.http.with(|s| {
+        s.v2_retired = true;
+        s.trades = vec![fake::data_trade(&asset, &cond, "0.42", "7.5", "BUY", ts, "0xv1")];
+    });
+    eventually(30, "backfilled through v1", || async {
+        h.db.try_count("SELECT count(*) FROM trades WHERE source = 'backfill' AND price = 0.42").await == Some(1)
+    }).await;
+    assert!(h.http.hits("trades") >= 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_mid_stream_loses_no_trade_and_duplicates_none() {
+    let cluster = pg::PrivateCluster::start();
+    let db = cluster.test_db();
+    // A tiny queue: rows spill to the spool as soon as the database stops keeping up.
+    let mut h = Harness::start(db, 2, "queue_capacity = 10\nbatch_size = 20\n").await;
+    let asset = fake::token_id(1, 1);
+    eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
+    let t0 = 1_795_683_800_000;
+    for n in 0..100 {
+        assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, n, t0 + n)));
+    }
+    eventually(20, "first half stored", || async { h.trades().await == 100 }).await;
+
+    cluster.down();
+    for n in 100..400 {
+        assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, n, t0 + n)));
+    }
+    // Frames sent twice across the outage are still stored once.
+    for n in 90..110 {
+        h.ws.send_to_asset(&asset, &trade_frame(&asset, n, t0 + n));
+    }
+    eventually(20, "rows spooled while the database is down", || async {
+        h.sink.stats.spooled_rows.load(Ordering::Relaxed) > 0 && h.stats.trades_received.load(Ordering::Relaxed) == 420
+    }).await;
+    cluster.up();
+    eventually(60, "every trade stored once", || async { h.trades().await == 400 }).await;
+    let distinct = h.db.try_count("SELECT count(DISTINCT tx_hash) FROM trades").await;
+    assert_eq!(distinct, Some(400));
+    eventually(20, "spool replayed", || async { h.sink.stats.spool_bytes.load(Ordering::Relaxed) == 0 }).await;
+    assert_eq!(h.sink.stats.dropped_rows.load(Ordering::Relaxed), 0);
+    assert_eq!(h.stats.reconnects.load(Ordering::Relaxed), 0, "the stream never waited on the database");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asset_without_a_first_book_gets_its_connection_rebuilt_once() {
+    let db = pg::fresh_db().await;
+    let http_assets = all_tokens(2);
+    let quiet = fake::token_id(1, 1);
+    let mut h = {
+        let db = db;
+        Harness::start(db, 2, "backfill = false\nfirst_book_timeout_secs = 3\n").await
+    };
+    h.ws.with(|s| s.bookless.insert(quiet.clone()));
+    // The first connection may have dumped the book before `bookless` was set; force a
+    // rebuild to start clean.
+    eventually(20, "connected", || async { h.ws.live_assets() == http_assets }).await;
+    h.ws.drop_all();
+    eventually(30, "rebuilt for the missing book, then left alone", || async {
+        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE reason LIKE 'no first book%' AND ended_at IS NOT NULL").await == Some(1)
+    }).await;
+    let conns = h.ws.with(|s| s.conns.len());
+    // Longer than first_book_timeout: a second rebuild would have happened by now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(h.ws.with(|s| s.conns.len()), conns, "not rebuilt again for the same quiet asset");
+    h.stop().await;
+}
