@@ -91,7 +91,6 @@ pub fn migration() -> String {
         "\n-- A trade is stored once however often it is seen; the hash alone is not an identity\n\
          -- (one transaction settles several fills).\n\
          CREATE UNIQUE INDEX trades_identity ON trades (asset_id, source_ts, side, price, size, COALESCE(tx_hash, ''));\n\
-         CREATE INDEX trades_asset_ts ON trades (asset_id, source_ts);\n\
          CREATE INDEX trades_tx_hash ON trades (tx_hash) WHERE tx_hash IS NOT NULL;\n\
          ALTER TABLE trades ADD CONSTRAINT trades_side_check CHECK (side IN ('BUY', 'SELL'));\n\
          ALTER TABLE trades ADD CONSTRAINT trades_source_check CHECK (source IN ('ws', 'backfill'));\n\

@@ -58,6 +58,51 @@ pub struct WriteStats {
     pub write_errors: AtomicU64,
     /// Last successful write, ms since the sink was made (0: none yet).
     pub last_write_ms: AtomicU64,
+    /// Frame received → row committed, per row, in 1 ms buckets (the last: 10 s or more).
+    pub commit_latency: LatencyHistogram,
+}
+
+/// A fixed histogram of latencies in milliseconds, lock-free.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: Vec<AtomicU64>,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram { buckets: (0..=10_000).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, ms: u64, count: u64) {
+        let i = (ms as usize).min(self.buckets.len() - 1);
+        self.buckets[i].fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// The latency (ms) under which `q` (0..=1) of the recorded rows fall; `None` if empty.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let target = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (ms, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Some(ms as u64);
+            }
+        }
+        Some(counts.len() as u64 - 1)
+    }
+
+    pub fn reset(&self) {
+        for b in &self.buckets {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 struct SinkState {
@@ -232,6 +277,9 @@ impl Writer {
             }
             match write_batch(&self.pool, &batch).await {
                 Ok(trades) => {
+                    if from_spool.is_none() {
+                        record_latency(&self.sink.stats.commit_latency, &batch);
+                    }
                     self.sink.stats.trades_inserted.fetch_add(trades, Ordering::Relaxed);
                     self.sink.stats.rows_written.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     self.sink.wrote();
@@ -315,6 +363,36 @@ impl Sink {
     }
 }
 
+/// Records, per row, the time from its frame's arrival to now (just committed).
+fn record_latency(h: &LatencyHistogram, rows: &[Row]) {
+    let now = Utc::now();
+    let mut last: Option<(DateTime<Utc>, u64)> = None;
+    for r in rows {
+        let received = match r {
+            Row::Trade { received_at, .. }
+            | Row::Book { received_at, .. }
+            | Row::PriceChange { received_at, .. }
+            | Row::Quote { received_at, .. }
+            | Row::TickSize { received_at, .. }
+            | Row::Lifecycle { received_at, .. }
+            | Row::Quarantine { received_at, .. } => *received_at,
+        };
+        // Rows of one frame share a receive time: count runs at once.
+        match &mut last {
+            Some((t, n)) if *t == received => *n += 1,
+            _ => {
+                if let Some((t, n)) = last.take() {
+                    h.record((now - t).num_milliseconds().max(0) as u64, n);
+                }
+                last = Some((received, 1));
+            }
+        }
+    }
+    if let Some((t, n)) = last {
+        h.record((now - t).num_milliseconds().max(0) as u64, n);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("{}", error_chain(.0))]
@@ -356,7 +434,7 @@ pub async fn write_batch(pool: &Pool, rows: &[Row]) -> Result<u64, WriteError> {
     let tx = conn.transaction().await?;
     let mut new_trades = 0;
     if !trades.is_empty() {
-        new_trades = copy_rows(&tx, &TRADES, &trades).await?;
+        new_trades = write_trades(&tx, &trades).await?;
     }
     if !changes.is_empty() {
         copy_rows(&tx, &PRICE_CHANGES, &changes).await?;
@@ -381,6 +459,39 @@ pub async fn write_batch(pool: &Pool, rows: &[Row]) -> Result<u64, WriteError> {
     Ok(new_trades)
 }
 
+/// Trades: stream rows are almost never duplicates, so they are copied straight into
+/// `trades` under a savepoint; a unique violation (a replayed row) falls back to the
+/// idempotent path through the temporary table, as do backfilled rows always.
+async fn write_trades(tx: &tokio_postgres::Transaction<'_>, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
+    let all_ws = rows.iter().all(|r| matches!(r, Row::Trade { source: TradeSource::Ws, .. }));
+    if all_ws {
+        tx.batch_execute("SAVEPOINT direct_trades").await?;
+        let sink = tx.copy_in(&format!("COPY trades ({}) FROM STDIN (FORMAT binary)", TRADES.columns)).await?;
+        let result = async {
+            let writer = BinaryCopyInWriter::new(sink, TRADES.types);
+            pin_mut!(writer);
+            for r in rows {
+                let values = (TRADES.fields)(r);
+                let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)).collect();
+                writer.as_mut().write(&refs).await?;
+            }
+            writer.finish().await
+        }
+        .await;
+        match result {
+            Ok(n) => {
+                tx.batch_execute("RELEASE SAVEPOINT direct_trades").await?;
+                return Ok(n);
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT direct_trades").await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    copy_rows(tx, &TRADES, rows).await
+}
+
 /// A table written through a temporary table: binary COPY in, then insert what is new.
 struct CopyTarget {
     temp: &'static str,
@@ -389,6 +500,23 @@ struct CopyTarget {
     types: &'static [Type],
     insert: &'static str,
     fields: fn(&Row) -> Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.quantile(0.99), None);
+        h.record(5, 98);
+        h.record(40, 1);
+        h.record(20_000, 1);
+        assert_eq!(h.quantile(0.5), Some(5));
+        assert_eq!(h.quantile(0.99), Some(40));
+        assert_eq!(h.quantile(1.0), Some(10_000));
+    }
 }
 
 async fn copy_rows(tx: &tokio_postgres::Transaction<'_>, target: &CopyTarget, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
