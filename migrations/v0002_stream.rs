@@ -22,7 +22,6 @@ pub fn migration() -> String {
         t.add_column("source", types::text());
         t.add_column("tx_hash", opt_text());
         t.add_column("fee_rate_bps", opt_num());
-        t.add_index("trades_received_at", types::index(vec!["received_at"]));
         t.add_index("trades_condition_ts", types::index(vec!["condition_id", "source_ts"]));
     });
     m.create_table("price_changes", move |t| {

@@ -470,10 +470,14 @@ async fn write_trades(tx: &tokio_postgres::Transaction<'_>, rows: &[&Row]) -> Re
         let result = async {
             let writer = BinaryCopyInWriter::new(sink, TRADES.types);
             pin_mut!(writer);
+            // The hot path: fields borrowed straight from the rows, no allocation per row.
             for r in rows {
-                let values = (TRADES.fields)(r);
-                let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)).collect();
-                writer.as_mut().write(&refs).await?;
+                let Row::Trade { trade: t, received_at, source } = r else { continue };
+                let src = match source { TradeSource::Ws => "ws", TradeSource::Backfill => "backfill" };
+                writer
+                    .as_mut()
+                    .write(&[&t.asset_id, &t.condition_id, &t.price, &t.size, &t.side, &t.source_ts, received_at, &src, &t.tx_hash, &t.fee_rate_bps])
+                    .await?;
             }
             writer.finish().await
         }

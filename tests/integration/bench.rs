@@ -99,3 +99,113 @@ async fn bench_books_rows_per_second() {
     println!("BENCH   plain COPY of the same rows    : median {:.2} s = {:.0} rows/s", p.as_secs_f64(), tokens / p.as_secs_f64());
     println!("BENCH   ratio collector/COPY           : {:.2}", p.as_secs_f64() / c.as_secs_f64());
 }
+
+// ---- the stream (issue 3) ------------------------------------------------------------------
+
+use crate::fake_ws::trade_frame;
+use crate::stream::Harness;
+use std::sync::atomic::Ordering;
+
+/// `n` trades as frames of `per_frame` events (JSON arrays), spread over `assets`.
+fn trade_frames(assets: &[String], n: u64, per_frame: u64, t0: u64) -> Vec<(String, String)> {
+    (0..n / per_frame)
+        .map(|f| {
+            let asset = &assets[(f as usize) % assets.len()];
+            let events: Vec<String> = (0..per_frame).map(|i| trade_frame(asset, f * per_frame + i, t0 + f)).collect();
+            (asset.clone(), format!("[{}]", events.join(",")))
+        })
+        .collect()
+}
+
+async fn stream_harness(markets: u64, extra: &str) -> Harness {
+    let db = pg::fresh_db().await;
+    let h = Harness::start_with(db, markets, &format!("[stream]\nmax_assets_per_connection = 50\nconnect_interval_ms = 10\n{extra}")).await;
+    let want = (markets * 2) as usize;
+    crate::eventually(60, "all assets subscribed and dumped", || async {
+        h.ws.live_assets().len() == want
+            && h.db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws'").await == Some(want as i64)
+    })
+    .await;
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_stream_throughput_vs_copy() {
+    const EVENTS: u64 = 300_000;
+    let (mut ours, mut copy) = (Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        // A queue that holds the whole burst: this measures the pipeline, not the spool.
+        let mut h = stream_harness(100, &format!("queue_capacity = 1000000\n{}", std::env::var("BENCH_STREAM_EXTRA").unwrap_or_default().replace(";", "\n"))).await;
+        let assets: Vec<String> = (0..100).map(|m| fake::token_id(m, 0)).collect();
+        if let Ok(sql) = std::env::var("BENCH_STREAM_SQL") {
+            h.db.client().await.batch_execute(&sql).await.unwrap();
+        }
+        let frames = trade_frames(&assets, EVENTS, 100, 1_795_700_000_000 + run as u64 * 10_000_000);
+        let before = h.sink.stats.trades_inserted.load(Ordering::Relaxed);
+        let t = Instant::now();
+        for (asset, frame) in &frames {
+            assert!(h.ws.send_to_asset(asset, frame));
+        }
+        crate::eventually(300, "all trades committed", || async {
+            h.sink.stats.trades_inserted.load(Ordering::Relaxed) - before == EVENTS
+        })
+        .await;
+        ours.push(t.elapsed());
+        assert_eq!(h.db.try_count("SELECT count(*) FROM trades").await, Some(EVENTS as i64));
+        println!("BENCH   run {run}: {:.2} s, spooled rows {}", t.elapsed().as_secs_f64(), h.sink.stats.spooled_rows.load(Ordering::Relaxed));
+        h.stop().await;
+
+        // Baseline: the same rows, binary COPY straight into a table shaped (and indexed)
+        // like `trades`.
+        let rows = h.db.client().await
+            .query("SELECT asset_id, condition_id, price, size, side, source_ts, received_at, source, tx_hash, fee_rate_bps FROM trades", &[])
+            .await
+            .unwrap();
+        let c = h.db.client().await;
+        c.batch_execute("CREATE TABLE trades_baseline (LIKE trades INCLUDING ALL)").await.unwrap();
+        type R = (String, Option<String>, rust_decimal::Decimal, rust_decimal::Decimal, String,
+            chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>, String, Option<String>, Option<rust_decimal::Decimal>);
+        let rows: Vec<R> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8), r.get(9))).collect();
+        use tokio_postgres::types::Type;
+        let types = [Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT, Type::NUMERIC];
+        let t = Instant::now();
+        let sink = c.copy_in("COPY trades_baseline (asset_id, condition_id, price, size, side, source_ts, received_at, source, tx_hash, fee_rate_bps) FROM STDIN (FORMAT binary)").await.unwrap();
+        let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
+        futures_util::pin_mut!(writer);
+        for r in &rows {
+            writer.as_mut().write(&[&r.0, &r.1, &r.2, &r.3, &r.4, &r.5, &r.6, &r.7, &r.8, &r.9]).await.unwrap();
+        }
+        writer.finish().await.unwrap();
+        copy.push(t.elapsed());
+    }
+    let (o, c) = (median(ours), median(copy));
+    let (ro, rc) = (EVENTS as f64 / o.as_secs_f64(), EVENTS as f64 / c.as_secs_f64());
+    println!("BENCH stream throughput: {EVENTS} trades in frames of 100 over 4 connections, socket → committed rows:");
+    println!("BENCH   collector           : median {:.2} s = {:.0} events/s", o.as_secs_f64(), ro);
+    println!("BENCH   plain binary COPY   : median {:.2} s = {:.0} rows/s (same rows, same indexes)", c.as_secs_f64(), rc);
+    println!("BENCH   ratio collector/COPY: {:.2}", ro / rc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_stream_latency_at_10k_per_second() {
+    let mut h = stream_harness(100, "").await;
+    let assets: Vec<String> = (0..100).map(|m| fake::token_id(m, 0)).collect();
+    // 10,000 events/s for 10 s: a frame of 50 events every 5 ms.
+    let frames = trade_frames(&assets, 100_000, 50, 1_795_800_000_000);
+    h.sink.stats.commit_latency.reset();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let t = Instant::now();
+    for (asset, frame) in &frames {
+        tick.tick().await;
+        assert!(h.ws.send_to_asset(asset, frame));
+    }
+    let sent_in = t.elapsed();
+    crate::eventually(60, "all committed", || async { h.db.try_count("SELECT count(*) FROM trades").await == Some(100_000) }).await;
+    let l = &h.sink.stats.commit_latency;
+    println!("BENCH stream latency, 100,000 trades at {:.0} events/s, frame received → row committed:", 100_000.0 / sent_in.as_secs_f64());
+    println!("BENCH   p50 {} ms, p99 {} ms, max {} ms", l.quantile(0.5).unwrap(), l.quantile(0.99).unwrap(), l.quantile(1.0).unwrap());
+    h.stop().await;
+}

@@ -52,8 +52,6 @@ pub struct WsState {
     pub frames: Vec<Value>,
     /// Assets for which no initial book is sent.
     pub bookless: HashSet<String>,
-    /// Text frames delivered per asset (trades and others sent via `send_to_asset`).
-    pub delivered: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -101,9 +99,6 @@ impl FakeWs {
             let mut sent = false;
             for c in s.conns.iter().filter(|c| c.alive && !c.silent && c.assets.contains(asset)) {
                 sent |= c.tx.send(Cmd::Send(frame.to_string())).is_ok();
-            }
-            if sent {
-                s.delivered.push((asset.to_string(), frame.to_string()));
             }
             sent
         })

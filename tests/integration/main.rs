@@ -11,7 +11,7 @@ mod fake;
 mod fake_ws;
 mod migrations;
 mod pg;
-mod stream;
+pub mod stream;
 
 use collector::config::{Config, Env};
 

@@ -24,12 +24,12 @@ use crate::{config_text_ws, eventually, pg};
 const FAST_STREAM: &str = "[stream]\nping_interval_secs = 1\n\
     refresh_interval_secs = 1\nreconnect_base_ms = 100\nreconnect_max_secs = 1\nconnect_interval_ms = 20\nflush_interval_ms = 20\n";
 
-struct Harness {
-    db: pg::TestDb,
-    ws: FakeWs,
+pub struct Harness {
+    pub db: pg::TestDb,
+    pub ws: FakeWs,
     http: Fake,
-    sink: Arc<Sink>,
-    stats: Arc<StreamStats>,
+    pub sink: Arc<Sink>,
+    pub stats: Arc<StreamStats>,
     cancel: CancellationToken,
     writer_cancel: CancellationToken,
     manager: Option<JoinHandle<()>>,
@@ -40,11 +40,16 @@ impl Harness {
     /// The catalog of `markets` fake markets swept into `db`, then the stream started with
     /// `stream_extra` added to the fast test settings.
     async fn start(db: pg::TestDb, markets: u64, stream_extra: &str) -> Harness {
-        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("collector=debug,info").try_init();
+        Self::start_with(db, markets, &format!("{FAST_STREAM}{stream_extra}")).await
+    }
+
+    /// Like `start`, with the whole `[stream]` section given.
+    pub async fn start_with(db: pg::TestDb, markets: u64, stream_section: &str) -> Harness {
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("collector=info,warn").try_init();
         let http = Fake::start().await;
         http.with(|s| s.events = (0..markets).map(|e| fake::event(e, 1)).collect());
         let ws = FakeWs::start().await;
-        let text = config_text_ws(&db, &http.url(), &ws.url(), &format!("{FAST_STREAM}{stream_extra}"));
+        let text = config_text_ws(&db, &http.url(), &ws.url(), stream_section);
         let cfg = Config::parse(&text, &Env::default()).unwrap();
         let client = Arc::new(PolymarketClient::new(&cfg.upstream).unwrap());
         let pool = db.pool().await;
@@ -70,7 +75,7 @@ impl Harness {
         Harness { db, ws, http, sink, stats, cancel, writer_cancel, manager: Some(manager), writer: Some(writer) }
     }
 
-    async fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         self.cancel.cancel();
         self.manager.take().unwrap().await.unwrap();
         self.writer_cancel.cancel();

@@ -102,8 +102,9 @@ pub async fn on_start(pool: &Pool, assets: &[String], now: DateTime<Utc>) -> Res
     }
     let last: Option<DateTime<Utc>> = conn
         .query_one(
-            "SELECT greatest((SELECT max(received_at) FROM trades WHERE source = 'ws'),
-                             (SELECT max(received_at) FROM book_snapshots WHERE source = 'ws'))",
+            // Every trade moves its book, and upstream then sends the new book: the last
+            // stream book (indexed by received_at) is the last captured moment.
+            "SELECT max(received_at) FROM book_snapshots WHERE source = 'ws'",
             &[],
         )
         .await?
