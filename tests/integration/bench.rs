@@ -209,3 +209,51 @@ async fn bench_stream_latency_at_10k_per_second() {
     println!("BENCH   p50 {} ms, p99 {} ms, max {} ms", l.quantile(0.5).unwrap(), l.quantile(0.99).unwrap(), l.quantile(1.0).unwrap());
     h.stop().await;
 }
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The real binary holding 40,000 assets over 200 connections (books dumped and stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_stream_memory_40k_assets() {
+    let db = pg::fresh_db().await;
+    let http = Fake::start().await;
+    let ws = crate::fake_ws::FakeWs::start().await;
+    let tokens: Vec<String> = (0..20_000).flat_map(|m| [fake::token_id(m, 0), fake::token_id(m, 1)]).collect();
+    let list = tokens.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+    let text = crate::config_text_ws(&db, &http.url(), &ws.url(), &format!(
+        "[catalog]\nenabled = false\n[books]\nenabled = false\n[stream]\nmax_assets_per_connection = 200\nconnect_interval_ms = 5\ntoken_ids = [{list}]\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("collector.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["collect", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let t = Instant::now();
+    crate::eventually(120, "40,000 assets over 200 connections", || async { ws.live_connections() == 200 && ws.live_assets().len() == 40_000 }).await;
+    let connected = t.elapsed();
+    crate::eventually(120, "every initial book stored", || async {
+        db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws'").await == Some(40_000)
+    }).await;
+    let mut peak_rss = 0;
+    for _ in 0..20 {
+        peak_rss = peak_rss.max(rss_kib(pid).0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, hwm) = rss_kib(pid);
+    println!("BENCH stream memory: 40,000 assets over 200 connections (all connected in {:.1} s, 40,000 books stored):", connected.as_secs_f64());
+    println!("BENCH   resident {:.1} MB (steady), high-water mark {:.1} MB", peak_rss as f64 / 1024.0, hwm as f64 / 1024.0);
+    let _ = child.start_kill();
+}

@@ -86,7 +86,14 @@ impl Shard {
                     },
                 }
             }
-            let connect = tokio::time::timeout(Duration::from_secs(30), tokio_tungstenite::connect_async(self.ctx.ws_url.as_str()));
+            // Small buffers: hundreds of connections, and frames are read as they come.
+            let ws_config = tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(16 * 1024)
+                .write_buffer_size(0);
+            let connect = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio_tungstenite::connect_async_with_config(self.ctx.ws_url.as_str(), Some(ws_config), false),
+            );
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = connect => r,
@@ -192,7 +199,9 @@ impl Shard {
         let now = Instant::now();
         let mut awaiting_book: HashMap<String, Instant> = all.iter().map(|a| (a.clone(), now)).collect();
         let mut last_data = Instant::now();
-        let cfg = self.ctx.cfg.clone();
+        // Shared, not cloned: the scope may list tens of thousands of token ids.
+        let ctx = self.ctx.clone();
+        let cfg = &ctx.cfg;
         let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         let mut check = tokio::time::interval(Duration::from_millis(250));
         loop {
