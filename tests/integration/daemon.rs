@@ -73,11 +73,17 @@ struct Daemon {
 impl Daemon {
     /// Starts `collector collect` on `db` and `fake` with `extra` config, `env` added.
     async fn start(db: &pg::TestDb, fake: &Fake, extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let ws = format!("ws://{}/ws/market", fake.addr);
+        Self::start_ws(db, fake, &ws, extra, env).await
+    }
+
+    /// Like `start`, with the market WebSocket at `ws`.
+    async fn start_ws(db: &pg::TestDb, fake: &Fake, ws: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("status.sock");
         let notify = dir.path().join("notify.sock");
         let notes = Notes::listen(&notify);
-        let text = config_text(db, &fake.url(), &format!("[daemon]\nstatus_socket = \"{}\"\n{extra}", socket.display()));
+        let text = crate::config_text_ws(db, &fake.url(), ws, &format!("[daemon]\nstatus_socket = \"{}\"\n{extra}", socket.display()));
         let config = dir.path().join("collector.toml");
         std::fs::write(&config, text).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_collector"));
@@ -394,4 +400,48 @@ async fn demo_operating_output() {
     d.signal(SIGTERM);
     d.exit_code(20).await;
     println!("--- log\n{}", d.log.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_daemon_commits_what_it_received_and_records_planned_and_unclean_stops() {
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let ws = crate::fake_ws::FakeWs::start().await;
+    let stream = "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n";
+    let extra = format!("{FAST}{stream}");
+    let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(30, "all 12 assets streamed", || async { ws.live_assets().len() == 12 }).await;
+    let asset = fake::token_id(2, 1);
+    for n in 0..2000 {
+        assert!(ws.send_to_asset(&asset, &crate::fake_ws::trade_frame(&asset, n, 1_795_690_000_000 + n)));
+    }
+    eventually(30, "every trade received", || async {
+        let (code, json) = d.status(true).await;
+        code == 0 && serde_json::from_str::<serde_json::Value>(&json).unwrap()["trade_listener"]["trades_received"] == 2000
+    }).await;
+    eventually(10, "health shows the stream", || async {
+        d.log.count("  trades: received=") >= 1 && d.notes.all().iter().any(|(_, l)| l.starts_with("STATUS=") && l.contains("| ws 1/1 |"))
+    }).await;
+    d.signal(SIGTERM);
+    assert_eq!(d.exit_code(30).await, 0, "{}", d.log.text());
+    assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(2000), "every trade received before the signal is committed");
+    assert_eq!(db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND reason = 'shutdown' AND ended_at IS NULL AND asset_count = 12").await, Some(1));
+
+    // A restart closes the planned gap.
+    let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(30, "planned gap closed", || async {
+        db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND ended_at IS NOT NULL").await == Some(1)
+    }).await;
+    eventually(30, "streaming again", || async { ws.live_connections() == 1 && ws.with(|s| s.conns.len()) >= 2 && d.notes.has("READY=1") }).await;
+    // A crash leaves no planned gap: the next start records the unclean stop as a gap and
+    // backfills it.
+    eventually(30, "a stream book since the restart", || async {
+        db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws'").await.unwrap_or(0) >= 1
+    }).await;
+    d.signal(9);
+    let _ = d.exit_code(10).await;
+    let _d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(30, "unclean stop recorded and backfilled", || async {
+        db.try_count("SELECT count(*) FROM stream_gaps WHERE NOT planned AND reason = 'restart after an unclean stop' AND ended_at IS NOT NULL AND backfill_status = 'done'").await == Some(1)
+    }).await;
 }
