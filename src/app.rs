@@ -42,7 +42,7 @@ impl AppError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AppError::Db(DbError::Unreachable { .. }) => exit::UNAVAILABLE,
-            AppError::Db(DbError::Settings(_)) => exit::CONFIG,
+            AppError::Db(DbError::Settings(_) | DbError::Refused(_)) => exit::CONFIG,
             // An unknown or altered migration: restarting cannot fix it.
             AppError::Migrate(migrate::MigrateError::Unknown { .. } | migrate::MigrateError::Altered { .. }) => exit::CONFIG,
             AppError::Interrupted => 130,

@@ -259,6 +259,8 @@ impl Config {
             (None, Some(dir)) => {
                 let path = Path::new(dir).join(PASSWORD_CREDENTIAL);
                 match std::fs::read_to_string(&path) {
+                    // The package ships an empty credential file: empty means no password.
+                    Ok(p) if p.trim().is_empty() => (None, None),
                     Ok(p) => (
                         Some(p.trim_end_matches(['\n', '\r']).to_string()),
                         Some(format!("systemd credential {PASSWORD_CREDENTIAL}")),

@@ -25,6 +25,9 @@ pub enum DbError {
     Unreachable { waited: Duration, last: String },
     #[error("bad database settings: {0}")]
     Settings(String),
+    /// The server answered and refused us: waiting will not help, the configuration must change.
+    #[error("database refused the connection: {0}")]
+    Refused(String),
     #[error("database pool: {0}")]
     Pool(String),
     #[error("database: {}", error_chain(.0))]
@@ -143,6 +146,16 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
             }
             Err(e) => {
                 let last = error_chain(&e);
+                if let Some(code) = e.code() {
+                    use tokio_postgres::error::SqlState;
+                    if [SqlState::INVALID_PASSWORD, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, SqlState::INVALID_CATALOG_NAME]
+                        .contains(code)
+                    {
+                        return Err(DbError::Refused(format!(
+                            "{last} (create the role and database, or set database.url and the password; see the README's Install section)"
+                        )));
+                    }
+                }
                 let waited = started.elapsed();
                 if waited >= cfg.startup_deadline {
                     return Err(DbError::Unreachable { waited, last });

@@ -179,3 +179,16 @@ async fn the_packaged_example_config_is_valid_and_shows_the_defaults() {
             "example says {key} = {value}, effective config:\n{out}");
     }
 }
+
+#[tokio::test]
+async fn a_database_that_refuses_the_login_is_a_configuration_error() {
+    let db = pg::fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{} user=no_such_role", db.url);
+    let path = write_config(&dir, &config_text(&pg::TestDb { name: db.name.clone(), url }, "http://127.0.0.1:9", ""));
+    let started = std::time::Instant::now();
+    let (code, _, err) = run(&["collect", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(code, 78, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "no retrying a refusal");
+    assert!(err.contains("no_such_role") && err.contains("Install"), "{err}");
+}
