@@ -13,7 +13,7 @@ echo "==> built $deb"
 
 echo "==> package contents"
 contents=$(dpkg-deb -c "$deb")
-for f in ./usr/bin/collector ./etc/collector/collector.toml ./lib/systemd/system/collector.service \
+for f in ./usr/bin/collector ./etc/collector/collector.toml ./usr/lib/systemd/system/collector.service \
          ./usr/lib/sysusers.d/collector.conf ./usr/share/man/man1/collector.1.gz ./usr/share/doc/collector/copyright; do
   grep -q " $f\$" <<<"$contents" || grep -q " $f -> " <<<"$contents" || { echo "missing $f in $deb"; echo "$contents"; exit 1; }
 done
@@ -31,9 +31,9 @@ getent passwd collector >/dev/null || { echo "no collector user"; exit 1; }
 /usr/bin/collector check-config --config /etc/collector/collector.toml >/dev/null
 
 echo "==> unit: systemd-analyze verify (no output allowed) and security"
-out=$(systemd-analyze verify --man=no /lib/systemd/system/collector.service 2>&1 || true)
+out=$(systemd-analyze verify --man=no /usr/lib/systemd/system/collector.service 2>&1 || true)
 if [ -n "$out" ]; then echo "systemd-analyze verify said:"; echo "$out"; exit 1; fi
-systemd-analyze security --offline=true --threshold=20 /lib/systemd/system/collector.service | tail -1
+systemd-analyze security --offline=true --threshold=20 /usr/lib/systemd/system/collector.service | tail -1
 
 echo "==> upgrade keeps an edited conffile"
 sed -i 's/^log_interval_secs = 60/log_interval_secs = 61/' /etc/collector/collector.toml

@@ -146,15 +146,18 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
             }
             Err(e) => {
                 let last = error_chain(&e);
-                if let Some(code) = e.code() {
-                    use tokio_postgres::error::SqlState;
-                    if [SqlState::INVALID_PASSWORD, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, SqlState::INVALID_CATALOG_NAME]
+                use tokio_postgres::error::SqlState;
+                let refused = e.code().is_some_and(|code| {
+                    [SqlState::INVALID_PASSWORD, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, SqlState::INVALID_CATALOG_NAME]
                         .contains(code)
-                    {
-                        return Err(DbError::Refused(format!(
-                            "{last} (create the role and database, or set database.url and the password; see the README's Install section)"
-                        )));
-                    }
+                });
+                // The server asked for a password and none is configured. tokio-postgres has
+                // no error kind or code for this one, only its text.
+                let no_password = e.code().is_none() && last.contains("password missing");
+                if refused || no_password {
+                    return Err(DbError::Refused(format!(
+                        "{last} (create the role and database, or set database.url and the password; see the README's Install section)"
+                    )));
                 }
                 let waited = started.elapsed();
                 if waited >= cfg.startup_deadline {

@@ -12,6 +12,7 @@ mod fake_ws;
 mod migrations;
 mod pg;
 pub mod stream;
+mod system;
 
 use collector::config::{Config, Env};
 
