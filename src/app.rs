@@ -196,7 +196,7 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
     let grace = cfg.daemon.drain_grace;
     match &stop {
         Ok(signal) => tracing::info!(message_id = journal::LIFECYCLE, signal, grace_secs = grace.as_secs(), "stopping: draining collectors"),
-        Err(reason) => tracing::error!(message_id = journal::LIFECYCLE, reason = %reason, "stopping: restart budget spent"),
+        Err(reason) => tracing::error!(message_id = journal::LIFECYCLE, reason = %reason, "stopping: restart budget spent: {reason}"),
     }
     systemd::stopping();
     // While the drain runs, keep asking systemd for time (a long flush of the queue).
@@ -246,5 +246,5 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
 
 /// Logs a failure with its whole chain.
 pub fn report(e: &AppError) {
-    tracing::error!(error = %error_chain(e), exit_code = e.exit_code(), "collector failed");
+    tracing::error!(error = %error_chain(e), exit_code = e.exit_code(), "collector failed: {}", error_chain(e));
 }

@@ -122,7 +122,7 @@ pub async fn run<C: Collector>(mut collector: C, stats: &CollectorStats, cancel:
                 }
                 Err(e) => {
                     let text = crate::polymarket::client::error_chain(&e);
-                    tracing::warn!(error = %text, "pass failed, retrying next interval");
+                    tracing::warn!(error = %text, "pass failed, retrying next interval: {text}");
                     stats.record_error(text);
                 }
             }

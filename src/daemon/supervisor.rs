@@ -99,7 +99,7 @@ impl Supervisor {
                 let delay = this.backoff.delay(attempt, Outcome::ServerError, 0.5 + fastrand::f64() / 2.0);
                 tracing::error!(
                     message_id = journal::RESTART, collector = name, error = %err, restarts,
-                    delay_ms = delay.as_millis() as u64, "collector task died, restarting"
+                    delay_ms = delay.as_millis() as u64, "collector task died, restarting: {err}"
                 );
                 attempt += 1;
                 tokio::select! {

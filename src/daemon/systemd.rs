@@ -70,7 +70,7 @@ pub async fn watchdog(
                 withholding = false;
             }
         } else if !withholding {
-            tracing::error!(problems = %problems.join("; "), "no progress: withholding watchdog pings, systemd will restart the service");
+            tracing::error!(problems = %problems.join("; "), "no progress: withholding watchdog pings, systemd will restart the service: {}", problems.join("; "));
             withholding = true;
         }
     }

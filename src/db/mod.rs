@@ -170,7 +170,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
                     attempt, error = %last, url = %redact_url(&cfg.url),
                     retry_in_ms = delay.as_millis() as u64,
                     deadline_secs = cfg.startup_deadline.as_secs(),
-                    "database unreachable, retrying"
+                    "database unreachable, retrying: {last}"
                 );
                 tokio::time::sleep(delay).await;
             }
@@ -192,7 +192,7 @@ struct LogSink;
 
 impl bb8::ErrorSink<tokio_postgres::Error> for LogSink {
     fn sink(&self, e: tokio_postgres::Error) {
-        tracing::warn!(error = %error_chain(&e), "database connection error");
+        tracing::warn!(error = %error_chain(&e), "database connection error: {}", error_chain(&e));
     }
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {

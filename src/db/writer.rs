@@ -298,7 +298,7 @@ impl Writer {
                     let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6))).min(Duration::from_secs(5));
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(error = %e, rows = batch.len(), failures, retry_in_ms = delay.as_millis() as u64,
-                            "stream write failed; batch kept, retrying");
+                            "stream write failed; batch kept, retrying: {e}");
                     }
                     tokio::select! {
                         _ = cancel.cancelled() => break,

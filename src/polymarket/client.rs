@@ -173,7 +173,7 @@ impl PolymarketClient {
             let delay = self.backoff.delay(attempt, outcome, fastrand::f64());
             tracing::warn!(
                 url = %url, ?outcome, detail = %detail, attempt = attempt + 1,
-                delay_ms = delay.as_millis() as u64, "upstream request failed, retrying"
+                delay_ms = delay.as_millis() as u64, "upstream request failed, retrying: {url}: {outcome:?} {detail}"
             );
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(delay).await;

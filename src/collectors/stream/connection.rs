@@ -118,7 +118,7 @@ impl Shard {
                 let delay = backoff.delay(attempt, outcome, 0.5 + fastrand::f64() / 2.0);
                 attempt += 1;
                 tracing::warn!(message_id = journal::RECONNECT, conn = self.id, reason = %reason, attempt,
-                    delay_ms = delay.as_millis() as u64, "stream connection failed, retrying");
+                    delay_ms = delay.as_millis() as u64, "stream connection {} failed, retrying: {reason}", self.id);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
@@ -145,7 +145,7 @@ impl Shard {
             let delay = backoff.delay(attempt, Outcome::Transport, 0.5 + fastrand::f64() / 2.0);
             attempt += 1;
             tracing::warn!(message_id = journal::RECONNECT, conn = self.id, reason = %reason, assets = self.assets.len(),
-                delay_ms = delay.as_millis() as u64, "stream connection lost, reconnecting");
+                delay_ms = delay.as_millis() as u64, "stream connection {} lost, reconnecting: {reason}", self.id);
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}

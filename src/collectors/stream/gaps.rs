@@ -52,7 +52,7 @@ pub async fn record(
                             .await?;
                         let id: i64 = row.get(0);
                         stats.gaps.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(message_id = journal::GAP_OPENED, gap_id = id, conn = c, assets = assets.len(), reason = %reason, "capture gap opened");
+                        tracing::warn!(message_id = journal::GAP_OPENED, gap_id = id, conn = c, assets = assets.len(), reason = %reason, "capture gap opened on connection {c} ({} assets): {reason}", assets.len());
                         open.insert(*c, (id, assets.clone(), *at));
                     }
                     GapEvent::Close { conn: c, at } => {
@@ -72,7 +72,7 @@ pub async fn record(
             match result {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot record a gap yet, retrying");
+                    tracing::warn!(error = %e, "cannot record a gap yet, retrying: {e}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
@@ -152,7 +152,7 @@ pub async fn backfill_loop(pool: Pool, client: Arc<PolymarketClient>, mut rx: mp
         };
         match &result {
             Ok(n) => tracing::info!(message_id = journal::BACKFILL, gap_id = gap.id, trades = n, "gap backfilled"),
-            Err(e) => tracing::error!(message_id = journal::BACKFILL, gap_id = gap.id, error = %e, "gap backfill failed: trades of the gap may be missing"),
+            Err(e) => tracing::error!(message_id = journal::BACKFILL, gap_id = gap.id, error = %e, "gap {} backfill failed, trades of the gap may be missing: {e}", gap.id),
         }
         if let Ok(conn) = pool.get().await {
             let _ = conn

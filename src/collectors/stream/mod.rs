@@ -330,7 +330,7 @@ impl StreamCollector {
             match self.desired().await {
                 Ok(d) => return d,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the subscription set yet");
+                    tracing::warn!(error = %e, "cannot read the subscription set yet: {e}");
                     tokio::select! {
                         _ = cancel.cancelled() => return Vec::new(),
                         _ = tokio::time::sleep(Duration::from_secs(2)) => {}
