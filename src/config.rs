@@ -241,7 +241,7 @@ impl Config {
         let startup_deadline = s.secs("startup_deadline_secs", 300, 0, 86_400);
         s.finish();
         let url = env.database_url.clone().unwrap_or(file_url);
-        match url.parse::<tokio_postgres::Config>() {
+        match split_sslmode(&url).0.parse::<tokio_postgres::Config>() {
             Ok(_) => {}
             Err(e) => problems.push(format!(
                 "database.url: not a PostgreSQL connection URL ({e}): {}",
@@ -528,6 +528,21 @@ impl Env {
     }
 }
 
+/// libpq's `sslmode=verify-ca` / `verify-full` (which tokio-postgres does not parse) become
+/// `require` plus certificate verification. Returns the URL tokio-postgres accepts and whether
+/// the server certificate must be verified against the trusted roots.
+pub fn split_sslmode(url: &str) -> (String, bool) {
+    let mut verify = false;
+    let mut out = url.to_string();
+    for mode in ["sslmode=verify-full", "sslmode=verify-ca"] {
+        if out.contains(mode) {
+            out = out.replace(mode, "sslmode=require");
+            verify = true;
+        }
+    }
+    (out, verify)
+}
+
 /// Replaces the password of a connection URL with `***`.
 pub fn redact_url(url: &str) -> String {
     match Url::parse(url) {
@@ -754,6 +769,14 @@ mod tests {
             Config::parse("[database]\npassword_file = \"/nonexistent/pw\"\n", &Env::default())
                 .unwrap_err();
         assert!(problems[0].starts_with("database.password_file: cannot read"), "{problems:?}");
+    }
+
+    #[test]
+    fn verify_modes_become_require_with_verification() {
+        assert_eq!(split_sslmode("postgresql://a@b/c?sslmode=verify-full"), ("postgresql://a@b/c?sslmode=require".into(), true));
+        assert_eq!(split_sslmode("host=x sslmode=verify-ca"), ("host=x sslmode=require".into(), true));
+        assert_eq!(split_sslmode("postgresql://a@b/c?sslmode=require"), ("postgresql://a@b/c?sslmode=require".into(), false));
+        assert!(Config::parse("[database]\nurl = \"postgresql://a@b/c?sslmode=verify-full\"\n", &Env::default()).is_ok());
     }
 
     #[test]

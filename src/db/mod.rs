@@ -7,6 +7,7 @@ pub mod migrate;
 pub mod spool;
 pub mod writer;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{DatabaseConfig, redact_url};
+use crate::config::{DatabaseConfig, redact_url, split_sslmode};
 use crate::polymarket::client::error_chain;
 
 pub type Pool = bb8::Pool<PostgresConnectionManager<MakeTls>>;
@@ -45,8 +46,8 @@ impl From<bb8::RunError<tokio_postgres::Error>> for DbError {
 
 /// The `tokio_postgres::Config` for `cfg`, password applied.
 pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
-    let mut pg: tokio_postgres::Config = cfg
-        .url
+    let mut pg: tokio_postgres::Config = split_sslmode(&cfg.url)
+        .0
         .parse()
         .map_err(|e| DbError::Settings(format!("{e}: {}", redact_url(&cfg.url))))?;
     if let Some(p) = &cfg.password {
@@ -59,9 +60,24 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError
     Ok(pg)
 }
 
-/// rustls connector trusting the system roots plus `ssl_root_cert`. Used for every
-/// connection; whether TLS is negotiated follows the URL's `sslmode` (disable, prefer, require).
+/// The rustls connector. Certificates are verified (system roots plus `ssl_root_cert`) with
+/// `sslmode=verify-full`/`verify-ca` or when `ssl_root_cert` is set; with `prefer` (the
+/// default) and `require` the connection is encrypted without verifying the certificate, as
+/// libpq does — a packaged PostgreSQL serves a self-signed "snakeoil" certificate. Whether TLS
+/// is negotiated at all follows `sslmode` (disable, prefer, require).
 pub fn tls(cfg: &DatabaseConfig) -> Result<MakeTls, DbError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verify = split_sslmode(&cfg.url).1 || cfg.ssl_root_cert.is_some();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::Settings(format!("TLS: {e}")))?;
+    if !verify {
+        let config = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth();
+        return Ok(MakeTls(MakeRustlsConnect::new(config)));
+    }
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -69,18 +85,53 @@ pub fn tls(cfg: &DatabaseConfig) -> Result<MakeTls, DbError> {
     }
     if let Some(path) = &cfg.ssl_root_cert {
         use rustls::pki_types::pem::PemObject;
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| DbError::Settings(format!("ssl_root_cert {}: {e}", path.display())))?;
+        let bad = |e: &dyn std::fmt::Display| DbError::Settings(format!("ssl_root_cert {}: {e}", path.display()));
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))?;
         for cert in certs {
-            let cert = cert
-                .map_err(|e| DbError::Settings(format!("ssl_root_cert {}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| DbError::Settings(format!("ssl_root_cert {}: {e}", path.display())))?;
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
         }
     }
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    Ok(MakeTls(MakeRustlsConnect::new(config)))
+    Ok(MakeTls(MakeRustlsConnect::new(builder.with_root_certificates(roots).with_no_client_auth())))
+}
+
+/// Encryption without certificate verification (`sslmode=prefer`/`require`): the handshake
+/// signatures are still checked against the presented certificate's key.
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The rustls connector, except for unix-socket hosts: tokio-postgres asks for a connector
