@@ -46,3 +46,24 @@ async fn altered_or_unknown_migrations_are_refused() {
     let err = migrate::run(&mut client).await.unwrap_err();
     assert!(matches!(err, MigrateError::Unknown { version: 999, .. }), "{err}");
 }
+
+/// Like libpq: `prefer` (the default) and `require` encrypt without verifying a self-signed
+/// certificate; `verify-full` refuses it.
+#[tokio::test]
+async fn tls_to_a_server_with_a_self_signed_certificate() {
+    let (_cluster, port) = pg::PrivateCluster::start_tls();
+    for mode in ["", "?sslmode=require"] {
+        let url = format!("postgresql://postgres@127.0.0.1:{port}/postgres{mode}");
+        let db = pg::TestDb { name: "postgres".into(), url };
+        let cfg = crate::config_for(&db, "http://127.0.0.1:9");
+        let pool = collector::db::connect(&cfg.database).await.unwrap_or_else(|e| panic!("{mode}: {e}"));
+        let conn = pool.get().await.unwrap();
+        let ssl: bool = conn.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0);
+        assert!(ssl, "{mode}: the connection is encrypted");
+    }
+    let url = format!("postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full");
+    let mut cfg = crate::config_for(&pg::TestDb { name: "postgres".into(), url }, "http://127.0.0.1:9");
+    cfg.database.startup_deadline = std::time::Duration::ZERO;
+    let err = collector::db::connect(&cfg.database).await.err().expect("an untrusted certificate is refused");
+    assert!(err.to_string().contains("certificate"), "{err}");
+}

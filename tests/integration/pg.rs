@@ -169,6 +169,39 @@ pub struct PrivateCluster {
 }
 
 impl PrivateCluster {
+    /// A cluster that also listens on 127.0.0.1 (a free port) with TLS on and a self-signed
+    /// certificate, like Debian's packaged PostgreSQL. Returns the cluster and its TCP port.
+    pub fn start_tls() -> (PrivateCluster, u16) {
+        let c = PrivateCluster::start();
+        c.down();
+        let data = c.dir.join("data");
+        let ok = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=snakeoil"])
+            .arg("-keyout").arg(data.join("server.key"))
+            .arg("-out").arg(data.join("server.crt"))
+            .output()
+            .unwrap();
+        assert!(ok.status.success(), "openssl: {}", String::from_utf8_lossy(&ok.stderr));
+        if is_root() {
+            Command::new("chown").args(["postgres:"]).arg(data.join("server.key")).arg(data.join("server.crt")).status().unwrap();
+        }
+        std::fs::set_permissions(data.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+        use std::io::Write;
+        writeln!(conf, "ssl = on\nlisten_addresses = '127.0.0.1'\nport = {port}").unwrap();
+        let mut hba = std::fs::OpenOptions::new().append(true).open(data.join("pg_hba.conf")).unwrap();
+        writeln!(hba, "hostssl all all 127.0.0.1/32 trust").unwrap();
+        let out = as_pg(&c.bin.join("pg_ctl"))
+            .arg("-D").arg(&data).arg("-l").arg(c.dir.join("log")).arg("-w")
+            .arg("-o").arg(format!("-k {}", c.dir.display()))
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        (c, port)
+    }
+
     pub fn start() -> PrivateCluster {
         let bin = bin_dir();
         let dir = tempfile::Builder::new().prefix("collector-pgp-").tempdir().unwrap().keep();
