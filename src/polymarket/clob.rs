@@ -116,10 +116,7 @@ fn levels(obj: &Value, field: &str, legacy: &str) -> Result<Vec<Level>, FieldErr
 mod tests {
     use super::*;
 
-    fn fixture(rel: &str) -> Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/");
-        serde_json::from_str(&std::fs::read_to_string(format!("{path}{rel}")).unwrap()).unwrap()
-    }
+    use crate::polymarket::fixtures::json as fixture;
 
     #[test]
     fn best_levels_are_computed_not_taken_from_order() {

@@ -40,10 +40,7 @@ pub fn v2_page(body: &Value) -> Result<(Vec<Value>, Option<String>), FieldError>
 mod tests {
     use super::*;
 
-    fn fixture(rel: &str) -> Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/");
-        serde_json::from_str(&std::fs::read_to_string(format!("{path}{rel}")).unwrap()).unwrap()
-    }
+    use crate::polymarket::fixtures::json as fixture;
 
     #[test]
     fn v2_floats_are_stored_as_written() {

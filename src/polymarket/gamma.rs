@@ -256,11 +256,7 @@ pub fn keyset_page(body: &Value, key: &str) -> Result<(Vec<Value>, Option<String
 mod tests {
     use super::*;
 
-    fn fixture(rel: &str) -> Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/");
-        let text = std::fs::read_to_string(format!("{path}{rel}")).expect("shared fixtures");
-        serde_json::from_str(&text).unwrap()
-    }
+    use crate::polymarket::fixtures::json as fixture;
 
     #[test]
     fn captured_live_market_decodes_exactly() {

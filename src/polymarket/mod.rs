@@ -9,3 +9,16 @@ pub mod decode;
 pub mod gamma;
 pub mod retry;
 pub mod ws;
+
+/// The shared Polymarket fixtures (`../shared/fixtures/polymarket/`), for unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    pub fn text(rel: &str) -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/");
+        std::fs::read_to_string(format!("{path}{rel}")).expect("shared fixtures beside the repository")
+    }
+
+    pub fn json(rel: &str) -> serde_json::Value {
+        serde_json::from_str(&text(rel)).expect("fixture is JSON")
+    }
+}

@@ -258,10 +258,7 @@ pub fn decode_event(obj: &Value) -> Result<Event, String> {
 mod tests {
     use super::*;
 
-    fn fixture(rel: &str) -> String {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/");
-        std::fs::read_to_string(format!("{path}{rel}")).unwrap()
-    }
+    use crate::polymarket::fixtures::text as fixture;
 
     #[test]
     fn array_frames_of_books_decode() {

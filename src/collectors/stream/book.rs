@@ -86,10 +86,7 @@ mod tests {
     use super::*;
     use crate::polymarket::ws::{Event, Frame, decode_frame};
 
-    fn fixture(rel: &str) -> String {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/");
-        std::fs::read_to_string(format!("{path}{rel}")).unwrap()
-    }
+    use crate::polymarket::fixtures::text as fixture;
 
     fn change(asset: &str, price: &str, size: &str, side: &str, bid: &str, ask: &str) -> LevelChange {
         LevelChange {
