@@ -24,6 +24,10 @@ ctl=$(mktemp -d); dpkg-deb -e "$deb" "$ctl"
 grep -qx /etc/collector/collector.toml "$ctl/conffiles" || { echo "collector.toml is not a conffile"; exit 1; }
 
 echo "==> install"
+# dpkg -i does not fetch dependencies: make sure the package's are here.
+for dep in adduser ca-certificates; do
+  dpkg -s "$dep" >/dev/null 2>&1 || { apt-get update -q; DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$dep"; }
+done
 dpkg -i "$deb" >/dev/null
 getent passwd collector >/dev/null || { echo "no collector user"; exit 1; }
 [ "$(stat -c %a /etc/collector/db-password)" = 600 ] || { echo "db-password is not 0600"; exit 1; }
