@@ -5,7 +5,7 @@
 #   scripts/run-local.sh                  # set up what is missing, then run
 #   COLLECTOR_DATABASE_URL=... scripts/run-local.sh   # use your own database, skip the setup
 #
-# State (config, password, status socket) lives in .local/ beside the repository. Stop with
+# State (config, password, status socket, stream spool) lives in .local/ beside the repository. Stop with
 # Ctrl-C; meanwhile `target/release/collector status --socket .local/status.sock` shows health.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +52,7 @@ if [ ! -f .local/collector.toml ]; then
   sed -e "s|^url = \"postgresql://.*|url = \"$db_url\"|" \
       -e "s|^# password_file = .*|$password_line|" \
       -e "s|^# status_socket = .*|status_socket = \"$PWD/.local/status.sock\"|" \
+      -e "s|^# spool_dir = .*|spool_dir = \"$PWD/.local/spool\"|" \
       packaging/collector.toml > .local/collector.toml
 fi
 echo "==> building"

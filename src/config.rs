@@ -250,6 +250,7 @@ impl Config {
         }
         let (password, password_source) = match (&password_file, &env.credentials_directory) {
             (Some(file), _) => match std::fs::read_to_string(file) {
+                Ok(p) if p.trim().is_empty() => (None, None),
                 Ok(p) => (Some(p.trim_end_matches(['\n', '\r']).to_string()), Some(file.clone())),
                 Err(e) => {
                     problems.push(format!("database.password_file: cannot read {file}: {e}"));
