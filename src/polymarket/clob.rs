@@ -62,10 +62,8 @@ impl Book {
 
 /// Decodes one `OrderBookSummary`. Accepts `bids`/`asks` or the older `buys`/`sells`.
 pub fn decode_book(obj: &Value) -> Result<Book, FieldError> {
-    let token_id =
-        decode::string(obj, "asset_id").ok_or_else(|| FieldError::new("asset_id", "missing"))?;
-    let source_ts = decode::timestamp(obj, "timestamp")?
-        .ok_or_else(|| FieldError::new("timestamp", "missing"))?;
+    let token_id = decode::required_string(obj, "asset_id")?;
+    let source_ts = decode::required_timestamp(obj, "timestamp")?;
     let hash = decode::string(obj, "hash").unwrap_or_default();
     let mut bids = levels(obj, "bids", "buys")?;
     let mut asks = levels(obj, "asks", "sells")?;

@@ -11,16 +11,14 @@ use super::ws::Trade;
 pub fn decode_trade(obj: &Value) -> Result<Trade, FieldError> {
     let pick = |a: &str, b: &str| decode::string(obj, a).or_else(|| decode::string(obj, b));
     let asset_id = pick("token_id", "asset").or_else(|| decode::string(obj, "asset_id")).ok_or_else(|| FieldError::new("token_id", "missing"))?;
-    let side = decode::string(obj, "side").map(|s| s.to_ascii_uppercase()).filter(|s| s == "BUY" || s == "SELL")
-        .ok_or_else(|| FieldError::new("side", "expected BUY or SELL"))?;
     Ok(Trade {
         asset_id,
         condition_id: pick("condition_id", "conditionId"),
-        price: decode::decimal(obj, "price")?.ok_or_else(|| FieldError::new("price", "missing"))?,
-        size: decode::decimal(obj, "size")?.ok_or_else(|| FieldError::new("size", "missing"))?,
-        side,
+        price: decode::required_decimal(obj, "price")?,
+        size: decode::required_decimal(obj, "size")?,
+        side: decode::side(obj)?,
         fee_rate_bps: None,
-        source_ts: decode::timestamp(obj, "timestamp")?.ok_or_else(|| FieldError::new("timestamp", "missing"))?,
+        source_ts: decode::required_timestamp(obj, "timestamp")?,
         tx_hash: pick("transaction_hash", "transactionHash"),
     })
 }

@@ -79,6 +79,29 @@ pub fn decimal_value(v: &Value) -> Result<Decimal, String> {
     parse_decimal(&text).ok_or_else(|| format!("not a decimal: {text:?}"))
 }
 
+/// A string field that must be there.
+pub fn required_string(obj: &Value, field: &str) -> Result<String, FieldError> {
+    string(obj, field).ok_or_else(|| FieldError::new(field, "missing"))
+}
+
+/// A decimal field that must be there.
+pub fn required_decimal(obj: &Value, field: &str) -> Result<Decimal, FieldError> {
+    decimal(obj, field)?.ok_or_else(|| FieldError::new(field, "missing"))
+}
+
+/// A timestamp field that must be there.
+pub fn required_timestamp(obj: &Value, field: &str) -> Result<DateTime<Utc>, FieldError> {
+    timestamp(obj, field)?.ok_or_else(|| FieldError::new(field, "missing"))
+}
+
+/// The `side` field: `BUY` or `SELL`, any case upstream.
+pub fn side(obj: &Value) -> Result<String, FieldError> {
+    match string(obj, "side").map(|s| s.to_ascii_uppercase()).as_deref() {
+        Some(s @ ("BUY" | "SELL")) => Ok(s.to_string()),
+        other => Err(FieldError::new("side", format!("expected BUY or SELL, got {other:?}"))),
+    }
+}
+
 /// An array of strings given as a real JSON array or as a JSON array packed in a string
 /// (`"[\"Yes\", \"No\"]"`). Numbers inside are kept as their text.
 pub fn string_array(obj: &Value, field: &str) -> Result<Option<Vec<String>>, FieldError> {

@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use super::clob::{self, Book};
-use super::decode::{self, FieldError};
+use super::decode::{self, FieldError, required_decimal, required_string, side};
 
 /// The first frame on a connection.
 pub fn subscribe_initial(assets: &[String]) -> String {
@@ -161,22 +161,7 @@ pub fn decode_frame(text: &str) -> Frame {
 }
 
 fn ts(obj: &Value) -> Result<DateTime<Utc>, FieldError> {
-    decode::timestamp(obj, "timestamp")?.ok_or_else(|| FieldError::new("timestamp", "missing"))
-}
-
-fn required_decimal(obj: &Value, field: &str) -> Result<Decimal, FieldError> {
-    decode::decimal(obj, field)?.ok_or_else(|| FieldError::new(field, "missing"))
-}
-
-fn required_string(obj: &Value, field: &str) -> Result<String, FieldError> {
-    decode::string(obj, field).ok_or_else(|| FieldError::new(field, "missing"))
-}
-
-fn side(obj: &Value) -> Result<String, FieldError> {
-    match decode::string(obj, "side").map(|s| s.to_ascii_uppercase()).as_deref() {
-        Some(s @ ("BUY" | "SELL")) => Ok(s.to_string()),
-        other => Err(FieldError::new("side", format!("expected BUY or SELL, got {other:?}"))),
-    }
+    decode::required_timestamp(obj, "timestamp")
 }
 
 /// Decodes one event object; `Err(reason)` for unknown types and malformed events.
