@@ -249,28 +249,20 @@ impl Config {
             )),
         }
         let (password, password_source) = match (&password_file, &env.credentials_directory) {
-            (Some(file), _) => match std::fs::read_to_string(file) {
-                Ok(p) if p.trim().is_empty() => (None, None),
-                Ok(p) => (Some(p.trim_end_matches(['\n', '\r']).to_string()), Some(file.clone())),
+            (Some(file), _) => match read_secret(Path::new(file)) {
+                Ok(p) => (p, Some(file.clone())),
                 Err(e) => {
                     problems.push(format!("database.password_file: cannot read {file}: {e}"));
                     (None, None)
                 }
             },
-            (None, Some(dir)) => {
-                let path = Path::new(dir).join(PASSWORD_CREDENTIAL);
-                match std::fs::read_to_string(&path) {
-                    // The package ships an empty credential file: empty means no password.
-                    Ok(p) if p.trim().is_empty() => (None, None),
-                    Ok(p) => (
-                        Some(p.trim_end_matches(['\n', '\r']).to_string()),
-                        Some(format!("systemd credential {PASSWORD_CREDENTIAL}")),
-                    ),
-                    Err(_) => (None, None),
-                }
-            }
+            (None, Some(dir)) => match read_secret(&Path::new(dir).join(PASSWORD_CREDENTIAL)) {
+                Ok(p) => (p, Some(format!("systemd credential {PASSWORD_CREDENTIAL}"))),
+                Err(_) => (None, None),
+            },
             (None, None) => (None, None),
         };
+        let password_source = password_source.filter(|_| password.is_some());
         let database = DatabaseConfig {
             url,
             password,
@@ -527,6 +519,14 @@ impl Env {
             state_directory: non_empty("STATE_DIRECTORY"),
         }
     }
+}
+
+/// A secret file's content without its line ending; `None` when empty (the package ships an
+/// empty credential file, meaning no password).
+fn read_secret(path: &Path) -> std::io::Result<Option<String>> {
+    let text = std::fs::read_to_string(path)?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    Ok((!secret.trim().is_empty()).then(|| secret.to_string()))
 }
 
 /// libpq's `sslmode=verify-ca` / `verify-full` (which tokio-postgres does not parse) become
