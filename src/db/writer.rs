@@ -178,7 +178,10 @@ impl Sink {
         Some(self.epoch.elapsed().saturating_sub(last))
     }
 
-    fn wrote(&self) {
+    /// Counts a committed batch of `rows` rows holding `trades` new trades.
+    fn stored(&self, rows: usize, trades: u64) {
+        self.stats.trades_inserted.fetch_add(trades, Ordering::Relaxed);
+        self.stats.rows_written.fetch_add(rows as u64, Ordering::Relaxed);
         self.stats.last_write_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
@@ -280,9 +283,7 @@ impl Writer {
                     if from_spool.is_none() {
                         record_latency(&self.sink.stats.commit_latency, &batch);
                     }
-                    self.sink.stats.trades_inserted.fetch_add(trades, Ordering::Relaxed);
-                    self.sink.stats.rows_written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    self.sink.wrote();
+                    self.sink.stored(batch.len(), trades);
                     if let Some(at) = from_spool.take() {
                         self.sink.spool_commit(at);
                     }
@@ -329,8 +330,7 @@ impl Writer {
             }
             match tokio::time::timeout(deadline - Instant::now(), write_batch(&self.pool, chunk)).await {
                 Ok(Ok(trades)) => {
-                    self.sink.stats.trades_inserted.fetch_add(trades, Ordering::Relaxed);
-                    self.sink.stats.rows_written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    self.sink.stored(chunk.len(), trades);
                     written += chunk.len();
                 }
                 Ok(Err(e)) => {
