@@ -8,16 +8,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::collectors::books::BooksCollector;
 use crate::collectors::catalog::{CatalogCtx, CatalogState, FullSweep, NewMarkets, Resolutions};
-use crate::collectors::stream::{StreamCollector, StreamMonitor, StreamStats};
-use crate::db::spool::Spool;
-use crate::db::writer::{Sink, Writer};
-use crate::config::{Config, redact_url};
+use crate::collectors::stream::{self, StreamDeps};
+use crate::config::{Config, ConfigError};
 use crate::daemon::health::{self, Health};
-use crate::daemon::supervisor::Supervisor;
-use crate::daemon::{fault, journal, status, systemd};
+use crate::daemon::supervisor::{Supervisor, TaskKind};
+use crate::daemon::{status, systemd};
+use crate::fault;
+use crate::journal;
 use crate::db::{self, DbError, migrate};
 use crate::exit;
-use crate::polymarket::client::{ClientError, PolymarketClient, error_chain};
+use crate::errors::error_chain;
+use crate::polymarket::client::{ClientError, PolymarketClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -31,10 +32,11 @@ pub enum AppError {
     Signals(#[source] std::io::Error),
     #[error("second signal received during drain; exiting at once")]
     Interrupted,
-    #[error("supervisor gave up: {0}")]
+    /// The supervisor gave up on a task, or the stream ended unexpectedly.
+    #[error("{0}")]
     GaveUp(String),
     #[error("stream spool: {0} (set stream.spool_dir to a writable directory)")]
-    Spool(#[from] crate::db::spool::SpoolError),
+    Spool(#[from] crate::collectors::stream::spool::SpoolError),
 }
 
 impl AppError {
@@ -50,6 +52,16 @@ impl AppError {
             _ => exit::SOFTWARE,
         }
     }
+}
+
+/// Reads and checks the configuration file: every problem, including the database URL's.
+pub fn load_config(path: &std::path::Path) -> Result<Config, ConfigError> {
+    Config::load(path, |c| db::url::problem(&c.database.url).into_iter().collect())
+}
+
+/// `collector check-config`: the effective configuration, secrets redacted.
+pub fn check_config(cfg: &Config) -> String {
+    cfg.render(db::url::redact)
 }
 
 /// Connects (retrying up to the startup deadline) and applies pending migrations.
@@ -76,19 +88,20 @@ pub async fn migrate(cfg: Config) -> Result<(), AppError> {
 }
 
 /// `collector collect`: runs until SIGTERM or SIGINT (exit 0 after the drain), a second
-/// signal during the drain (exit 130), or a collector spending its restart budget (exit 70).
+/// signal during the drain (exit 130), or a task spending its restart budget (exit 70).
 pub async fn collect(cfg: Config) -> Result<(), AppError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
     tracing::info!(
         message_id = journal::LIFECYCLE,
         version = env!("CARGO_PKG_VERSION"),
-        database = %redact_url(&cfg.database.url),
+        database = %db::url::redact(&cfg.database.url),
         gamma = %cfg.upstream.gamma_url, clob = %cfg.upstream.clob_url,
-        catalog = cfg.catalog.enabled, books = cfg.books.enabled,
+        catalog = cfg.catalog.enabled, books = cfg.books.enabled, stream = cfg.stream.enabled,
         status_socket = %cfg.daemon.status_socket.display(),
         "collector starting"
     );
+    // 1. Database and schema.
     let (pool, applied) = tokio::select! {
         r = connect_and_migrate(&cfg) => r?,
         _ = sigterm.recv() => return Ok(()),
@@ -97,8 +110,109 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
     tracing::info!(applied = applied.len(), "database connected, schema current");
     let client = Arc::new(PolymarketClient::new(&cfg.upstream)?);
 
-    let cancel = CancellationToken::new();
-    let supervisor = Supervisor::new(cancel.clone(), &cfg.daemon, fault::from_env());
+    // 2. Polling collectors, under the supervisor.
+    let supervisor = Supervisor::new(CancellationToken::new(), &cfg.daemon, fault::from_env());
+    spawn_polling(&supervisor, &cfg, &client, &pool);
+
+    // 3. The live stream (its tasks ask the same supervisor about restarts).
+    let mut stream = match cfg.stream.enabled {
+        true => Some(stream::spawn(StreamDeps {
+            cfg: cfg.stream.clone(),
+            ws_url: cfg.upstream.ws_url.clone(),
+            retry_after_max: cfg.upstream.retry_after_max,
+            pool: pool.clone(),
+            client: client.clone(),
+            restarts: Arc::new(supervisor.clone()),
+            drain_grace: cfg.daemon.drain_grace,
+            stall_timeout: cfg.daemon.stall_timeout,
+            fault_spec: supervisor.fault_spec().map(str::to_owned),
+        })?),
+        false => None,
+    };
+    if stream.is_some() {
+        supervisor.register(stream::TASK_NAME, TaskKind::Stream);
+    }
+
+    // 4. Health (log, STATUS=, WATCHDOG=1) and the status socket.
+    let mut health = Health::new(supervisor.clone(), client.stats.clone(), pool.clone());
+    health.stream = stream.as_ref().map(|s| s.monitor());
+    let daemon_cancel = CancellationToken::new();
+    let health_task = tokio::spawn(health::run(health.clone(), cfg.health.log_interval, cfg.daemon.stall_timeout, daemon_cancel.clone()));
+    let health_watch = tokio::spawn(async move {
+        if let Err(e) = health_task.await.map_err(|e| e.is_panic().then_some(e)) {
+            tracing::error!(error = ?e, "health loop died: health reports and watchdog pings stopped");
+        }
+    });
+    let status_task = status::bind(&cfg.daemon.status_socket).map(|listener| {
+        tokio::spawn(status::serve(listener, cfg.daemon.status_socket.clone(), health.clone(), daemon_cancel.clone()))
+    });
+
+    // 5. READY once the stream's first connections are up (bounded).
+    if let Some(s) = stream.as_mut() {
+        tokio::select! {
+            _ = s.ready() => {}
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    }
+    systemd::ready();
+    tracing::info!(message_id = journal::LIFECYCLE, "collector running");
+
+    // 6. Run until a signal or a failure.
+    let stop: Result<&str, String> = tokio::select! {
+        _ = sigterm.recv() => Ok("SIGTERM"),
+        _ = sigint.recv() => Ok("SIGINT"),
+        reason = supervisor.gave_up() => Err(reason.to_string()),
+        reason = async { stream.as_mut().expect("guarded").failed().await }, if stream.is_some() => Err(reason),
+    };
+    let grace = cfg.daemon.drain_grace;
+    match &stop {
+        Ok(signal) => tracing::info!(message_id = journal::LIFECYCLE, signal, grace_secs = grace.as_secs(), "stopping: draining collectors"),
+        Err(reason) => tracing::error!(message_id = journal::LIFECYCLE, reason = %reason, "stopping: {reason}"),
+    }
+
+    // 7. The drain: stream first (planned gap, connections closed, writer flushes what they
+    //    accepted), then the polling collectors — within the grace, asking systemd for time.
+    systemd::stopping();
+    let extender = tokio::spawn(async move {
+        loop {
+            systemd::extend_timeout(grace + Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let deadline = tokio::time::Instant::now() + grace;
+    let drain = async {
+        if let Some(s) = stream.take() {
+            s.stop(deadline).await;
+        }
+        supervisor.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await
+    };
+    let drained = tokio::select! {
+        d = drain => d,
+        _ = sigterm.recv() => return Err(AppError::Interrupted),
+        _ = sigint.recv() => return Err(AppError::Interrupted),
+    };
+    extender.abort();
+    daemon_cancel.cancel();
+    let _ = health_watch.await;
+    if let Some(t) = status_task {
+        let _ = t.await;
+    }
+    if !drained {
+        tracing::warn!(grace_secs = grace.as_secs(), "some collectors did not stop within the grace period");
+    }
+    drop(pool);
+    match stop {
+        Ok(_) => {
+            tracing::info!(message_id = journal::LIFECYCLE, "stopped cleanly");
+            Ok(())
+        }
+        Err(reason) => Err(AppError::GaveUp(reason)),
+    }
+}
+
+/// The polling collectors that are enabled, each under the supervisor.
+fn spawn_polling(supervisor: &Supervisor, cfg: &Config, client: &Arc<PolymarketClient>, pool: &db::Pool) {
     if cfg.catalog.enabled {
         let ctx = CatalogCtx {
             client: client.clone(),
@@ -115,132 +229,6 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
     if cfg.books.enabled {
         let (client, pool, books) = (client.clone(), pool.clone(), cfg.books.clone());
         supervisor.spawn_polling(move || BooksCollector::new(client.clone(), pool.clone(), books.clone()));
-    }
-
-    // The live stream: pool manager → sink (queue, spool) → writer.
-    let stream_cancel = CancellationToken::new();
-    let writer_cancel = CancellationToken::new();
-    let mut stream = None;
-    if cfg.stream.enabled {
-        let spool = Spool::open(&cfg.stream.spool_dir, cfg.stream.spool_max_bytes)?;
-        let (sink, rx) = Sink::new(cfg.stream.queue_capacity, spool);
-        let writer = Writer {
-            pool: pool.clone(),
-            rx,
-            sink: sink.clone(),
-            batch_size: cfg.stream.batch_size,
-            flush_interval: cfg.stream.flush_interval,
-        };
-        let writer_task = tokio::spawn(writer.run(writer_cancel.clone(), cfg.daemon.drain_grace));
-        let stats = Arc::new(StreamStats::default());
-        let collector = StreamCollector {
-            cfg: cfg.stream.clone(),
-            ws_url: cfg.upstream.ws_url.clone(),
-            pool: pool.clone(),
-            client: client.clone(),
-            sink: sink.clone(),
-            stats: stats.clone(),
-        };
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let manager = tokio::spawn(collector.run(stream_cancel.clone(), ready_tx));
-        let monitor = Arc::new(StreamMonitor { stats, sink, stall_timeout: cfg.daemon.stall_timeout });
-        stream = Some((manager, writer_task, monitor, ready_rx));
-    }
-
-    let mut health = Health::new(supervisor.clone(), client.stats.clone(), pool.clone());
-    let mut liveness: Vec<Arc<dyn systemd::Liveness>> = Vec::new();
-    if let Some((_, _, monitor, _)) = &stream {
-        health.stream = Some(monitor.clone());
-        liveness.push(monitor.clone());
-    }
-    // The health loop is not restarted if it dies; its death is logged.
-    let health_task = tokio::spawn(health::run(health.clone(), cfg.health.log_interval, cancel.clone()));
-    let health_watch = tokio::spawn(async move {
-        match health_task.await {
-            Err(e) if e.is_panic() => tracing::error!(error = %e, "health loop died; health reports stopped"),
-            _ => {}
-        }
-    });
-    let watchdog = tokio::spawn(systemd::watchdog(supervisor.clone(), cfg.daemon.stall_timeout, liveness, cancel.clone()));
-    let status_task = status::bind(&cfg.daemon.status_socket).map(|listener| {
-        tokio::spawn(status::serve(listener, cfg.daemon.status_socket.clone(), health.clone(), cancel.clone()))
-    });
-    // READY once the stream's first connections are up (bounded: 30 s).
-    let (mut manager, mut writer_task, ready_rx) = match stream {
-        Some((m, w, _, r)) => (Some(m), Some(w), Some(r)),
-        None => (None, None, None),
-    };
-    if let Some(r) = ready_rx {
-        tokio::select! {
-            _ = r => {}
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
-        }
-    }
-    systemd::ready();
-    tracing::info!(message_id = journal::LIFECYCLE, "collector running");
-
-    let stop = tokio::select! {
-        _ = sigterm.recv() => Ok("SIGTERM"),
-        _ = sigint.recv() => Ok("SIGINT"),
-        reason = supervisor.gave_up() => Err(reason),
-        r = async { manager.as_mut().expect("guarded").await }, if manager.is_some() => {
-            manager = None;
-            Err(format!("stream manager ended unexpectedly: {r:?}"))
-        }
-        r = async { writer_task.as_mut().expect("guarded").await }, if writer_task.is_some() => {
-            writer_task = None;
-            Err(format!("stream writer ended unexpectedly: {r:?}"))
-        }
-    };
-    let grace = cfg.daemon.drain_grace;
-    match &stop {
-        Ok(signal) => tracing::info!(message_id = journal::LIFECYCLE, signal, grace_secs = grace.as_secs(), "stopping: draining collectors"),
-        Err(reason) => tracing::error!(message_id = journal::LIFECYCLE, reason = %reason, "stopping: restart budget spent: {reason}"),
-    }
-    systemd::stopping();
-    // While the drain runs, keep asking systemd for time (a long flush of the queue).
-    let extender = tokio::spawn(async move {
-        loop {
-            systemd::extend_timeout(grace + Duration::from_secs(5));
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    });
-    let deadline = tokio::time::Instant::now() + grace;
-    let drain = async {
-        // Stream first (planned gap, close connections), then the writer flushes what they
-        // accepted, then the polling collectors.
-        stream_cancel.cancel();
-        if let Some(m) = manager.take() {
-            let _ = tokio::time::timeout_at(deadline, m).await;
-        }
-        writer_cancel.cancel();
-        if let Some(w) = writer_task.take() {
-            let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), w).await;
-        }
-        supervisor.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await
-    };
-    let drained = tokio::select! {
-        d = drain => d,
-        _ = sigterm.recv() => return Err(AppError::Interrupted),
-        _ = sigint.recv() => return Err(AppError::Interrupted),
-    };
-    extender.abort();
-    let _ = health_watch.await;
-    let _ = watchdog.await;
-    if let Some(t) = status_task {
-        let _ = t.await;
-    }
-    if !drained {
-        tracing::warn!(grace_secs = grace.as_secs(), "some collectors did not stop within the grace period");
-    }
-    drop(pool);
-    match stop {
-        Ok(_) => {
-            tracing::info!(message_id = journal::LIFECYCLE, "stopped cleanly");
-            Ok(())
-        }
-        Err(reason) => Err(AppError::GaveUp(reason)),
     }
 }
 

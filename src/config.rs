@@ -1,9 +1,13 @@
 //! Configuration: a TOML file (default `/etc/collector/collector.toml`) read into a validated
 //! [`Config`].
 //!
-//! Every key has one place here: its name, its default and its check. Loading never stops at
-//! the first problem: unknown keys, wrong types and bad values are all collected and reported
-//! together (exit 78). The database password never appears in [`Config::redacted`] output.
+//! Every key has one place here: the line that reads it names the key, its default and its
+//! check. The reader records every key it read with its effective value and its default
+//! ([`Setting`]), so `check-config` output ([`Config::render`]) and the test that the packaged
+//! example documents every key with its default derive from that one line. Loading never
+//! stops at the first problem: unknown keys, wrong types and bad values are all collected and
+//! reported together (exit 78). The database password never appears in the rendered output;
+//! the URL is printed through a redactor the caller passes (the URL rules live in `db::url`).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -22,6 +26,8 @@ pub const PASSWORD_CREDENTIAL: &str = "db-password";
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Every key as read: effective value and default, in file order of sections.
+    pub settings: Vec<Setting>,
     pub database: DatabaseConfig,
     pub upstream: UpstreamConfig,
     pub catalog: CatalogConfig,
@@ -53,8 +59,8 @@ pub struct DatabaseConfig {
 
 impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password in several forms: not printed here at all.
         f.debug_struct("DatabaseConfig")
-            .field("url", &redact_url(&self.url))
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("ssl_root_cert", &self.ssl_root_cert)
             .field("pool_size", &self.pool_size)
@@ -78,6 +84,9 @@ pub struct UpstreamConfig {
     pub backoff_base: Duration,
     /// Longest retry delay (a `Retry-After` may ask for more and is honoured). Default 60 s.
     pub backoff_max: Duration,
+    /// Longest `Retry-After` honoured (HTTP and WebSocket handshakes); longer asks are
+    /// clamped to it. Default 300 s.
+    pub retry_after_max: Duration,
     /// Request budget for Gamma listing routes per 10 s. Default 200 (documented limit 300).
     pub gamma_requests_per_10s: u32,
     /// Request budget for CLOB `POST /books` per 10 s. Default 250 (documented limit 500).
@@ -202,26 +211,32 @@ pub struct ConfigError {
 impl Config {
     /// Reads and validates `path`. A missing file is an error: the daemon never runs on
     /// silent defaults.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.display().to_string(),
-            problems: vec![format!("cannot read the file: {e}")],
-        })?;
-        let env = Env::from_process();
-        Self::parse(&text, &env).map_err(|problems| ConfigError {
-            path: path.display().to_string(),
-            problems,
-        })
+    /// `check` adds the problems other layers find (the database URL's syntax, in `db::url`),
+    /// so that every problem is still reported at once.
+    pub fn load(path: &Path, check: impl Fn(&Config) -> Vec<String>) -> Result<Config, ConfigError> {
+        let error = |problems| ConfigError { path: path.display().to_string(), problems };
+        let text = std::fs::read_to_string(path).map_err(|e| error(vec![format!("cannot read the file: {e}")]))?;
+        let (config, mut problems) = Self::read(&text, &Env::from_process()).map_err(error)?;
+        problems.extend(check(&config));
+        if problems.is_empty() { Ok(config) } else { Err(error(problems)) }
     }
 
     /// Parses and validates configuration text, reading overrides and secrets through `env`.
     pub fn parse(text: &str, env: &Env) -> Result<Config, Vec<String>> {
+        let (config, problems) = Self::read(text, env)?;
+        if problems.is_empty() { Ok(config) } else { Err(problems) }
+    }
+
+    /// Reads configuration text: the configuration (bad values replaced by their defaults)
+    /// and every problem found. `Err` only when the text is not TOML at all.
+    pub fn read(text: &str, env: &Env) -> Result<(Config, Vec<String>), Vec<String>> {
         let table: toml::Table = match text.parse() {
             Ok(t) => t,
             Err(e) => return Err(vec![format!("not valid TOML: {}", e.to_string().trim())]),
         };
         let mut problems = Vec::new();
-        let mut root = Section::new("", table, &mut problems);
+        let mut settings = Vec::new();
+        let mut root = Section::new("", table, &mut problems, &mut settings);
         let database_t = root.table("database");
         let upstream_t = root.table("upstream");
         let catalog_t = root.table("catalog");
@@ -232,22 +247,21 @@ impl Config {
         let daemon_t = root.table("daemon");
         root.finish();
 
-        let mut s = Section::new("database", database_t, &mut problems);
+        let mut s = Section::new("database", database_t, &mut problems, &mut settings);
         let file_url = s.string("url", "postgresql://collector@localhost/collector");
         let password_file = s.opt_string("password_file");
         let ssl_root_cert = s.opt_string("ssl_root_cert").map(PathBuf::from);
         let pool_size = s.int("pool_size", 8, 1, 1000) as u32;
         let connect_timeout = s.secs("connect_timeout_secs", 10, 1, 3600);
         let startup_deadline = s.secs("startup_deadline_secs", 300, 0, 86_400);
+        let url = match &env.database_url {
+            Some(u) => {
+                s.overridden("url", toml::Value::String(u.clone()), DATABASE_URL_ENV);
+                u.clone()
+            }
+            None => file_url,
+        };
         s.finish();
-        let url = env.database_url.clone().unwrap_or(file_url);
-        match split_sslmode(&url).0.parse::<tokio_postgres::Config>() {
-            Ok(_) => {}
-            Err(e) => problems.push(format!(
-                "database.url: not a PostgreSQL connection URL ({e}): {}",
-                redact_url(&url)
-            )),
-        }
         let (password, password_source) = match (&password_file, &env.credentials_directory) {
             (Some(file), _) => match read_secret(Path::new(file)) {
                 Ok(p) => (p, Some(file.clone())),
@@ -263,6 +277,16 @@ impl Config {
             (None, None) => (None, None),
         };
         let password_source = password_source.filter(|_| password.is_some());
+        settings.push(Setting {
+            section: "database",
+            key: "password".into(),
+            value: None,
+            default: None,
+            note: Some(match &password_source {
+                Some(src) => format!("*** (from {src})"),
+                None => "none configured".into(),
+            }),
+        });
         let database = DatabaseConfig {
             url,
             password,
@@ -273,7 +297,7 @@ impl Config {
             startup_deadline,
         };
 
-        let mut s = Section::new("upstream", upstream_t, &mut problems);
+        let mut s = Section::new("upstream", upstream_t, &mut problems, &mut settings);
         let gamma_url = s.url("gamma_url", "https://gamma-api.polymarket.com", &["http", "https"]);
         let clob_url = s.url("clob_url", "https://clob.polymarket.com", &["http", "https"]);
         let data_url = s.url("data_url", "https://data-api.polymarket.com", &["http", "https"]);
@@ -297,15 +321,16 @@ impl Config {
             user_agent,
             request_timeout: s.secs("request_timeout_secs", 30, 1, 600),
             max_retries: s.int("max_retries", 5, 0, 100) as u32,
-            backoff_base: Duration::from_millis(s.int("backoff_base_ms", 500, 1, 600_000)),
+            backoff_base: s.millis("backoff_base_ms", 500, 1, 600_000),
             backoff_max: s.secs("backoff_max_secs", 60, 1, 3600),
+            retry_after_max: s.secs("retry_after_max_secs", 300, 1, 86_400),
             gamma_requests_per_10s: s.int("gamma_requests_per_10s", 200, 1, 10_000) as u32,
             clob_books_requests_per_10s: s.int("clob_books_requests_per_10s", 250, 1, 10_000) as u32,
             data_requests_per_10s: s.int("data_requests_per_10s", 100, 1, 10_000) as u32,
         };
         s.finish();
 
-        let mut s = Section::new("catalog", catalog_t, &mut problems);
+        let mut s = Section::new("catalog", catalog_t, &mut problems, &mut settings);
         let catalog = CatalogConfig {
             enabled: s.bool("enabled", true),
             full_sweep_interval: s.secs("full_sweep_interval_secs", 900, 1, 86_400),
@@ -319,7 +344,7 @@ impl Config {
         };
         s.finish();
 
-        let mut s = Section::new("books", books_t, &mut problems);
+        let mut s = Section::new("books", books_t, &mut problems, &mut settings);
         let books = BooksConfig {
             enabled: s.bool("enabled", true),
             interval: s.secs("interval_secs", 60, 1, 86_400),
@@ -327,7 +352,7 @@ impl Config {
         };
         s.finish();
 
-        let mut s = Section::new("stream", stream_t, &mut problems);
+        let mut s = Section::new("stream", stream_t, &mut problems, &mut settings);
         let default_spool = match &env.state_directory {
             Some(dir) => PathBuf::from(dir),
             None => PathBuf::from("/var/lib/collector"),
@@ -335,7 +360,7 @@ impl Config {
         let stream = StreamConfig {
             enabled: s.bool("enabled", true),
             max_assets_per_connection: s.int("max_assets_per_connection", 200, 1, 1000) as usize,
-            connect_interval: Duration::from_millis(s.int("connect_interval_ms", 250, 0, 60_000)),
+            connect_interval: s.millis("connect_interval_ms", 250, 0, 60_000),
             ping_interval: s.secs("ping_interval_secs", 10, 1, 600),
             silence_timeout: s.secs("silence_timeout_secs", 60, 1, 86_400),
             first_book_timeout: s.secs("first_book_timeout_secs", 30, 1, 86_400),
@@ -347,11 +372,11 @@ impl Config {
             store_price_changes: s.bool("store_price_changes", true),
             queue_capacity: s.int("queue_capacity", 100_000, 1, 100_000_000) as usize,
             batch_size: s.int("batch_size", 5000, 1, 1_000_000) as usize,
-            flush_interval: Duration::from_millis(s.int("flush_interval_ms", 50, 1, 60_000)),
-            spool_dir: s.opt_string("spool_dir").map(PathBuf::from).unwrap_or(default_spool),
+            flush_interval: s.millis("flush_interval_ms", 50, 1, 60_000),
+            spool_dir: PathBuf::from(s.string("spool_dir", &default_spool.display().to_string())),
             spool_max_bytes: s.int("spool_max_bytes", 1 << 30, 1024, u64::MAX / 2),
             backfill: s.bool("backfill", true),
-            reconnect_base: Duration::from_millis(s.int("reconnect_base_ms", 1000, 1, 600_000)),
+            reconnect_base: s.millis("reconnect_base_ms", 1000, 1, 600_000),
             reconnect_max: s.secs("reconnect_max_secs", 60, 1, 3600),
         };
         if stream.ping_interval >= stream.silence_timeout {
@@ -359,26 +384,26 @@ impl Config {
         }
         s.finish();
 
-        let mut s = Section::new("health", health_t, &mut problems);
+        let mut s = Section::new("health", health_t, &mut problems, &mut settings);
         let health = HealthConfig { log_interval: s.secs("log_interval_secs", 60, 1, 86_400) };
         s.finish();
 
-        let mut s = Section::new("daemon", daemon_t, &mut problems);
+        let mut s = Section::new("daemon", daemon_t, &mut problems, &mut settings);
         let default_socket = match &env.runtime_directory {
             Some(dir) => Path::new(dir).join("status.sock"),
             None => PathBuf::from("/run/collector/status.sock"),
         };
         let daemon = DaemonConfig {
             drain_grace: s.secs("drain_grace_secs", 30, 1, 3600),
-            status_socket: s.opt_string("status_socket").map(PathBuf::from).unwrap_or(default_socket),
+            status_socket: PathBuf::from(s.string("status_socket", &default_socket.display().to_string())),
             max_restarts: s.int("max_restarts", 5, 0, 10_000) as u32,
             restart_window: s.secs("restart_window_secs", 300, 1, 86_400),
-            restart_backoff_base: Duration::from_millis(s.int("restart_backoff_base_ms", 1000, 1, 600_000)),
+            restart_backoff_base: s.millis("restart_backoff_base_ms", 1000, 1, 600_000),
             stall_timeout: s.secs("stall_timeout_secs", 900, 1, 86_400),
         };
         s.finish();
 
-        let mut s = Section::new("log", log_t, &mut problems);
+        let mut s = Section::new("log", log_t, &mut problems, &mut settings);
         let level = s.string("level", "info");
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
             s.problem("level", &format!("not a valid log filter: {e}"));
@@ -386,112 +411,45 @@ impl Config {
         s.finish();
         let log = LogConfig { level };
 
-        if problems.is_empty() {
-            Ok(Config { database, upstream, catalog, books, stream, health, daemon, log })
-        } else {
-            Err(problems)
-        }
+        Ok((Config { settings, database, upstream, catalog, books, stream, health, daemon, log }, problems))
     }
 
-    /// The effective configuration as TOML, with the database password redacted.
-    pub fn redacted(&self) -> String {
-        let d = &self.database;
-        let u = &self.upstream;
-        let c = &self.catalog;
-        let b = &self.books;
-        let secs = |d: Duration| d.as_secs();
-        format!(
-            "[database]\n\
-             url = {url:?}\n\
-             password = {password}\n\
-             ssl_root_cert = {root:?}\n\
-             pool_size = {pool}\n\
-             connect_timeout_secs = {cto}\n\
-             startup_deadline_secs = {sd}\n\
-             \n[upstream]\n\
-             gamma_url = {gamma:?}\nclob_url = {clob:?}\ndata_url = {data:?}\nws_url = {ws:?}\n\
-             user_agent = {ua:?}\n\
-             request_timeout_secs = {rt}\nmax_retries = {mr}\nbackoff_base_ms = {bb}\n\
-             backoff_max_secs = {bm}\ngamma_requests_per_10s = {gb}\n\
-             clob_books_requests_per_10s = {cb}\ndata_requests_per_10s = {db}\n\
-             \n[catalog]\n\
-             enabled = {ce}\nfull_sweep_interval_secs = {fs}\nnew_markets_interval_secs = {nm}\n\
-             new_markets_max_pages = {nmp}\nresolutions_interval_secs = {ri}\n\
-             resolution_watch_days = {rw}\npage_size = {ps}\n\
-             \n[books]\n\
-             enabled = {be}\ninterval_secs = {bi}\nbatch_size = {bs}\n\
-             \n[stream]\n\
-             enabled = {se}\nmax_assets_per_connection = {sma}\nconnect_interval_ms = {sci}\n\
-             ping_interval_secs = {spi}\nsilence_timeout_secs = {sst}\nfirst_book_timeout_secs = {sfb}\n\
-             refresh_interval_secs = {sri}\nmin_volume_24h = {smv}\nmin_liquidity = {sml}\n\
-             tag_slugs = {stags:?}\ntoken_ids = {stoks:?}\nstore_price_changes = {spc}\n\
-             queue_capacity = {sqc}\nbatch_size = {sbs}\nflush_interval_ms = {sfi}\n\
-             spool_dir = {ssd:?}\nspool_max_bytes = {ssm}\nbackfill = {sbf}\n\
-             reconnect_base_ms = {srb}\nreconnect_max_secs = {srm}\n\
-             \n[health]\nlog_interval_secs = {hl}\n\
-             \n[daemon]\ndrain_grace_secs = {dg}\nstatus_socket = {ss:?}\nmax_restarts = {mx}\n\
-             restart_window_secs = {rwin}\nrestart_backoff_base_ms = {rbb}\nstall_timeout_secs = {st}\n\
-             \n[log]\nlevel = {lvl:?}\n",
-            url = redact_url(&d.url),
-            password = match &d.password_source {
-                Some(src) => format!("\"***\"  # from {src}"),
-                None => "\"\"  # none configured".to_string(),
-            },
-            root = d.ssl_root_cert.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            pool = d.pool_size,
-            cto = secs(d.connect_timeout),
-            sd = secs(d.startup_deadline),
-            gamma = u.gamma_url.as_str(),
-            clob = u.clob_url.as_str(),
-            data = u.data_url.as_str(),
-            ws = u.ws_url.as_str(),
-            ua = u.user_agent,
-            rt = secs(u.request_timeout),
-            mr = u.max_retries,
-            bb = u.backoff_base.as_millis(),
-            bm = secs(u.backoff_max),
-            gb = u.gamma_requests_per_10s,
-            cb = u.clob_books_requests_per_10s,
-            db = u.data_requests_per_10s,
-            ce = c.enabled,
-            fs = secs(c.full_sweep_interval),
-            nm = secs(c.new_markets_interval),
-            nmp = c.new_markets_max_pages,
-            ri = secs(c.resolutions_interval),
-            rw = c.resolution_watch.as_secs() / 86_400,
-            ps = c.page_size,
-            be = b.enabled,
-            bi = secs(b.interval),
-            bs = b.batch_size,
-            hl = secs(self.health.log_interval),
-            se = self.stream.enabled,
-            sma = self.stream.max_assets_per_connection,
-            sci = self.stream.connect_interval.as_millis(),
-            spi = secs(self.stream.ping_interval),
-            sst = secs(self.stream.silence_timeout),
-            sfb = secs(self.stream.first_book_timeout),
-            sri = secs(self.stream.refresh_interval),
-            smv = self.stream.min_volume_24h,
-            sml = self.stream.min_liquidity,
-            stags = self.stream.tag_slugs,
-            stoks = self.stream.token_ids,
-            spc = self.stream.store_price_changes,
-            sqc = self.stream.queue_capacity,
-            sbs = self.stream.batch_size,
-            sfi = self.stream.flush_interval.as_millis(),
-            ssd = self.stream.spool_dir.display().to_string(),
-            ssm = self.stream.spool_max_bytes,
-            sbf = self.stream.backfill,
-            srb = self.stream.reconnect_base.as_millis(),
-            srm = secs(self.stream.reconnect_max),
-            dg = secs(self.daemon.drain_grace),
-            ss = self.daemon.status_socket.display().to_string(),
-            mx = self.daemon.max_restarts,
-            rwin = secs(self.daemon.restart_window),
-            rbb = self.daemon.restart_backoff_base.as_millis(),
-            st = secs(self.daemon.stall_timeout),
-            lvl = self.log.level,
-        )
+    /// The effective configuration as TOML, from the recorded settings: one line per key,
+    /// `# default …` where the value differs from the default, unset optional keys as
+    /// comments. The database URL goes through `redact_url`; the password is never shown.
+    pub fn render(&self, redact_url: impl Fn(&str) -> String) -> String {
+        let mut out = String::new();
+        let mut section = "";
+        for s in &self.settings {
+            if s.section != section {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(&format!("[{}]\n", s.section));
+                section = s.section;
+            }
+            let value = match (&s.value, s.section, s.key.as_str()) {
+                (None, ..) => {
+                    match &s.note {
+                        Some(note) => out.push_str(&format!("# {}: {note}\n", s.key)),
+                        None => out.push_str(&format!("# {} is not set\n", s.key)),
+                    }
+                    continue;
+                }
+                (Some(toml::Value::String(u)), "database", "url") => toml::Value::String(redact_url(u)).to_string(),
+                (Some(v), ..) => v.to_string(),
+            };
+            let mut notes: Vec<String> = s.note.iter().cloned().collect();
+            if let Some(d) = s.default.as_ref().filter(|d| Some(*d) != s.value.as_ref()) {
+                notes.push(format!("default {d}"));
+            }
+            if notes.is_empty() {
+                out.push_str(&format!("{} = {value}\n", s.key));
+            } else {
+                out.push_str(&format!("{} = {value}  # {}\n", s.key, notes.join("; ")));
+            }
+        }
+        out
     }
 }
 
@@ -529,35 +487,22 @@ fn read_secret(path: &Path) -> std::io::Result<Option<String>> {
     Ok((!secret.trim().is_empty()).then(|| secret.to_string()))
 }
 
-/// libpq's `sslmode=verify-ca` / `verify-full` (which tokio-postgres does not parse) become
-/// `require` plus certificate verification. Returns the URL tokio-postgres accepts and whether
-/// the server certificate must be verified against the trusted roots.
-pub fn split_sslmode(url: &str) -> (String, bool) {
-    let mut verify = false;
-    let mut out = url.to_string();
-    for mode in ["sslmode=verify-full", "sslmode=verify-ca"] {
-        if out.contains(mode) {
-            out = out.replace(mode, "sslmode=require");
-            verify = true;
-        }
-    }
-    (out, verify)
+/// One key as read: its effective value (`None`: optional and unset) and its default.
+#[derive(Clone, PartialEq)]
+pub struct Setting {
+    pub section: &'static str,
+    pub key: String,
+    pub value: Option<toml::Value>,
+    pub default: Option<toml::Value>,
+    /// Where the value came from when not the file (an environment variable, a credential).
+    pub note: Option<String>,
 }
 
-/// Replaces the password of a connection URL with `***`.
-pub fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(_) => url.to_string(),
-        // Key-value form ("host=... password=..."): redact the password word by word.
-        Err(_) => url
-            .split_whitespace()
-            .map(|w| if w.starts_with("password=") { "password=***" } else { w })
-            .collect::<Vec<_>>()
-            .join(" "),
+impl fmt::Debug for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The database URL may carry a password: never printed by Debug.
+        let secret = self.section == "database" && self.key == "url";
+        write!(f, "{}.{} = {}", self.section, self.key, if secret { "(redacted)".to_string() } else { format!("{:?}", self.value) })
     }
 }
 
@@ -568,11 +513,27 @@ struct Section<'p> {
     table: toml::Table,
     seen: BTreeSet<String>,
     problems: &'p mut Vec<String>,
+    settings: &'p mut Vec<Setting>,
 }
 
 impl<'p> Section<'p> {
-    fn new(name: &'static str, table: toml::Table, problems: &'p mut Vec<String>) -> Self {
-        Section { name, table, seen: BTreeSet::new(), problems }
+    fn new(name: &'static str, table: toml::Table, problems: &'p mut Vec<String>, settings: &'p mut Vec<Setting>) -> Self {
+        Section { name, table, seen: BTreeSet::new(), problems, settings }
+    }
+
+    /// Records what a key resolved to (the root's tables are not settings).
+    fn record(&mut self, key: &str, value: Option<toml::Value>, default: Option<toml::Value>) {
+        if !self.name.is_empty() {
+            self.settings.push(Setting { section: self.name, key: key.to_string(), value, default, note: None });
+        }
+    }
+
+    /// A key whose value came from elsewhere (`source`) than the file.
+    fn overridden(&mut self, key: &str, value: toml::Value, source: &str) {
+        if let Some(s) = self.settings.iter_mut().rev().find(|s| s.section == self.name && s.key == key) {
+            s.value = Some(value);
+            s.note = Some(format!("from {source}"));
+        }
     }
 
     fn key(&self, key: &str) -> String {
@@ -601,10 +562,19 @@ impl<'p> Section<'p> {
     }
 
     fn string(&mut self, key: &str, default: &str) -> String {
-        self.opt_string(key).unwrap_or_else(|| default.to_string())
+        let v = self.read_string(key).unwrap_or_else(|| default.to_string());
+        self.record(key, Some(toml::Value::String(v.clone())), Some(toml::Value::String(default.into())));
+        v
     }
 
+    /// An optional string with no default.
     fn opt_string(&mut self, key: &str) -> Option<String> {
+        let v = self.read_string(key);
+        self.record(key, v.clone().map(toml::Value::String), None);
+        v
+    }
+
+    fn read_string(&mut self, key: &str) -> Option<String> {
         match self.get(key)? {
             toml::Value::String(s) => Some(s),
             other => {
@@ -615,6 +585,13 @@ impl<'p> Section<'p> {
     }
 
     fn string_list(&mut self, key: &str) -> Vec<String> {
+        let list = self.read_string_list(key);
+        let as_toml = |l: &[String]| toml::Value::Array(l.iter().cloned().map(toml::Value::String).collect());
+        self.record(key, Some(as_toml(&list)), Some(as_toml(&[])));
+        list
+    }
+
+    fn read_string_list(&mut self, key: &str) -> Vec<String> {
         match self.get(key) {
             None => Vec::new(),
             Some(toml::Value::Array(items)) => {
@@ -635,17 +612,30 @@ impl<'p> Section<'p> {
     }
 
     fn bool(&mut self, key: &str, default: bool) -> bool {
-        match self.get(key) {
+        let v = match self.get(key) {
             None => default,
             Some(toml::Value::Boolean(b)) => b,
             Some(other) => {
                 self.problem(key, &format!("expected true or false, found {}", other.type_str()));
                 default
             }
-        }
+        };
+        self.record(key, Some(toml::Value::Boolean(v)), Some(toml::Value::Boolean(default)));
+        v
     }
 
     fn int(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
+        let v = self.read_int(key, default, min, max);
+        let lit = |n: u64| toml::Value::Integer(n.min(i64::MAX as u64) as i64);
+        self.record(key, Some(lit(v)), Some(lit(default)));
+        v
+    }
+
+    fn millis(&mut self, key: &str, default: u64, min: u64, max: u64) -> Duration {
+        Duration::from_millis(self.int(key, default, min, max))
+    }
+
+    fn read_int(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
         match self.get(key) {
             None => default,
             Some(toml::Value::Integer(i)) if i >= min as i64 && i <= max as i64 => i as u64,
@@ -734,7 +724,7 @@ mod tests {
     }
 
     #[test]
-    fn env_url_overrides_file_and_password_is_redacted() {
+    fn env_url_overrides_file_and_password_is_never_rendered() {
         let env = Env {
             database_url: Some("postgresql://u:s3cret@db.example/x".into()),
             credentials_directory: None,
@@ -743,10 +733,30 @@ mod tests {
         };
         let c = Config::parse("[database]\nurl = \"postgresql://a@b/c\"\n", &env).unwrap();
         assert_eq!(c.database.url, "postgresql://u:s3cret@db.example/x");
-        let shown = c.redacted();
+        let shown = c.render(|u| u.replace("s3cret", "***"));
         assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("postgresql://u:***@db.example/x"), "{shown}");
+        assert!(shown.contains("url = \"postgresql://u:***@db.example/x\"  # from COLLECTOR_DATABASE_URL"), "{shown}");
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn every_key_is_recorded_once_with_its_default() {
+        let c = Config::parse("[books]\nbatch_size = 50\n", &Env::default()).unwrap();
+        let mut keys: Vec<String> = c.settings.iter().map(|s| format!("{}.{}", s.section, s.key)).collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "a key recorded twice");
+        let batch = c.settings.iter().find(|s| s.section == "books" && s.key == "batch_size").unwrap();
+        assert_eq!(batch.value, Some(toml::Value::Integer(50)));
+        assert_eq!(batch.default, Some(toml::Value::Integer(100)));
+        let shown = c.render(|u| u.to_string());
+        assert!(shown.contains("batch_size = 50  # default 100"), "{shown}");
+        assert!(shown.contains("interval_secs = 60\n"), "{shown}");
+        assert!(shown.contains("# password_file is not set"), "{shown}");
+        // The rendered text is itself a valid configuration giving the same values.
+        let again = Config::parse(&shown, &Env::default()).unwrap();
+        assert_eq!(again.books.batch_size, 50);
     }
 
     #[test]
@@ -761,7 +771,7 @@ mod tests {
         };
         let c = Config::parse("", &env).unwrap();
         assert_eq!(c.database.password.as_deref(), Some("pa55"));
-        assert!(!c.redacted().contains("pa55"));
+        assert!(!c.render(|u| u.to_string()).contains("pa55"));
     }
 
     #[test]
@@ -770,18 +780,5 @@ mod tests {
             Config::parse("[database]\npassword_file = \"/nonexistent/pw\"\n", &Env::default())
                 .unwrap_err();
         assert!(problems[0].starts_with("database.password_file: cannot read"), "{problems:?}");
-    }
-
-    #[test]
-    fn verify_modes_become_require_with_verification() {
-        assert_eq!(split_sslmode("postgresql://a@b/c?sslmode=verify-full"), ("postgresql://a@b/c?sslmode=require".into(), true));
-        assert_eq!(split_sslmode("host=x sslmode=verify-ca"), ("host=x sslmode=require".into(), true));
-        assert_eq!(split_sslmode("postgresql://a@b/c?sslmode=require"), ("postgresql://a@b/c?sslmode=require".into(), false));
-        assert!(Config::parse("[database]\nurl = \"postgresql://a@b/c?sslmode=verify-full\"\n", &Env::default()).is_ok());
-    }
-
-    #[test]
-    fn redact_key_value_form() {
-        assert_eq!(redact_url("host=x password=y user=z"), "host=x password=*** user=z");
     }
 }

@@ -13,10 +13,14 @@
 //! Data flow: Gamma → catalog tables → active tokens → `POST /books` → `book_snapshots`.
 
 pub mod app;
+pub mod backoff;
 pub mod collectors;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod errors;
+pub mod fault;
+pub mod journal;
 pub mod logging;
 pub mod polymarket;
 

@@ -48,7 +48,7 @@ impl<'w> tracing_subscriber::fmt::FormatFields<'w> for HumanFields {
             write!(writer, "{m}")?;
             first = false;
         }
-        if v.message_id.as_deref() == Some(crate::daemon::journal::HEALTH) {
+        if v.message_id.as_deref() == Some(crate::journal::HEALTH) {
             return Ok(());
         }
         for (k, val) in &v.fields {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use argh::FromArgs;
-use collector::config::{self, Config};
+use collector::config;
 use collector::{app, exit, logging};
 
 /// Records Polymarket's public market data into PostgreSQL.
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(c) => &c.config,
         Command::Status(_) => unreachable!("handled above"),
     };
-    let cfg = match Config::load(path) {
+    let cfg = match app::load_config(path) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("collector: {e}");
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
         }
     };
     if let Command::CheckConfig(_) = command {
-        print!("{}", cfg.redacted());
+        print!("{}", app::check_config(&cfg));
         eprintln!("configuration OK: {}", path.display());
         return ExitCode::SUCCESS;
     }

@@ -1,6 +1,18 @@
-//! Polling collectors. Each has one shape ([`Collector`]): a name, an interval and a
-//! `collect_once()` returning how many items it stored. The polling loop
-//! ([`crate::daemon::poll`]) calls it on its interval and keeps its [`CollectorStats`].
+//! The collectors, of two kinds.
+//!
+//! - **Polling** collectors ([`catalog`], [`books`]) have one shape ([`Collector`]): a name,
+//!   an interval and a `collect_once()` returning how many items it stored. The polling loop
+//!   (`daemon::poll`) calls it on its interval and keeps its stats; the supervisor restarts it
+//!   if it panics. A new polling collector is a new module here implementing [`Collector`],
+//!   spawned in `app::collect` with `supervisor.spawn_polling`.
+//! - **Streaming** collectors ([`stream`]) own long-lived connections and tasks. They are
+//!   started with a `spawn(..) -> Handle` function and the handle is the whole interface:
+//!   `ready()`, `health()`, `stalled()`, `failed()`, `stop(deadline)`; dropping it ends every
+//!   task. Their tasks ask the daemon's supervisor, through [`Restarts`], whether and when to
+//!   restart after a panic. A new streaming collector follows `stream/mod.rs`.
+//!
+//! Collectors sit below the daemon: they never import `daemon`; what they need from it
+//! ([`Restarts`]) is a trait defined here.
 
 pub mod books;
 pub mod catalog;
@@ -12,6 +24,14 @@ use std::time::Duration;
 use crate::db::DbError;
 use crate::polymarket::client::ClientError;
 use crate::polymarket::decode::FieldError;
+
+/// The supervisor's decision for a task that died (implemented by the daemon's supervisor,
+/// so that one policy decides every restart).
+pub trait Restarts: Send + Sync {
+    /// Task `name` died with `error`: the delay before restarting it (the death is counted
+    /// in health), or `None` when its restart budget is spent and the daemon is stopping.
+    fn died(&self, name: &'static str, error: &str) -> Option<Duration>;
+}
 
 pub trait Collector: Send + 'static {
     /// Stable name, used in logs, health lines and journald fields.

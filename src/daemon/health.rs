@@ -1,5 +1,6 @@
 //! Health (DESIGN §2): the `get_health()` snapshot, the periodic health log with structured
-//! journald fields, and the systemd `STATUS=` line.
+//! journald fields, the systemd `STATUS=` line, and the liveness judgement behind
+//! `WATCHDOG=1`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,10 +11,12 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::journal;
-use super::supervisor::Supervisor;
+use super::supervisor::{Supervisor, TaskKind};
 use super::systemd;
-use crate::db::Pool;
+use crate::collectors::stream::StreamMonitor;
+pub use crate::collectors::stream::TradeListenerHealth;
+use crate::db::{Pool, catalog};
+use crate::journal;
 use crate::polymarket::client::ClientStats;
 
 /// The whole daemon's health at one instant (`collector status --json` prints it).
@@ -44,36 +47,6 @@ pub struct CollectorHealth {
     pub pass_running_secs: Option<f64>,
 }
 
-/// The stream's health (filled by the stream collector).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct TradeListenerHealth {
-    pub trades_received: u64,
-    pub trades_inserted: u64,
-    pub connections_active: u64,
-    pub connections_total: u64,
-    pub queue_depth: u64,
-    pub spool_bytes: u64,
-    pub gaps: u64,
-    pub reconnects: u64,
-    pub stalls: u64,
-    pub quarantined: u64,
-    pub assets_subscribed: u64,
-    pub events_received: u64,
-    /// Level changes not stored: no fresh book since a reconnect.
-    pub withheld_changes: u64,
-    /// Level changes after which the local book disagreed with upstream's top of book.
-    pub book_divergences: u64,
-    pub rows_written: u64,
-    pub write_errors: u64,
-    /// Rows lost because the spool was full.
-    pub dropped_rows: u64,
-}
-
-/// Something that reports the stream's health.
-pub trait StreamHealth: Send + Sync {
-    fn snapshot(&self) -> TradeListenerHealth;
-}
-
 /// REST client counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct UpstreamHealth {
@@ -94,7 +67,7 @@ pub struct Health {
     pub started: Instant,
     pub supervisor: Supervisor,
     pub client_stats: Arc<ClientStats>,
-    pub stream: Option<Arc<dyn StreamHealth>>,
+    pub stream: Option<Arc<StreamMonitor>>,
     pub pool: Pool,
     open_markets: Arc<std::sync::Mutex<Option<i64>>>,
 }
@@ -114,8 +87,11 @@ impl Health {
     /// `get_health()`.
     pub fn get_health(&self) -> HealthSnapshot {
         let tasks = self.supervisor.tasks();
+        let alive = tasks.values().filter(|t| t.alive.load(Ordering::Relaxed)).count();
+        let total_restarts = tasks.values().map(|t| t.restarts.load(Ordering::Relaxed)).sum();
         let collectors: BTreeMap<String, CollectorHealth> = tasks
             .iter()
+            .filter(|(_, t)| t.kind == TaskKind::Polling)
             .map(|(name, t)| {
                 let s = t.stats.snapshot();
                 (name.to_string(), CollectorHealth {
@@ -129,14 +105,13 @@ impl Health {
                 })
             })
             .collect();
-        let alive = collectors.values().filter(|c| c.alive).count();
         let c = &self.client_stats;
         let get = ClientStats::get;
         HealthSnapshot {
             uptime_seconds: self.started.elapsed().as_secs(),
             tasks_alive: alive,
-            tasks_dead: collectors.len() - alive,
-            total_restarts: collectors.values().map(|c| c.restarts).sum(),
+            tasks_dead: tasks.len() - alive,
+            total_restarts,
             collectors,
             trade_listener: self.stream.as_ref().map(|s| s.snapshot()),
             upstream: UpstreamHealth {
@@ -154,11 +129,24 @@ impl Health {
         }
     }
 
+    /// Why the daemon is not making progress, if it is not: a collector pass running past
+    /// `stall_timeout`, or the stream's writer storing nothing while rows wait (spooling
+    /// counts as progress). Empty: alive.
+    pub fn problems(&self, stall_timeout: Duration) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .supervisor
+            .wedged(stall_timeout)
+            .into_iter()
+            .map(|name| format!("collector {name} has been in one pass for over {stall_timeout:?}"))
+            .collect();
+        problems.extend(self.stream.as_ref().and_then(|s| s.stalled()));
+        problems
+    }
+
     async fn refresh_open_markets(&self) {
         let query = async {
             let conn = self.pool.get().await.ok()?;
-            let row = conn.query_one("SELECT count(*) FROM markets WHERE closed IS NOT TRUE", &[]).await.ok()?;
-            Some(row.get::<_, i64>(0))
+            catalog::open_market_count(&*conn).await.ok()
         };
         if let Ok(Some(n)) = tokio::time::timeout(Duration::from_secs(5), query).await {
             *self.open_markets.lock().expect("health lock") = Some(n);
@@ -215,62 +203,93 @@ pub fn status_line(h: &HealthSnapshot, trades_per_min: Option<u64>) -> String {
     parts.join(" | ")
 }
 
-/// Logs the report and refreshes `STATUS=` every `interval`, until cancelled. Each record
-/// carries structured fields (journald makes them queryable) and `MESSAGE_ID` = HEALTH.
-pub async fn run(health: Health, interval: Duration, cancel: CancellationToken) {
+/// The health loop. Every tick it judges liveness ([`Health::problems`]) and, while the
+/// daemon progresses, sends `WATCHDOG=1` (when systemd's watchdog is on; ticks then come at
+/// half of `WATCHDOG_USEC`) together with a fresh `STATUS=`; every `interval` it logs the
+/// report, each record with structured fields (journald makes them queryable) and
+/// `MESSAGE_ID` = HEALTH. It is never restarted: if it dies the pings stop and systemd
+/// restarts the daemon, so health reporting cannot silently vanish.
+pub async fn run(health: Health, interval: Duration, stall_timeout: Duration, cancel: CancellationToken) {
+    let watchdog = systemd::watchdog_period();
+    if let Some(p) = watchdog {
+        tracing::info!(period_ms = p.as_millis() as u64, "systemd watchdog enabled");
+    }
+    let tick_every = watchdog.map_or(interval, |p| (p / 2).min(interval)).max(Duration::from_millis(10));
     health.refresh_open_markets().await;
     let first = health.get_health();
     systemd::status(&status_line(&first, None));
     let mut last_inserted = first.trade_listener.as_ref().map(|t| t.trades_inserted);
-    let mut last_tick = Instant::now();
-    let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+    let mut last_report = Instant::now();
+    let mut withholding = false;
+    let mut tick = tokio::time::interval_at(Instant::now() + tick_every, tick_every);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if watchdog.is_some() {
+            let problems = health.problems(stall_timeout);
+            if problems.is_empty() {
+                systemd::watchdog_ping();
+                if withholding {
+                    tracing::info!("progress resumed, watchdog pings resumed");
+                    withholding = false;
+                }
+            } else if !withholding {
+                tracing::error!(problems = %problems.join("; "), "no progress: withholding watchdog pings, systemd will restart the service: {}", problems.join("; "));
+                withholding = true;
+            }
+        }
+        if last_report.elapsed() + Duration::from_millis(5) < interval {
+            continue;
+        }
         health.refresh_open_markets().await;
         let h = health.get_health();
-        let lines = report_lines(&h);
-        let t = h.trade_listener.clone().unwrap_or_default();
-        tracing::info!(
-            message_id = journal::HEALTH,
-            uptime_secs = h.uptime_seconds,
-            tasks_alive = h.tasks_alive,
-            tasks_dead = h.tasks_dead,
-            restarts = h.total_restarts,
-            open_markets = h.open_markets.unwrap_or(-1),
-            trades_received = t.trades_received,
-            trades_inserted = t.trades_inserted,
-            connections = t.connections_active,
-            queue_depth = t.queue_depth,
-            spool_bytes = t.spool_bytes,
-            gaps = t.gaps,
-            "{}", lines[0]
-        );
-        for (line, (name, c)) in lines[1..].iter().zip(&h.collectors) {
-            tracing::info!(
-                message_id = journal::HEALTH,
-                collector = name.as_str(),
-                items = c.total_items,
-                errors = c.error_count,
-                last_collect = c.last_collect_ts.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                "{line}"
-            );
-        }
-        if h.trade_listener.is_some() {
-            tracing::info!(message_id = journal::HEALTH, collector = "trades", "{}", lines.last().expect("stream line"));
-        }
+        log_report(&h);
         let per_min = match (last_inserted, &h.trade_listener) {
             (Some(before), Some(now)) => {
-                let secs = last_tick.elapsed().as_secs_f64().max(1.0);
+                let secs = last_report.elapsed().as_secs_f64().max(1.0);
                 Some(((now.trades_inserted.saturating_sub(before)) as f64 * 60.0 / secs) as u64)
             }
             _ => None,
         };
         last_inserted = h.trade_listener.as_ref().map(|t| t.trades_inserted);
-        last_tick = Instant::now();
+        last_report = Instant::now();
         systemd::status(&status_line(&h, per_min));
+    }
+}
+
+/// Logs the report lines with their journald fields.
+fn log_report(h: &HealthSnapshot) {
+    let lines = report_lines(h);
+    let t = h.trade_listener.clone().unwrap_or_default();
+    tracing::info!(
+        message_id = journal::HEALTH,
+        uptime_secs = h.uptime_seconds,
+        tasks_alive = h.tasks_alive,
+        tasks_dead = h.tasks_dead,
+        restarts = h.total_restarts,
+        open_markets = h.open_markets.unwrap_or(-1),
+        trades_received = t.trades_received,
+        trades_inserted = t.trades_inserted,
+        connections = t.connections_active,
+        queue_depth = t.queue_depth,
+        spool_bytes = t.spool_bytes,
+        gaps = t.gaps,
+        "{}", lines[0]
+    );
+    for (line, (name, c)) in lines[1..].iter().zip(&h.collectors) {
+        tracing::info!(
+            message_id = journal::HEALTH,
+            collector = name.as_str(),
+            items = c.total_items,
+            errors = c.error_count,
+            last_collect = c.last_collect_ts.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            "{line}"
+        );
+    }
+    if h.trade_listener.is_some() {
+        tracing::info!(message_id = journal::HEALTH, collector = "trades", "{}", lines.last().expect("stream line"));
     }
 }
 

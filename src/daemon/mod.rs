@@ -1,10 +1,9 @@
-//! Running the collectors: the polling loop and its stats, the supervisor that restarts
-//! crashed tasks, health (snapshot, log, `STATUS=`), systemd notifications and the watchdog,
-//! the `collector status` socket, journald message ids, and the test-only fault hook.
+//! Running the collectors: the polling loop and its stats, the supervisor that decides every
+//! restart (polling collectors, stream shards and helpers), health (snapshot, log, `STATUS=`,
+//! and the progress-gated `WATCHDOG=1` from the same tick), systemd notifications, and the
+//! `collector status` socket.
 
-pub mod fault;
 pub mod health;
-pub mod journal;
 pub mod poll;
 pub mod status;
 pub mod supervisor;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::fault::Fault;
+use crate::fault::{self, Fault};
 use crate::collectors::Collector;
 
 /// Per-collector stats, updated by its polling loop.
@@ -91,7 +91,7 @@ impl CollectorStats {
 /// Runs `collector` until `cancel` fires: `collect_once`, record, wait `interval`. A failed
 /// pass is logged and counted and the loop goes on; cancellation is honoured between passes
 /// and while waiting, and also interrupts a pass in progress (its transaction rolls back, and
-/// every pass is idempotent). `fault` is the test-only hook (see [`super::fault`]).
+/// every pass is idempotent). `fault` is the test-only hook (see [`crate::fault`]).
 pub async fn run<C: Collector>(mut collector: C, stats: &CollectorStats, cancel: CancellationToken, fault: Option<Fault>) {
     let name = collector.name();
     let span = tracing::info_span!("collector", collector = name);
@@ -109,6 +109,7 @@ pub async fn run<C: Collector>(mut collector: C, stats: &CollectorStats, cancel:
                 r = async {
                     match fault {
                         Some(Fault::Panic) => panic!("injected fault: {name} panics"),
+                        Some(Fault::PanicOnce) if passes > 1 && fault::fire_once() => panic!("injected fault: {name} panics once"),
                         Some(Fault::Wedge) if passes > 1 => std::future::pending().await,
                         _ => collector.collect_once().await,
                     }
@@ -121,7 +122,7 @@ pub async fn run<C: Collector>(mut collector: C, stats: &CollectorStats, cancel:
                     tracing::debug!(items, "pass done");
                 }
                 Err(e) => {
-                    let text = crate::polymarket::client::error_chain(&e);
+                    let text = crate::errors::error_chain(&e);
                     tracing::warn!(error = %text, "pass failed, retrying next interval: {text}");
                     stats.record_error(text);
                 }

@@ -1,7 +1,9 @@
-//! The supervisor (`CollectorDaemon` in the design): owns every collector task by name,
-//! restarts one that panics with capped exponential backoff and jitter, keeps restart counts,
-//! and gives up — the daemon exits 70 for systemd to take over — when one collector is
-//! restarted more than `max_restarts` times within `restart_window`.
+//! The supervisor (`CollectorDaemon` in the design): the one place that decides restarts.
+//! It owns every polling collector task by name and restarts one that panics; the stream asks
+//! it the same question for its shards and helper tasks through [`Restarts`]. Each restart
+//! waits a capped exponential backoff with full jitter and is counted; when one task dies more
+//! than `max_restarts` times within `restart_window` the supervisor gives up — the daemon
+//! exits 70 for systemd to take over.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,28 +14,51 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::fault;
-use super::journal;
 use super::poll::{self, CollectorStats};
-use crate::collectors::Collector;
+use crate::backoff::Backoff;
+use crate::collectors::{Collector, Restarts};
 use crate::config::DaemonConfig;
-use crate::polymarket::retry::{Backoff, Outcome};
+use crate::fault;
+use crate::journal;
+
+/// What kind of task an entry is (health shows polling collectors one per line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskKind {
+    #[default]
+    Polling,
+    /// The live stream: its shards and helper tasks share one entry.
+    Stream,
+}
 
 /// One supervised task as health sees it.
 #[derive(Debug, Default)]
 pub struct TaskEntry {
+    pub kind: TaskKind,
     pub stats: Arc<CollectorStats>,
     pub restarts: AtomicU64,
     pub alive: AtomicBool,
+    /// Deaths within the restart window.
+    recent: Mutex<VecDeque<Instant>>,
+}
+
+/// Why the supervisor gave up.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{task} died {deaths} times within {window:?} (budget {budget}), last: {error}")]
+pub struct GaveUp {
+    pub task: String,
+    pub deaths: usize,
+    pub window: Duration,
+    pub budget: u32,
+    pub error: String,
 }
 
 #[derive(Clone)]
 pub struct Supervisor {
     tracker: TaskTracker,
     cancel: CancellationToken,
-    /// Fired when a collector spent its restart budget.
+    /// Fired when a task spent its restart budget.
     fatal: CancellationToken,
-    fatal_reason: Arc<Mutex<Option<String>>>,
+    fatal_reason: Arc<Mutex<Option<GaveUp>>>,
     tasks: Arc<Mutex<BTreeMap<&'static str, Arc<TaskEntry>>>>,
     backoff: Backoff,
     max_restarts: u32,
@@ -49,11 +74,24 @@ impl Supervisor {
             fatal: CancellationToken::new(),
             fatal_reason: Arc::default(),
             tasks: Arc::default(),
-            backoff: Backoff { base: cfg.restart_backoff_base, max: Duration::from_secs(60) },
+            backoff: Backoff::new(cfg.restart_backoff_base, Duration::from_secs(60)),
             max_restarts: cfg.max_restarts,
             restart_window: cfg.restart_window,
             fault_spec,
         }
+    }
+
+    /// The test-only fault spec (see [`crate::fault`]).
+    pub fn fault_spec(&self) -> Option<&str> {
+        self.fault_spec.as_deref()
+    }
+
+    /// Adds a task entry (alive) for health and restart accounting.
+    pub fn register(&self, name: &'static str, kind: TaskKind) -> Arc<TaskEntry> {
+        let entry = Arc::new(TaskEntry { kind, ..TaskEntry::default() });
+        entry.alive.store(true, Ordering::Relaxed);
+        self.tasks.lock().expect("tasks lock").insert(name, entry.clone());
+        entry
     }
 
     /// Supervises a polling collector built by `make` (called again for each restart).
@@ -64,15 +102,12 @@ impl Supervisor {
     {
         let first = make();
         let name = first.name();
-        let entry = Arc::new(TaskEntry::default());
-        self.tasks.lock().expect("tasks lock").insert(name, entry.clone());
-        let fault = fault::for_collector(self.fault_spec.as_deref(), name);
+        let entry = self.register(name, TaskKind::Polling);
+        let fault = fault::for_task(self.fault_spec.as_deref(), name);
         let this = self.clone();
         let e = entry.clone();
         self.tracker.spawn(async move {
             let mut collector = Some(first);
-            let mut recent: VecDeque<Instant> = VecDeque::new();
-            let mut attempt = 0;
             loop {
                 let c = collector.take().unwrap_or_else(&mut make);
                 let (stats, token) = (e.stats.clone(), this.cancel.clone());
@@ -80,28 +115,7 @@ impl Supervisor {
                 let result = tokio::spawn(async move { poll::run(c, &stats, token, fault).await }).await;
                 e.alive.store(false, Ordering::Relaxed);
                 let Err(err) = result else { return }; // cancelled: a clean stop
-                let now = Instant::now();
-                recent.push_back(now);
-                while recent.front().is_some_and(|t| now.duration_since(*t) > this.restart_window) {
-                    recent.pop_front();
-                }
-                let restarts = e.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-                if recent.len() as u32 > this.max_restarts {
-                    let reason = format!(
-                        "collector {name} died {} times within {:?} (budget {}): {err}",
-                        recent.len(), this.restart_window, this.max_restarts
-                    );
-                    tracing::error!(message_id = journal::RESTART, collector = name, restarts, "{reason}; giving up");
-                    *this.fatal_reason.lock().expect("fatal lock") = Some(reason);
-                    this.fatal.cancel();
-                    return;
-                }
-                let delay = this.backoff.delay(attempt, Outcome::ServerError, 0.5 + fastrand::f64() / 2.0);
-                tracing::error!(
-                    message_id = journal::RESTART, collector = name, error = %err, restarts,
-                    delay_ms = delay.as_millis() as u64, "collector task died, restarting: {err}"
-                );
-                attempt += 1;
+                let Some(delay) = this.died(name, &err.to_string()) else { return };
                 tokio::select! {
                     _ = this.cancel.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
@@ -116,10 +130,10 @@ impl Supervisor {
         self.tasks.lock().expect("tasks lock").clone()
     }
 
-    /// Resolves when a collector spent its restart budget, with the reason.
-    pub async fn gave_up(&self) -> String {
+    /// Resolves when a task spent its restart budget, with the reason.
+    pub async fn gave_up(&self) -> GaveUp {
         self.fatal.cancelled().await;
-        self.fatal_reason.lock().expect("fatal lock").clone().unwrap_or_default()
+        self.fatal_reason.lock().expect("fatal lock").clone().expect("set before firing")
     }
 
     /// Collectors whose pass has run longer than `stall_timeout`.
@@ -131,11 +145,48 @@ impl Supervisor {
             .collect()
     }
 
-    /// Asks every task to stop and waits for them, at most `grace`. `false` if some did not
-    /// finish in time.
+    /// Asks every polling task to stop and waits for them, at most `grace`. `false` if some
+    /// did not finish in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.cancel.cancel();
         self.tracker.close();
         tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+    }
+}
+
+impl Restarts for Supervisor {
+    fn died(&self, name: &'static str, error: &str) -> Option<Duration> {
+        let entry = self.tasks().get(name).cloned().unwrap_or_else(|| self.register(name, TaskKind::Polling));
+        let restarts = entry.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        let deaths = {
+            let mut recent = entry.recent.lock().expect("recent lock");
+            recent.push_back(now);
+            while recent.front().is_some_and(|t| now.duration_since(*t) > self.restart_window) {
+                recent.pop_front();
+            }
+            recent.len()
+        };
+        if deaths as u32 > self.max_restarts {
+            let reason = GaveUp {
+                task: name.to_string(),
+                deaths,
+                window: self.restart_window,
+                budget: self.max_restarts,
+                error: error.to_string(),
+            };
+            tracing::error!(message_id = journal::RESTART, collector = name, restarts, "{reason}; giving up");
+            self.fatal_reason.lock().expect("fatal lock").get_or_insert(reason);
+            self.fatal.cancel();
+            return None;
+        }
+        // The backoff grows with the deaths within the window.
+        let attempt = (deaths - 1) as u32;
+        let delay = self.backoff.delay(attempt);
+        tracing::error!(
+            message_id = journal::RESTART, collector = name, error = %error, restarts,
+            delay_ms = delay.as_millis() as u64, ceiling_ms = self.backoff.ceiling(attempt).as_millis() as u64, "collector task died, restarting: {name}: {error}"
+        );
+        Some(delay)
     }
 }

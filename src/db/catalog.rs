@@ -269,3 +269,43 @@ mod tests {
         assert_eq!(numeric_array_literal(&[]), None);
     }
 }
+
+/// Which markets the stream subscribes to (see `stream.*` scope keys).
+#[derive(Debug, Clone, Default)]
+pub struct StreamScope {
+    pub min_volume_24h: Decimal,
+    pub min_liquidity: Decimal,
+    pub tag_slugs: Vec<String>,
+}
+
+/// The stream's subscription set: every token of every open market in `scope`.
+pub async fn stream_token_ids<C: GenericClient>(db: &C, scope: &StreamScope) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT t.token_id FROM tokens t JOIN markets m ON m.id = t.market_id
+             LEFT JOIN events e ON e.id = m.event_id
+             WHERE m.closed IS NOT TRUE AND m.active IS NOT FALSE AND m.enable_order_book IS NOT FALSE
+               AND ($1::numeric = 0 OR COALESCE((m.raw->>'volume24hr')::numeric, 0) >= $1)
+               AND ($2::numeric = 0 OR COALESCE(m.liquidity, 0) >= $2)
+               AND (cardinality($3::text[]) = 0 OR EXISTS (
+                    SELECT 1 FROM jsonb_array_elements(COALESCE(e.raw->'tags', '[]'::jsonb)) tag
+                    WHERE tag->>'slug' = ANY($3)))
+             ORDER BY t.token_id",
+            &[&scope.min_volume_24h, &scope.min_liquidity, &scope.tag_slugs],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The condition ids of these tokens.
+pub async fn conditions_of<C: GenericClient>(db: &C, token_ids: &[String]) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = db
+        .query("SELECT DISTINCT condition_id FROM tokens WHERE token_id = ANY($1) ORDER BY 1", &[&token_ids])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Markets not closed, for health.
+pub async fn open_market_count<C: GenericClient>(db: &C) -> Result<i64, tokio_postgres::Error> {
+    Ok(db.query_one("SELECT count(*) FROM markets WHERE closed IS NOT TRUE", &[]).await?.get(0))
+}

@@ -4,8 +4,9 @@
 pub mod books;
 pub mod catalog;
 pub mod migrate;
-pub mod spool;
-pub mod writer;
+pub mod gaps;
+pub mod stream;
+pub mod url;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,10 @@ use tokio::time::Instant;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{DatabaseConfig, redact_url, split_sslmode};
-use crate::polymarket::client::error_chain;
+use self::url::{redact as redact_url, split_sslmode};
+use crate::backoff::Backoff;
+use crate::config::DatabaseConfig;
+use crate::errors::error_chain;
 
 pub type Pool = bb8::Pool<PostgresConnectionManager<MakeTls>>;
 
@@ -29,8 +32,10 @@ pub enum DbError {
     /// The server answered and refused us: waiting will not help, the configuration must change.
     #[error("database refused the connection: {0}")]
     Refused(String),
-    #[error("database pool: {0}")]
-    Pool(String),
+    #[error("database: timed out waiting for a pooled connection")]
+    PoolTimeout,
+    #[error("database: {what} timed out")]
+    TimedOut { what: &'static str },
     #[error("database: {}", error_chain(.0))]
     Query(#[from] tokio_postgres::Error),
 }
@@ -39,9 +44,40 @@ impl From<bb8::RunError<tokio_postgres::Error>> for DbError {
     fn from(e: bb8::RunError<tokio_postgres::Error>) -> Self {
         match e {
             bb8::RunError::User(e) => DbError::Query(e),
-            bb8::RunError::TimedOut => DbError::Pool("timed out waiting for a connection".into()),
+            bb8::RunError::TimedOut => DbError::PoolTimeout,
         }
     }
+}
+
+impl DbError {
+    /// The server's SQLSTATE, when the server answered with an error.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            DbError::Query(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later can succeed: the connection or the server is away, busy or
+    /// shutting down, or a transaction lost a race. `false` for errors about the statement or
+    /// its data (SQLSTATE classes 22 data exception, 23 integrity, 42 syntax or access, …)
+    /// and for settings the server refused.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Unreachable { .. } | DbError::PoolTimeout | DbError::TimedOut { .. } => true,
+            DbError::Settings(_) | DbError::Refused(_) => false,
+            // No SQLSTATE: the connection broke (I/O, closed, TLS), not the statement.
+            DbError::Query(e) => e.code().is_none_or(|c| sqlstate_is_transient(c.code())),
+        }
+    }
+}
+
+/// SQLSTATEs that say "the server or connection, not the statement": class 08 (connection
+/// exception), 53 (insufficient resources), 57P01–57P03 (shutdown, cannot connect now), 40001
+/// and 40P01 (serialization failure, deadlock), 55P03 (lock not available), 58 (system error).
+pub fn sqlstate_is_transient(code: &str) -> bool {
+    matches!(&code[..2.min(code.len())], "08" | "53" | "58")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03")
 }
 
 /// The `tokio_postgres::Config` for `cfg`, password applied.
@@ -186,9 +222,9 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
     let pg = pg_config(cfg)?;
     let tls = tls(cfg)?;
     let started = Instant::now();
-    let mut attempt: u32 = 0;
+    let mut retries = Backoff::new(Duration::from_millis(500), Duration::from_secs(30)).start();
     loop {
-        attempt += 1;
+        let attempt = retries.attempts() + 1;
         match pg.connect(tls.clone()).await {
             Ok((client, conn)) => {
                 drop(client);
@@ -214,9 +250,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
                 if waited >= cfg.startup_deadline {
                     return Err(DbError::Unreachable { waited, last });
                 }
-                let delay = Duration::from_millis(250 * 2u64.pow(attempt.min(7)))
-                    .min(Duration::from_secs(30))
-                    .min(cfg.startup_deadline.saturating_sub(waited) + Duration::from_millis(10));
+                let delay = retries.next_delay().min(cfg.startup_deadline.saturating_sub(waited) + Duration::from_millis(10));
                 tracing::warn!(
                     attempt, error = %last, url = %redact_url(&cfg.url),
                     retry_in_ms = delay.as_millis() as u64,
@@ -248,5 +282,22 @@ impl bb8::ErrorSink<tokio_postgres::Error> for LogSink {
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
         Box::new(*self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_sqlstates_are_about_the_server_not_the_statement() {
+        for code in ["08006", "08001", "57P01", "57P03", "53300", "40001", "40P01"] {
+            assert!(sqlstate_is_transient(code), "{code}");
+        }
+        for code in ["22021", "22P05", "23505", "23502", "42P01", "42601", "XX000"] {
+            assert!(!sqlstate_is_transient(code), "{code}");
+        }
+        assert!(DbError::PoolTimeout.is_transient());
+        assert!(!DbError::Refused("no role".into()).is_transient());
     }
 }

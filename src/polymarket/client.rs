@@ -13,8 +13,9 @@ use serde_json::Value;
 use url::Url;
 
 use super::budget::Budget;
-use super::retry::{Backoff, Outcome, parse_retry_after};
+use super::retry::{Backoff, Outcome, parse_retry_after, retry_delay};
 use crate::config::UpstreamConfig;
+use crate::errors::error_chain;
 
 /// The budget a request is charged to. Windows are upstream's 10 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +91,7 @@ pub struct PolymarketClient {
     books_budget: Budget,
     data_budget: Budget,
     backoff: Backoff,
+    retry_after_max: Duration,
     max_retries: u32,
     pub stats: Arc<ClientStats>,
 }
@@ -113,7 +115,8 @@ impl PolymarketClient {
             gamma_budget: Budget::new(cfg.gamma_requests_per_10s, WINDOW),
             books_budget: Budget::new(cfg.clob_books_requests_per_10s, WINDOW),
             data_budget: Budget::new(cfg.data_requests_per_10s, WINDOW),
-            backoff: Backoff { base: cfg.backoff_base, max: cfg.backoff_max },
+            backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
+            retry_after_max: cfg.retry_after_max,
             max_retries: cfg.max_retries,
             stats: Arc::new(ClientStats::default()),
         })
@@ -148,7 +151,7 @@ impl PolymarketClient {
             };
             let (outcome, detail) = match request.send().await {
                 Err(e) => (Outcome::Transport, error_chain(&e)),
-                Ok(resp) => match classify(resp).await {
+                Ok(resp) => match classify(resp, self.retry_after_max).await {
                     Ok(value) => return Ok(value),
                     Err((Outcome::ClientError, status, text)) => {
                         self.stats.count(Outcome::ClientError);
@@ -170,7 +173,7 @@ impl PolymarketClient {
                     last: format!("{outcome:?} {detail}"),
                 });
             }
-            let delay = self.backoff.delay(attempt, outcome, fastrand::f64());
+            let delay = retry_delay(&self.backoff, attempt, outcome, fastrand::f64());
             tracing::warn!(
                 url = %url, ?outcome, detail = %detail, attempt = attempt + 1,
                 delay_ms = delay.as_millis() as u64, "upstream request failed, retrying: {url}: {outcome:?} {detail}"
@@ -183,7 +186,7 @@ impl PolymarketClient {
 }
 
 /// Turns a response into JSON or a classified failure `(outcome, status, body text)`.
-async fn classify(resp: reqwest::Response) -> Result<Value, (Outcome, u16, String)> {
+async fn classify(resp: reqwest::Response, retry_after_max: Duration) -> Result<Value, (Outcome, u16, String)> {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let is_html = headers
@@ -212,7 +215,7 @@ async fn classify(resp: reqwest::Response) -> Result<Value, (Outcome, u16, Strin
             let retry_after = headers
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+                .and_then(|v| parse_retry_after(v, chrono::Utc::now(), retry_after_max));
             Err((Outcome::RateLimited { retry_after }, status, text()))
         }
         _ if looks_html => Err((Outcome::HtmlPage, status, text())),
@@ -229,19 +232,4 @@ fn snippet(text: &str) -> String {
         Some((i, _)) => format!("{}…", &t[..i]),
         None => t.to_string(),
     }
-}
-
-/// An error with its whole source chain, `a: b: c`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let part = src.to_string();
-        if !s.contains(&part) {
-            s.push_str(": ");
-            s.push_str(&part);
-        }
-        cur = src.source();
-    }
-    s
 }

@@ -95,10 +95,36 @@ pub fn required_timestamp(obj: &Value, field: &str) -> Result<DateTime<Utc>, Fie
 }
 
 /// The `side` field: `BUY` or `SELL`, any case upstream.
-pub fn side(obj: &Value) -> Result<String, FieldError> {
+pub fn side(obj: &Value) -> Result<Side, FieldError> {
     match string(obj, "side").map(|s| s.to_ascii_uppercase()).as_deref() {
-        Some(s @ ("BUY" | "SELL")) => Ok(s.to_string()),
+        Some("BUY") => Ok(Side::Buy),
+        Some("SELL") => Ok(Side::Sell),
         other => Err(FieldError::new("side", format!("expected BUY or SELL, got {other:?}"))),
+    }
+}
+
+/// The side of a trade (the taker's) or of a book level (`BUY`: bids, `SELL`: asks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Side {
+    #[serde(rename = "BUY")]
+    Buy,
+    #[serde(rename = "SELL")]
+    Sell,
+}
+
+impl Side {
+    /// As stored and as upstream writes it: `BUY` or `SELL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "BUY",
+            Side::Sell => "SELL",
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

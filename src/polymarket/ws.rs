@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use super::clob::{self, Book};
-use super::decode::{self, FieldError, required_decimal, required_string, side};
+use super::decode::{self, FieldError, Side, required_decimal, required_string, side};
 
 /// The first frame on a connection.
 pub fn subscribe_initial(assets: &[String]) -> String {
@@ -32,8 +32,8 @@ pub struct Trade {
     pub condition_id: Option<String>,
     pub price: Decimal,
     pub size: Decimal,
-    /// Taker side, `BUY` or `SELL`.
-    pub side: String,
+    /// Taker side.
+    pub side: Side,
     pub fee_rate_bps: Option<Decimal>,
     pub source_ts: DateTime<Utc>,
     pub tx_hash: Option<String>,
@@ -45,8 +45,8 @@ pub struct LevelChange {
     pub price: Decimal,
     /// New aggregate size at the level; zero removes it.
     pub size: Decimal,
-    /// `BUY` (bid side) or `SELL` (ask side).
-    pub side: String,
+    /// `Buy`: the bid side; `Sell`: the ask side.
+    pub side: Side,
     pub hash: Option<String>,
     pub best_bid: Option<Decimal>,
     pub best_ask: Option<Decimal>,
@@ -78,10 +78,29 @@ pub struct TickSizeChange {
     pub source_ts: DateTime<Utc>,
 }
 
+/// Which lifecycle event (`market_events.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LifecycleKind {
+    #[serde(rename = "new_market")]
+    NewMarket,
+    #[serde(rename = "market_resolved")]
+    MarketResolved,
+}
+
+impl LifecycleKind {
+    /// The upstream `event_type`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleKind::NewMarket => "new_market",
+            LifecycleKind::MarketResolved => "market_resolved",
+        }
+    }
+}
+
 /// `new_market` / `market_resolved`, kept whole.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Lifecycle {
-    pub kind: String,
+    pub kind: LifecycleKind,
     pub condition_id: Option<String>,
     pub market_id: Option<String>,
     pub assets: Vec<String>,
@@ -221,8 +240,9 @@ pub fn decode_event(obj: &Value) -> Result<Event, String> {
             }))
         })(),
         "new_market" | "market_resolved" => (|| {
+            let kind = if kind == "new_market" { LifecycleKind::NewMarket } else { LifecycleKind::MarketResolved };
             let lifecycle = Lifecycle {
-                kind: kind.clone(),
+                kind,
                 condition_id: decode::string(obj, "market").or_else(|| decode::string(obj, "condition_id")),
                 market_id: decode::string(obj, "id"),
                 assets: decode::string_array(obj, "assets_ids")?
@@ -232,7 +252,10 @@ pub fn decode_event(obj: &Value) -> Result<Event, String> {
                 source_ts: ts(obj)?,
                 payload: obj.clone(),
             };
-            Ok(if kind == "new_market" { Event::NewMarket(lifecycle) } else { Event::MarketResolved(lifecycle) })
+            Ok(match kind {
+                LifecycleKind::NewMarket => Event::NewMarket(lifecycle),
+                LifecycleKind::MarketResolved => Event::MarketResolved(lifecycle),
+            })
         })(),
         other => return Err(format!("unknown event_type {other:?}")),
     };
@@ -258,7 +281,7 @@ mod tests {
         let Frame::Events { events, .. } = decode_frame(&fixture("ws_last_trade_price.json")) else { panic!() };
         let Event::Trade(t) = &events[0] else { panic!() };
         assert_eq!(t.size.to_string(), "412.857142");
-        assert_eq!(t.side, "BUY");
+        assert_eq!(t.side, Side::Buy);
         assert_eq!(t.source_ts.timestamp_millis(), 1795683665911);
         assert!(t.tx_hash.as_deref().unwrap().starts_with("0x6d1f"));
     }

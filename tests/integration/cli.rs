@@ -192,3 +192,32 @@ async fn a_database_that_refuses_the_login_is_a_configuration_error() {
     assert!(started.elapsed() < Duration::from_secs(4), "no retrying a refusal");
     assert!(err.contains("no_such_role") && err.contains("Install"), "{err}");
 }
+
+/// The reader records every key it knows with its default; the packaged example documents
+/// each of them (set to the default, or commented out when it has none or a computed one).
+#[test]
+fn the_packaged_example_documents_every_key_the_reader_knows() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/collector.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut documented = std::collections::HashSet::new();
+    let mut section = String::new();
+    for line in text.lines() {
+        let l = line.trim_start_matches('#').trim();
+        if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            section = name.to_string();
+        } else if let Some((key, _)) = l.split_once(" = ") {
+            if !key.contains(' ') {
+                documented.insert(format!("{section}.{key}"));
+            }
+        }
+    }
+    let cfg = collector::config::Config::parse("", &collector::config::Env::default()).unwrap();
+    let missing: Vec<String> = cfg
+        .settings
+        .iter()
+        .filter(|s| s.key != "password")
+        .map(|s| format!("{}.{}", s.section, s.key))
+        .filter(|k| !documented.contains(k))
+        .collect();
+    assert!(missing.is_empty(), "keys the example does not document: {missing:?}");
+}

@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use collector::collectors::Collector;
 use collector::collectors::catalog::{CatalogCtx, CatalogState, FullSweep};
-use collector::collectors::stream::{StreamCollector, StreamStats};
+use collector::collectors::stream::sink::Sink;
+use collector::collectors::stream::{self, StreamDeps, StreamHandle, StreamStats};
 use collector::config::{Config, Env};
-use collector::db::spool::Spool;
-use collector::db::writer::{Sink, Writer};
+use collector::daemon::supervisor::Supervisor;
 use collector::polymarket::client::PolymarketClient;
 use serde_json::json;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::fake::{self, Fake};
@@ -30,10 +29,8 @@ pub struct Harness {
     http: Fake,
     pub sink: Arc<Sink>,
     pub stats: Arc<StreamStats>,
-    cancel: CancellationToken,
-    writer_cancel: CancellationToken,
-    manager: Option<JoinHandle<()>>,
-    writer: Option<JoinHandle<()>>,
+    pub supervisor: Supervisor,
+    stream: Option<StreamHandle>,
 }
 
 impl Harness {
@@ -55,31 +52,26 @@ impl Harness {
         let pool = db.pool().await;
         let ctx = CatalogCtx { client: client.clone(), pool: pool.clone(), cfg: cfg.catalog.clone(), state: Arc::new(CatalogState::default()) };
         FullSweep(ctx).collect_once().await.unwrap();
-        let spool = Spool::open(&cfg.stream.spool_dir, cfg.stream.spool_max_bytes).unwrap();
-        let (sink, rx) = Sink::new(cfg.stream.queue_capacity, spool);
-        let writer_cancel = CancellationToken::new();
-        let writer = Writer { pool: pool.clone(), rx, sink: sink.clone(), batch_size: cfg.stream.batch_size, flush_interval: cfg.stream.flush_interval };
-        let writer = tokio::spawn(writer.run(writer_cancel.clone(), Duration::from_secs(10)));
-        let stats = Arc::new(StreamStats::default());
-        let collector = StreamCollector {
+        let supervisor = Supervisor::new(CancellationToken::new(), &cfg.daemon, collector::fault::from_env());
+        let handle = stream::spawn(StreamDeps {
             cfg: cfg.stream.clone(),
             ws_url: cfg.upstream.ws_url.clone(),
+            retry_after_max: cfg.upstream.retry_after_max,
             pool,
             client,
-            sink: sink.clone(),
-            stats: stats.clone(),
-        };
-        let cancel = CancellationToken::new();
-        let (ready_tx, _ready_rx) = tokio::sync::oneshot::channel();
-        let manager = tokio::spawn(collector.run(cancel.clone(), ready_tx));
-        Harness { db, ws, http, sink, stats, cancel, writer_cancel, manager: Some(manager), writer: Some(writer) }
+            restarts: Arc::new(supervisor.clone()),
+            drain_grace: Duration::from_secs(10),
+            stall_timeout: cfg.daemon.stall_timeout,
+            fault_spec: None,
+        })
+        .unwrap();
+        let monitor = handle.monitor();
+        Harness { db, ws, http, sink: monitor.sink.clone(), stats: monitor.stats.clone(), supervisor, stream: Some(handle) }
     }
 
     pub async fn stop(&mut self) {
-        self.cancel.cancel();
-        self.manager.take().unwrap().await.unwrap();
-        self.writer_cancel.cancel();
-        self.writer.take().unwrap().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        self.stream.take().unwrap().stop(deadline).await;
     }
 
     async fn trades(&self) -> i64 {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use rust_decimal::Decimal;
 
 use crate::polymarket::clob::Book;
+use crate::polymarket::decode::Side;
 use crate::polymarket::ws::LevelChange;
 
 #[derive(Debug, Default)]
@@ -53,7 +54,10 @@ impl Books {
         let Some(book) = self.assets.get_mut(&c.asset_id).filter(|b| b.synced) else {
             return Applied::Withheld;
         };
-        let side = if c.side == "BUY" { &mut book.bids } else { &mut book.asks };
+        let side = match c.side {
+            Side::Buy => &mut book.bids,
+            Side::Sell => &mut book.asks,
+        };
         if c.size.is_zero() {
             side.remove(&c.price);
         } else {
@@ -93,7 +97,7 @@ mod tests {
             asset_id: asset.into(),
             price: price.parse().unwrap(),
             size: size.parse().unwrap(),
-            side: side.into(),
+            side: if side == "BUY" { Side::Buy } else { Side::Sell },
             hash: None,
             best_bid: Some(bid.parse().unwrap()),
             best_ask: Some(ask.parse().unwrap()),

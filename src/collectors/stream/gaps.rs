@@ -1,142 +1,151 @@
 //! Gaps as data: every interval in which subscribed assets were not captured becomes a
-//! `stream_gaps` row; after an unplanned gap the trades of its markets are backfilled from the
-//! Data API for the gap window and the gap is marked.
+//! `stream_gaps` row (SQL in `db::gaps`); after an unplanned gap the trades of its markets
+//! are backfilled from the Data API for the gap window and the gap is marked.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{GapEvent, StreamStats};
-use crate::daemon::journal;
-use crate::db::Pool;
-use crate::db::writer::{self, Row, TradeSource};
-use crate::polymarket::client::{ClientError, PolymarketClient, Route, error_chain};
+use super::StreamStats;
+use crate::backoff::Backoff;
+use crate::db::gaps::{self as db_gaps, GapRow};
+use crate::db::stream::{self, Row, TradeSource};
+use crate::db::{DbError, Pool, catalog};
+use crate::journal;
+use crate::polymarket::client::{ClientError, PolymarketClient, Route};
 use crate::polymarket::data;
 
-/// A closed gap to backfill.
-#[derive(Debug, Clone)]
-pub struct ClosedGap {
-    pub id: i64,
-    pub assets: Vec<String>,
-    pub started_at: DateTime<Utc>,
-    pub ended_at: DateTime<Utc>,
+/// Why assets were not captured (`stream_gaps.reason`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GapReason {
+    /// No data frame for the silence timeout.
+    Stall,
+    /// Assets without a first `book` past the deadline.
+    MissingBooks(usize),
+    /// The server closed the connection.
+    Closed(String),
+    /// The connection failed (read/write error).
+    Error(String),
+    /// Connecting failed or the handshake was refused.
+    Connect(String),
+    /// The shard's task panicked; it is restarted by the supervisor.
+    TaskPanicked,
+    /// A clean stop (planned).
+    Shutdown,
+    /// The daemon started after a stop that recorded no planned gap (a crash, kill -9).
+    UncleanRestart,
 }
 
-/// Records gap events in order, retrying while the database is away; hands unplanned closed
-/// gaps to the backfill.
+impl std::fmt::Display for GapReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GapReason::Stall => write!(f, "stall"),
+            GapReason::MissingBooks(n) => write!(f, "no first book for {n} assets"),
+            GapReason::Closed(r) => write!(f, "closed: {r}"),
+            GapReason::Error(e) => write!(f, "error: {e}"),
+            GapReason::Connect(e) => write!(f, "{e}"),
+            GapReason::TaskPanicked => write!(f, "task panicked"),
+            GapReason::Shutdown => write!(f, "shutdown"),
+            GapReason::UncleanRestart => write!(f, "restart after an unclean stop"),
+        }
+    }
+}
+
+/// A connection's capture gap begins or ends.
+#[derive(Debug, Clone)]
+pub enum GapEvent {
+    Open { conn: i32, assets: Vec<String>, reason: GapReason, at: DateTime<Utc> },
+    Close { conn: i32, at: DateTime<Utc> },
+}
+
+/// Delays between attempts to record a gap while the database is away.
+const RECORD_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+
+/// Records gap events in order, retrying each while the database is away; hands closed
+/// unplanned gaps to the backfill. Keeps no state of its own (the database does), so a
+/// restart after a panic takes over the queue where it stood.
 pub async fn record(
     pool: Pool,
-    mut rx: mpsc::Receiver<GapEvent>,
-    backfill_tx: Option<mpsc::Sender<ClosedGap>>,
+    rx: Arc<Mutex<mpsc::Receiver<GapEvent>>>,
+    backfill_tx: Option<mpsc::Sender<GapRow>>,
     stats: Arc<StreamStats>,
 ) {
-    let mut open: HashMap<i32, (i64, Vec<String>, DateTime<Utc>)> = HashMap::new();
+    let mut rx = rx.lock_owned().await;
     while let Some(event) = rx.recv().await {
-        let mut delay = Duration::from_millis(200);
+        let mut retries = RECORD_RETRY.start();
         loop {
-            let result: Result<(), crate::db::DbError> = async {
-                let conn = pool.get().await?;
-                match &event {
-                    GapEvent::Open { conn: c, assets, reason, at } => {
-                        let row = conn
-                            .query_one(
-                                "INSERT INTO stream_gaps (connection, assets, asset_count, started_at, reason, planned)
-                                 VALUES ($1, $2, $3, $4, $5, false) RETURNING id",
-                                &[c, assets, &(assets.len() as i32), at, reason],
-                            )
-                            .await?;
-                        let id: i64 = row.get(0);
-                        stats.gaps.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(message_id = journal::GAP_OPENED, gap_id = id, conn = c, assets = assets.len(), reason = %reason, "capture gap opened on connection {c} ({} assets): {reason}", assets.len());
-                        open.insert(*c, (id, assets.clone(), *at));
-                    }
-                    GapEvent::Close { conn: c, at } => {
-                        if let Some((id, assets, started)) = open.remove(c) {
-                            conn.execute("UPDATE stream_gaps SET ended_at = $2 WHERE id = $1", &[&id, at]).await?;
-                            tracing::info!(message_id = journal::GAP_CLOSED, gap_id = id, conn = c,
-                                secs = (*at - started).num_milliseconds() as f64 / 1000.0, "capture gap closed");
-                            if let Some(tx) = &backfill_tx {
-                                let _ = tx.try_send(ClosedGap { id, assets, started_at: started, ended_at: *at });
-                            }
+            match apply(&pool, &event, &stats).await {
+                Ok(Some(closed)) => {
+                    if let Some(tx) = &backfill_tx {
+                        if tx.try_send(closed).is_err() {
+                            tracing::error!(message_id = journal::BACKFILL, "backfill queue full: a gap will not be backfilled");
                         }
                     }
+                    break;
                 }
-                Ok(())
-            }
-            .await;
-            match result {
-                Ok(()) => break,
+                Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot record a gap yet, retrying: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                    tokio::time::sleep(retries.next_delay()).await;
                 }
             }
         }
     }
 }
 
-/// At start: closes the planned gap a clean stop left open, or — after a crash, when none is
-/// open — records the interval since the last captured frame as an unplanned gap. Returns the
-/// unplanned gap to backfill, if any.
-pub async fn on_start(pool: &Pool, assets: &[String], now: DateTime<Utc>) -> Result<Option<ClosedGap>, crate::db::DbError> {
-    let conn = pool.get().await?;
-    let closed = conn
-        .execute("UPDATE stream_gaps SET ended_at = $1 WHERE planned AND ended_at IS NULL", &[&now])
-        .await?;
-    // Per-connection gaps a crash left open end now too.
-    let crashed = conn
-        .query(
-            "UPDATE stream_gaps SET ended_at = $1 WHERE NOT planned AND ended_at IS NULL RETURNING id, assets, started_at",
-            &[&now],
-        )
-        .await?;
-    if closed > 0 {
-        tracing::info!(message_id = journal::GAP_CLOSED, gaps = closed, "planned gap of the last stop closed");
-        return Ok(crashed.first().map(|r| ClosedGap { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: now }));
+async fn apply(pool: &Pool, event: &GapEvent, stats: &StreamStats) -> Result<Option<GapRow>, DbError> {
+    match event {
+        GapEvent::Open { conn, assets, reason, at } => {
+            let reason = reason.to_string();
+            if let Some(id) = db_gaps::open(pool, *conn, assets, *at, &reason).await? {
+                stats.gaps.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(message_id = journal::GAP_OPENED, gap_id = id, conn, assets = assets.len(), reason = %reason, since = %at,
+                    "capture gap opened on connection {conn} ({} assets): {reason}", assets.len());
+            }
+            Ok(None)
+        }
+        GapEvent::Close { conn, at } => {
+            let closed = db_gaps::close(pool, *conn, *at).await?;
+            if let Some(g) = &closed {
+                tracing::info!(message_id = journal::GAP_CLOSED, gap_id = g.id, conn,
+                    secs = (g.ended_at - g.started_at).num_milliseconds() as f64 / 1000.0, "capture gap closed");
+            }
+            Ok(closed)
+        }
     }
-    let last: Option<DateTime<Utc>> = conn
-        .query_one(
-            // Every trade moves its book, and upstream then sends the new book: the last
-            // stream book (indexed by received_at) is the last captured moment.
-            "SELECT max(received_at) FROM book_snapshots WHERE source = 'ws'",
-            &[],
-        )
-        .await?
-        .get(0);
-    let Some(last) = last.filter(|l| *l < now) else { return Ok(None) };
-    let row = conn
-        .query_one(
-            "INSERT INTO stream_gaps (connection, assets, asset_count, started_at, ended_at, reason, planned)
-             VALUES (NULL, $1, $2, $3, $4, 'restart after an unclean stop', false) RETURNING id",
-            &[&assets, &(assets.len() as i32), &last, &now],
-        )
-        .await?;
-    let id: i64 = row.get(0);
-    tracing::warn!(message_id = journal::GAP_OPENED, gap_id = id, since = %last, "stream restarted after an unclean stop: gap recorded");
-    Ok(Some(ClosedGap { id, assets: assets.to_vec(), started_at: last, ended_at: now }))
+}
+
+/// At start: closes the planned gap a clean stop left open, and the per-connection gaps a
+/// crash left open; when no planned gap was open (a crash), records the interval since the
+/// last captured frame as an unplanned gap. Returns the unplanned gaps to backfill.
+pub async fn on_start(pool: &Pool, assets: &[String], now: DateTime<Utc>) -> Result<Vec<GapRow>, DbError> {
+    let (planned, mut crashed) = db_gaps::close_at_start(pool, now).await?;
+    if planned > 0 {
+        tracing::info!(message_id = journal::GAP_CLOSED, gaps = planned, "planned gap of the last stop closed");
+        return Ok(crashed);
+    }
+    let Some(last) = db_gaps::last_captured(pool).await?.filter(|l| *l < now) else { return Ok(crashed) };
+    let gap = db_gaps::insert_closed(pool, assets, last, now, &GapReason::UncleanRestart.to_string()).await?;
+    tracing::warn!(message_id = journal::GAP_OPENED, gap_id = gap.id, since = %last, "stream restarted after an unclean stop: gap recorded");
+    crashed.push(gap);
+    Ok(crashed)
 }
 
 /// At a clean stop: one planned gap for every subscribed asset, closed at the next start.
-pub async fn on_stop(pool: &Pool, assets: &[String], now: DateTime<Utc>) -> Result<(), crate::db::DbError> {
-    let conn = pool.get().await?;
-    conn.execute(
-        "INSERT INTO stream_gaps (connection, assets, asset_count, started_at, reason, planned)
-         VALUES (NULL, $1, $2, $3, 'shutdown', true)",
-        &[&assets, &(assets.len() as i32), &now],
-    )
-    .await?;
+pub async fn on_stop(pool: &Pool, assets: &[String], now: DateTime<Utc>) -> Result<(), DbError> {
+    db_gaps::insert_planned(pool, assets, now, &GapReason::Shutdown.to_string()).await?;
     tracing::info!(message_id = journal::GAP_OPENED, assets = assets.len(), "planned gap recorded for the stop");
     Ok(())
 }
 
-/// Backfills gaps one at a time, within the Data API budget.
-pub async fn backfill_loop(pool: Pool, client: Arc<PolymarketClient>, mut rx: mpsc::Receiver<ClosedGap>, cancel: CancellationToken) {
+/// Backfills gaps one at a time, within the Data API budget. Restartable like [`record`].
+pub async fn backfill_loop(pool: Pool, client: Arc<PolymarketClient>, rx: Arc<Mutex<mpsc::Receiver<GapRow>>>, cancel: CancellationToken) {
+    let mut rx = rx.lock_owned().await;
     loop {
         let gap = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -154,21 +163,16 @@ pub async fn backfill_loop(pool: Pool, client: Arc<PolymarketClient>, mut rx: mp
             Ok(n) => tracing::info!(message_id = journal::BACKFILL, gap_id = gap.id, trades = n, "gap backfilled"),
             Err(e) => tracing::error!(message_id = journal::BACKFILL, gap_id = gap.id, error = %e, "gap {} backfill failed, trades of the gap may be missing: {e}", gap.id),
         }
-        if let Ok(conn) = pool.get().await {
-            let _ = conn
-                .execute(
-                    "UPDATE stream_gaps SET backfill_status = $2, backfilled_at = now(), backfill_trades = $3 WHERE id = $1",
-                    &[&gap.id, &status, &count],
-                )
-                .await;
+        if let Err(e) = db_gaps::set_backfill(&pool, gap.id, &status, count).await {
+            tracing::warn!(gap_id = gap.id, error = %e, "cannot record the backfill result: {e}");
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
-    #[error("database: {0}")]
-    Db(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
     #[error("data api: {0}")]
     Upstream(#[from] ClientError),
     #[error("data api payload: {0}")]
@@ -184,19 +188,10 @@ const SLACK_SECS: i64 = 5;
 
 /// Fetches the gap's trades (v2 `/v2/trades` with cursor paging, newest first; v1 `/trades`
 /// with a time window when v2 is not served) and inserts those not already present.
-pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &ClosedGap) -> Result<u64, BackfillError> {
-    let db = |e: tokio_postgres::Error| BackfillError::Db(error_chain(&e));
-    let conditions: Vec<String> = {
-        let conn = pool.get().await.map_err(|e| BackfillError::Db(e.to_string()))?;
-        conn.query(
-            "SELECT DISTINCT condition_id FROM tokens WHERE token_id = ANY($1) ORDER BY 1",
-            &[&gap.assets],
-        )
-        .await
-        .map_err(db)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow) -> Result<u64, BackfillError> {
+    let conditions = {
+        let conn = pool.get().await.map_err(DbError::from)?;
+        catalog::conditions_of(&*conn, &gap.assets).await.map_err(DbError::from)?
     };
     let assets: HashSet<&str> = gap.assets.iter().map(String::as_str).collect();
     let from = gap.started_at - chrono::Duration::seconds(SLACK_SECS);
@@ -220,7 +215,7 @@ pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &ClosedGap) -
         if trades.is_empty() {
             continue;
         }
-        inserted += writer::write_batch(pool, &trades).await.map_err(|e| BackfillError::Db(e.to_string()))?;
+        inserted += stream::write_batch(pool, &trades).await?;
     }
     Ok(inserted)
 }

@@ -1,36 +1,59 @@
 //! The live market stream ("trade listener"): a sharded pool of CLOB market WebSocket
 //! connections recording every trade, book, level change and lifecycle event.
 //!
-//! - `mod.rs` (this file): the pool manager — the subscription set from the catalog, kept
-//!   current; assets sharded over connections opened gradually; start/stop gaps.
-//! - [`connection`]: one shard's connection: protocol, PING, watchdogs, reconnects, gaps.
-//! - [`book`]: in-memory books per asset, level changes withheld until a fresh book.
-//! - [`gaps`]: gap rows and the Data API backfill.
+//! [`spawn`] starts it and returns the [`StreamHandle`], which owns every task; the data flows
+//! through the modules in this order:
 //!
-//! Readers hand rows to the [`Sink`]; the writer ([`crate::db::writer`]) stores them.
+//! - `mod.rs` (this file): the handle and the manager — the subscription set from the catalog,
+//!   kept current; assets sharded over connections opened gradually; shards restarted (by the
+//!   supervisor's decision, [`Restarts`]) when their task panics, their assets covered by a gap
+//!   meanwhile; start and stop gaps.
+//! - [`shard`]: one connection: protocol, PING, reconnects, per-connection gaps; the stall
+//!   decisions are the state machines of [`watch`]; in-memory books in [`book`].
+//! - [`sink`]: readers hand rows to it without waiting: a bounded queue, or the on-disk
+//!   [`spool`] when the queue is full.
+//! - [`writer`]: batches off the queue (and the spool) into `db::stream::write_batch`.
+//! - [`gaps`]: gap rows (`db::gaps`) and the Data API backfill.
 
 pub mod book;
-pub mod connection;
 pub mod gaps;
+pub mod shard;
+pub mod sink;
+pub mod spool;
+pub mod watch;
+pub mod writer;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use url::Url;
 
-use self::connection::{Shard, ShardCmd};
+use self::gaps::{GapEvent, GapReason};
+use self::shard::{Shard, ShardCmd, ShardShared};
+use self::sink::Sink;
+use self::spool::{Spool, SpoolError};
+use self::writer::Writer;
+use super::Restarts;
 use crate::config::StreamConfig;
-use crate::daemon::health::{StreamHealth, TradeListenerHealth};
-use crate::daemon::systemd::Liveness;
-use crate::db::writer::Sink;
+use crate::db::catalog::{self, StreamScope};
 use crate::db::{DbError, Pool};
+use crate::fault::{self, Fault};
 use crate::polymarket::client::PolymarketClient;
+
+/// The supervisor's name for the stream's tasks (shards, writer, gap recorder, backfill).
+pub const TASK_NAME: &str = "stream";
+/// The longest wait for the first connections before READY.
+const READY_WAIT: Duration = Duration::from_secs(30);
 
 /// Counters of the stream.
 #[derive(Debug, Default)]
@@ -48,13 +71,36 @@ pub struct StreamStats {
     pub withheld: AtomicU64,
     /// Level changes after which the local book disagreed with upstream's top of book.
     pub book_divergences: AtomicU64,
+    /// Stream tasks (shards, writer, gap recorder, backfill) restarted after a panic.
+    pub task_restarts: AtomicU64,
 }
 
-/// A connection's capture gap begins or ends.
-#[derive(Debug, Clone)]
-pub enum GapEvent {
-    Open { conn: i32, assets: Vec<String>, reason: String, at: DateTime<Utc> },
-    Close { conn: i32, at: DateTime<Utc> },
+/// The stream's health at one instant (`trade_listener` in `collector status --json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TradeListenerHealth {
+    pub trades_received: u64,
+    pub trades_inserted: u64,
+    pub connections_active: u64,
+    pub connections_total: u64,
+    pub queue_depth: u64,
+    pub spool_bytes: u64,
+    pub gaps: u64,
+    pub reconnects: u64,
+    pub stalls: u64,
+    pub quarantined: u64,
+    pub assets_subscribed: u64,
+    pub events_received: u64,
+    /// Level changes not stored: no fresh book since a reconnect.
+    pub withheld_changes: u64,
+    /// Level changes after which the local book disagreed with upstream's top of book.
+    pub book_divergences: u64,
+    pub rows_written: u64,
+    pub write_errors: u64,
+    /// Rows lost because the spool was full.
+    pub dropped_rows: u64,
+    /// Stream tasks restarted after a panic.
+    #[serde(default)]
+    pub task_restarts: u64,
 }
 
 /// A market listed or resolved, seen on the stream.
@@ -68,6 +114,8 @@ pub enum Lifecycle {
 pub struct StreamCtx {
     pub cfg: StreamConfig,
     pub ws_url: Url,
+    /// Longest handshake `Retry-After` honoured.
+    pub retry_after_max: Duration,
     pub sink: Arc<Sink>,
     pub stats: Arc<StreamStats>,
     gap_tx: mpsc::Sender<GapEvent>,
@@ -86,8 +134,7 @@ impl StreamCtx {
     }
 }
 
-/// The stream's health and liveness, for the health loop, `collector status` and the
-/// watchdog.
+/// The stream's health and liveness, for the health loop and `collector status`.
 pub struct StreamMonitor {
     pub stats: Arc<StreamStats>,
     pub sink: Arc<Sink>,
@@ -95,8 +142,8 @@ pub struct StreamMonitor {
     pub stall_timeout: Duration,
 }
 
-impl StreamHealth for StreamMonitor {
-    fn snapshot(&self) -> TradeListenerHealth {
+impl StreamMonitor {
+    pub fn snapshot(&self) -> TradeListenerHealth {
         let s = &self.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         TradeListenerHealth {
@@ -117,12 +164,12 @@ impl StreamHealth for StreamMonitor {
             rows_written: g(&self.sink.stats.rows_written),
             write_errors: g(&self.sink.stats.write_errors),
             dropped_rows: g(&self.sink.stats.dropped_rows),
+            task_restarts: g(&s.task_restarts),
         }
     }
-}
 
-impl Liveness for StreamMonitor {
-    fn stalled(&self) -> Option<String> {
+    /// `Some(reason)` when the writer has stored nothing for too long while rows wait.
+    pub fn stalled(&self) -> Option<String> {
         self.sink
             .stalled_for()
             .filter(|d| *d > self.stall_timeout)
@@ -130,71 +177,249 @@ impl Liveness for StreamMonitor {
     }
 }
 
-/// The pool manager.
-pub struct StreamCollector {
+/// What the stream is started with.
+pub struct StreamDeps {
     pub cfg: StreamConfig,
     pub ws_url: Url,
+    pub retry_after_max: Duration,
     pub pool: Pool,
     pub client: Arc<PolymarketClient>,
-    pub sink: Arc<Sink>,
-    pub stats: Arc<StreamStats>,
+    /// Decides restarts of panicked tasks (the daemon's supervisor).
+    pub restarts: Arc<dyn Restarts>,
+    /// How long the writer drains at the stop before spooling the rest.
+    pub drain_grace: Duration,
+    /// The writer counts as stuck when rows wait longer than this.
+    pub stall_timeout: Duration,
+    /// The test-only fault spec (see [`crate::fault`]).
+    pub fault_spec: Option<String>,
 }
 
+/// The running stream. Dropping it ends every task.
+pub struct StreamHandle {
+    monitor: Arc<StreamMonitor>,
+    ready: Option<oneshot::Receiver<()>>,
+    manager_cancel: CancellationToken,
+    writer_cancel: CancellationToken,
+    manager: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+/// Starts the stream: the writer (with the spool), the manager, its shards and helpers.
+pub fn spawn(deps: StreamDeps) -> Result<StreamHandle, SpoolError> {
+    let spool = Spool::open(&deps.cfg.spool_dir, deps.cfg.spool_max_bytes)?;
+    let (sink, rx) = Sink::new(deps.cfg.queue_capacity, spool);
+    let stats = Arc::new(StreamStats::default());
+    let monitor = Arc::new(StreamMonitor { stats: stats.clone(), sink: sink.clone(), stall_timeout: deps.stall_timeout });
+    let writer_cancel = CancellationToken::new();
+    let writer = Writer {
+        pool: deps.pool.clone(),
+        rx: Arc::new(Mutex::new(rx)),
+        sink: sink.clone(),
+        batch_size: deps.cfg.batch_size,
+        flush_interval: deps.cfg.flush_interval,
+    };
+    let (grace, wc) = (deps.drain_grace, writer_cancel.clone());
+    let writer = tokio::spawn(supervised("writer", deps.restarts.clone(), stats.clone(), writer_cancel.clone(), move || {
+        writer.clone().run(wc.clone(), grace)
+    }));
+    let manager_cancel = CancellationToken::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let manager = Manager {
+        fault: fault::for_task(deps.fault_spec.as_deref(), "shard"),
+        deps,
+        sink,
+        stats,
+        shards: Vec::new(),
+        owner: HashMap::new(),
+        running: JoinSet::new(),
+        running_ids: HashMap::new(),
+    };
+    let manager = tokio::spawn(manager.run(manager_cancel.clone(), ready_tx));
+    Ok(StreamHandle {
+        monitor,
+        ready: Some(ready_rx),
+        manager_cancel,
+        writer_cancel,
+        manager: Some(manager),
+        writer: Some(writer),
+    })
+}
+
+impl StreamHandle {
+    /// Resolves once the first connections are up (at most 30 s after the subscription set is
+    /// known, or at once when nothing is in scope yet).
+    pub async fn ready(&mut self) {
+        if let Some(r) = self.ready.take() {
+            let _ = r.await;
+        }
+    }
+
+    pub fn monitor(&self) -> Arc<StreamMonitor> {
+        self.monitor.clone()
+    }
+
+    pub fn health(&self) -> TradeListenerHealth {
+        self.monitor.snapshot()
+    }
+
+    /// `Some(reason)` when the writer makes no progress (see [`StreamMonitor::stalled`]).
+    pub fn stalled(&self) -> Option<String> {
+        self.monitor.stalled()
+    }
+
+    /// Resolves if the manager or the writer ends before [`StreamHandle::stop`] (a bug, or
+    /// the restart budget spent): the reason.
+    pub async fn failed(&mut self) -> String {
+        tokio::select! {
+            r = async { self.manager.as_mut().expect("guarded").await }, if self.manager.is_some() => {
+                self.manager = None;
+                format!("stream manager ended unexpectedly: {r:?}")
+            }
+            r = async { self.writer.as_mut().expect("guarded").await }, if self.writer.is_some() => {
+                self.writer = None;
+                format!("stream writer ended unexpectedly: {r:?}")
+            }
+            else => std::future::pending().await,
+        }
+    }
+
+    /// The stop: the planned gap, connections closed, then the writer stores what the readers
+    /// accepted (or spools it) — all by `deadline` (the writer gets one second more to spool).
+    pub async fn stop(mut self, deadline: Instant) {
+        self.manager_cancel.cancel();
+        if let Some(m) = self.manager.take() {
+            let _ = tokio::time::timeout_at(deadline, m).await;
+        }
+        self.writer_cancel.cancel();
+        if let Some(w) = self.writer.take() {
+            let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), w).await;
+        }
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        self.manager_cancel.cancel();
+        self.writer_cancel.cancel();
+    }
+}
+
+/// Runs a helper task, restarting it after a panic for as long as the supervisor allows.
+async fn supervised<F, Fut>(name: &'static str, restarts: Arc<dyn Restarts>, stats: Arc<StreamStats>, cancel: CancellationToken, mut make: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let err = match tokio::spawn(make()).await {
+            Err(e) if e.is_panic() => panic_text(e),
+            _ => return,
+        };
+        stats.task_restarts.fetch_add(1, Ordering::Relaxed);
+        let Some(delay) = restarts.died(TASK_NAME, &format!("stream {name} panicked: {err}")) else { return };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The manager's view of one shard.
 struct ShardHandle {
     tx: mpsc::Sender<ShardCmd>,
     assets: HashSet<String>,
+    shared: Arc<ShardShared>,
 }
 
-impl StreamCollector {
-    /// Runs until `cancel`; `ready` is told once the first connections are up (or after
-    /// 30 s, or at once when nothing is in scope yet). Records the planned gap at the stop.
-    pub async fn run(self, cancel: CancellationToken, ready: tokio::sync::oneshot::Sender<()>) {
-        let cfg = self.cfg.clone();
+/// The pool manager: owns the shards and the helper tasks.
+struct Manager {
+    deps: StreamDeps,
+    sink: Arc<Sink>,
+    stats: Arc<StreamStats>,
+    fault: Option<Fault>,
+    shards: Vec<ShardHandle>,
+    owner: HashMap<String, usize>,
+    /// The shards' tasks, and which shard each task runs.
+    running: JoinSet<()>,
+    running_ids: HashMap<tokio::task::Id, usize>,
+}
+
+impl Manager {
+    /// Runs until `cancel`; `ready` is told once the first connections are up (or after 30 s,
+    /// or at once when nothing is in scope yet). Records the planned gap at the stop.
+    async fn run(mut self, cancel: CancellationToken, ready: oneshot::Sender<()>) {
+        let cfg = self.deps.cfg.clone();
         let (gap_tx, gap_rx) = mpsc::channel(10_000);
         let (lifecycle_tx, mut lifecycle_rx) = mpsc::channel(10_000);
         let ctx = Arc::new(StreamCtx {
             cfg: cfg.clone(),
-            ws_url: self.ws_url.clone(),
+            ws_url: self.deps.ws_url.clone(),
+            retry_after_max: self.deps.retry_after_max,
             sink: self.sink.clone(),
             stats: self.stats.clone(),
             gap_tx,
             lifecycle_tx,
         });
-        let tasks = TaskTracker::new();
-        let shard_cancel = cancel.child_token();
-        let backfill_cancel = CancellationToken::new();
+        // Helpers: the gap recorder and the backfill, each restarted after a panic.
+        let helpers = TaskTracker::new();
+        let helpers_cancel = CancellationToken::new();
+        let (pool, restarts, stats) = (self.deps.pool.clone(), self.deps.restarts.clone(), self.stats.clone());
         let backfill_tx = if cfg.backfill {
             let (tx, rx) = mpsc::channel(10_000);
-            tasks.spawn(gaps::backfill_loop(self.pool.clone(), self.client.clone(), rx, backfill_cancel.clone()));
+            let rx = Arc::new(Mutex::new(rx));
+            let (p, client, c) = (pool.clone(), self.deps.client.clone(), helpers_cancel.clone());
+            helpers.spawn(supervised("backfill", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
+                gaps::backfill_loop(p.clone(), client.clone(), rx.clone(), c.clone())
+            }));
             Some(tx)
         } else {
             None
         };
-        let gap_task = tokio::spawn(gaps::record(self.pool.clone(), gap_rx, backfill_tx.clone(), self.stats.clone()));
+        let gap_rx = Arc::new(Mutex::new(gap_rx));
+        let (p, btx, s) = (pool.clone(), backfill_tx.clone(), stats.clone());
+        // The recorder ends when every sender is gone (after the shards), not on a token: the
+        // last gap events of the stop are recorded.
+        let recorder = tokio::spawn(supervised("gap recorder", restarts, stats, CancellationToken::new(), move || {
+            gaps::record(p.clone(), gap_rx.clone(), btx.clone(), s.clone())
+        }));
 
-        let mut desired = self.desired_until_ok(&cancel).await;
-        match gaps::on_start(&self.pool, &desired, Utc::now()).await {
-            Ok(Some(gap)) => {
-                if let Some(tx) = &backfill_tx {
-                    let _ = tx.try_send(gap);
+        let desired = self.desired_until_ok(&cancel).await;
+        match gaps::on_start(&pool, &desired, Utc::now()).await {
+            Ok(to_backfill) => {
+                for gap in to_backfill {
+                    if let Some(tx) = &backfill_tx {
+                        let _ = tx.try_send(gap);
+                    }
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot record the start gap"),
+            Err(e) => tracing::warn!(error = %e, "cannot record the start gap: {e}"),
         }
 
-        let mut shards: Vec<ShardHandle> = Vec::new();
-        let mut owner: HashMap<String, usize> = HashMap::new();
+        let shard_cancel = cancel.child_token();
         let mut ups = Vec::new();
-        self.assign(&ctx, &tasks, &shard_cancel, &mut shards, &mut owner, desired.drain(..).collect(), &mut ups);
+        self.assign(&ctx, &shard_cancel, desired, &mut ups);
         let mut ready = Some(ready);
         let wait_ready = async move {
-            let all = futures_util::future::join_all(ups);
-            let _ = tokio::time::timeout(Duration::from_secs(30), all).await;
+            let _ = tokio::time::timeout(READY_WAIT, futures_util::future::join_all(ups)).await;
         };
         tokio::pin!(wait_ready);
         let mut refresh = tokio::time::interval(cfg.refresh_interval);
         refresh.tick().await;
+        // Until the catalog holds anything in scope (a first run), look every second, for the
+        // first minutes.
+        let mut first_fill = tokio::time::interval(Duration::from_secs(1));
+        let first_fill_until = Instant::now() + Duration::from_secs(600);
         let scope_is_everything = cfg.token_ids.is_empty() && cfg.tag_slugs.is_empty() && cfg.min_volume_24h == 0 && cfg.min_liquidity == 0;
         loop {
             tokio::select! {
@@ -202,27 +427,30 @@ impl StreamCollector {
                 _ = &mut wait_ready, if ready.is_some() => {
                     let _ = ready.take().expect("guarded").send(());
                 }
-                _ = refresh.tick() => {
-                    let Ok(want) = self.desired().await else { continue };
-                    let want: HashSet<String> = want.into_iter().collect();
-                    let gone: Vec<String> = owner.keys().filter(|a| !want.contains(*a)).cloned().collect();
-                    let new: Vec<String> = want.into_iter().filter(|a| !owner.contains_key(a)).collect();
-                    self.unassign(&mut shards, &mut owner, gone);
-                    let mut ups = Vec::new();
-                    self.assign(&ctx, &tasks, &shard_cancel, &mut shards, &mut owner, new, &mut ups);
-                }
+                _ = refresh.tick() => self.refresh(&ctx, &shard_cancel).await,
+                _ = first_fill.tick(), if self.owner.is_empty() && Instant::now() < first_fill_until => self.refresh(&ctx, &shard_cancel).await,
+                Some(done) = self.running.join_next_with_id(), if !self.running.is_empty() => match done {
+                    Ok((id, ())) => {
+                        self.running_ids.remove(&id);
+                    }
+                    Err(e) => {
+                        let idx = self.running_ids.remove(&e.id());
+                        if let Some(idx) = idx.filter(|_| e.is_panic()) {
+                            self.shard_died(&ctx, &shard_cancel, idx, panic_text(e));
+                        }
+                    }
+                },
                 l = lifecycle_rx.recv() => match l {
                     Some(Lifecycle::Listed(assets)) if scope_is_everything => {
-                        let new: Vec<String> = assets.into_iter().filter(|a| !owner.contains_key(a)).collect();
+                        let new: Vec<String> = assets.into_iter().filter(|a| !self.owner.contains_key(a)).collect();
                         if !new.is_empty() {
                             tracing::info!(assets = new.len(), "new market on the stream: subscribing");
-                            let mut ups = Vec::new();
-                            self.assign(&ctx, &tasks, &shard_cancel, &mut shards, &mut owner, new, &mut ups);
+                            self.assign(&ctx, &shard_cancel, new, &mut Vec::new());
                         }
                     }
                     Some(Lifecycle::Resolved(assets)) => {
                         tracing::info!(assets = assets.len(), "market resolved on the stream: unsubscribing");
-                        self.unassign(&mut shards, &mut owner, assets);
+                        self.unassign(assets);
                     }
                     _ => {}
                 },
@@ -232,54 +460,81 @@ impl StreamCollector {
             let _ = r.send(());
         }
         // The stop: the planned gap first (its start is the moment capture ends), then close.
-        let assets: Vec<String> = owner.keys().cloned().collect();
+        let assets: Vec<String> = self.owner.keys().cloned().collect();
         if !assets.is_empty() {
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), gaps::on_stop(&self.pool, &assets, Utc::now())).await.unwrap_or(Err(DbError::Pool("timed out".into()))) {
-                tracing::warn!(error = %e, "cannot record the planned gap of this stop");
+            let stop = tokio::time::timeout(Duration::from_secs(5), gaps::on_stop(&pool, &assets, Utc::now()));
+            if let Err(e) = stop.await.unwrap_or(Err(DbError::TimedOut { what: "recording the planned gap" })) {
+                tracing::warn!(error = %e, "cannot record the planned gap of this stop: {e}");
             }
         }
         shard_cancel.cancel();
-        backfill_cancel.cancel();
-        tasks.close();
-        tasks.wait().await;
+        while self.running.join_next().await.is_some() {}
+        helpers_cancel.cancel();
+        helpers.close();
+        helpers.wait().await;
         drop(ctx);
         drop(backfill_tx);
-        let _ = tokio::time::timeout(Duration::from_secs(5), gap_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), recorder).await;
+    }
+
+    /// Recomputes the subscription set: subscribes what is new, unsubscribes what is gone.
+    async fn refresh(&mut self, ctx: &Arc<StreamCtx>, cancel: &CancellationToken) {
+        let Ok(want) = self.desired().await else { return };
+        let want: HashSet<String> = want.into_iter().collect();
+        let gone: Vec<String> = self.owner.keys().filter(|a| !want.contains(*a)).cloned().collect();
+        let new: Vec<String> = want.into_iter().filter(|a| !self.owner.contains_key(a)).collect();
+        self.unassign(gone);
+        self.assign(ctx, cancel, new, &mut Vec::new());
+    }
+
+    /// A shard's task panicked: its assets are covered by a gap from its last data frame, and
+    /// it is started again (same id and assets) after the supervisor's delay.
+    fn shard_died(&mut self, ctx: &Arc<StreamCtx>, cancel: &CancellationToken, idx: usize, err: String) {
+        self.stats.task_restarts.fetch_add(1, Ordering::Relaxed);
+        let shard = &self.shards[idx];
+        let assets: BTreeSet<String> = shard.assets.iter().cloned().collect();
+        let since = shard.shared.last_data_at().unwrap_or_else(Utc::now);
+        ctx.send_gap(GapEvent::Open { conn: idx as i32, assets: assets.iter().cloned().collect(), reason: GapReason::TaskPanicked, at: since });
+        let Some(delay) = self.deps.restarts.died(TASK_NAME, &format!("stream shard {idx} panicked: {err}")) else { return };
+        let (tx, rx) = mpsc::channel(1024);
+        self.shards[idx].tx = tx;
+        let shard = Shard {
+            id: idx as i32,
+            assets,
+            cmd_rx: rx,
+            ctx: ctx.clone(),
+            shared: self.shards[idx].shared.clone(),
+            start_delay: delay,
+            gap_open: true,
+            first_up: None,
+            fault: self.fault,
+        };
+        let handle = self.running.spawn(shard.run(cancel.clone()));
+        self.running_ids.insert(handle.id(), idx);
     }
 
     /// Assigns `assets` to shards with room, creating shards as needed.
-    #[allow(clippy::too_many_arguments)]
-    fn assign(
-        &self,
-        ctx: &Arc<StreamCtx>,
-        tasks: &TaskTracker,
-        cancel: &CancellationToken,
-        shards: &mut Vec<ShardHandle>,
-        owner: &mut HashMap<String, usize>,
-        assets: Vec<String>,
-        ups: &mut Vec<tokio::sync::oneshot::Receiver<()>>,
-    ) {
-        let max = self.cfg.max_assets_per_connection;
+    fn assign(&mut self, ctx: &Arc<StreamCtx>, cancel: &CancellationToken, assets: Vec<String>, ups: &mut Vec<oneshot::Receiver<()>>) {
+        let max = self.deps.cfg.max_assets_per_connection;
         let mut per_shard: HashMap<usize, Vec<String>> = HashMap::new();
         let mut fresh: Vec<(usize, BTreeSet<String>, mpsc::Receiver<ShardCmd>)> = Vec::new();
         for a in assets {
-            if owner.contains_key(&a) {
+            if self.owner.contains_key(&a) {
                 continue;
             }
-            let slot = shards.iter().position(|s| s.assets.len() < max);
-            let idx = match slot {
+            let idx = match self.shards.iter().position(|s| s.assets.len() < max) {
                 Some(i) => i,
                 None => {
                     let (tx, rx) = mpsc::channel(1024);
-                    shards.push(ShardHandle { tx, assets: HashSet::new() });
-                    let idx = shards.len() - 1;
+                    self.shards.push(ShardHandle { tx, assets: HashSet::new(), shared: Arc::default() });
+                    let idx = self.shards.len() - 1;
                     fresh.push((idx, BTreeSet::new(), rx));
                     self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
                     idx
                 }
             };
-            shards[idx].assets.insert(a.clone());
-            owner.insert(a.clone(), idx);
+            self.shards[idx].assets.insert(a.clone());
+            self.owner.insert(a.clone(), idx);
             match fresh.iter_mut().find(|(i, _, _)| *i == idx) {
                 Some((_, set, _)) => {
                     set.insert(a);
@@ -289,40 +544,44 @@ impl StreamCollector {
         }
         // Running shards get the new assets as an `operation: subscribe`.
         for (idx, list) in per_shard {
-            if shards[idx].tx.try_send(ShardCmd::Subscribe(list)).is_err() {
+            if self.shards[idx].tx.try_send(ShardCmd::Subscribe(list)).is_err() {
                 tracing::warn!(conn = idx, "shard command queue full; assets picked up at the next refresh");
             }
         }
         // New shards open gradually.
-        let already = shards.len() - fresh.len();
+        let already = self.shards.len() - fresh.len();
         for (n, (idx, set, rx)) in fresh.into_iter().enumerate() {
-            let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+            let (up_tx, up_rx) = oneshot::channel();
             ups.push(up_rx);
             let shard = Shard {
                 id: idx as i32,
                 assets: set,
                 cmd_rx: rx,
                 ctx: ctx.clone(),
-                start_delay: self.cfg.connect_interval * (n as u32 + if already > 0 { 1 } else { 0 }),
+                shared: self.shards[idx].shared.clone(),
+                start_delay: self.deps.cfg.connect_interval * (n as u32 + if already > 0 { 1 } else { 0 }),
+                gap_open: false,
                 first_up: Some(up_tx),
+                fault: self.fault,
             };
-            tasks.spawn(shard.run(cancel.clone()));
+            let handle = self.running.spawn(shard.run(cancel.clone()));
+            self.running_ids.insert(handle.id(), idx);
         }
-        self.stats.assets_subscribed.store(owner.len() as u64, Ordering::Relaxed);
+        self.stats.assets_subscribed.store(self.owner.len() as u64, Ordering::Relaxed);
     }
 
-    fn unassign(&self, shards: &mut [ShardHandle], owner: &mut HashMap<String, usize>, assets: Vec<String>) {
+    fn unassign(&mut self, assets: Vec<String>) {
         let mut per_shard: HashMap<usize, Vec<String>> = HashMap::new();
         for a in assets {
-            if let Some(idx) = owner.remove(&a) {
-                shards[idx].assets.remove(&a);
+            if let Some(idx) = self.owner.remove(&a) {
+                self.shards[idx].assets.remove(&a);
                 per_shard.entry(idx).or_default().push(a);
             }
         }
         for (idx, list) in per_shard {
-            let _ = shards[idx].tx.try_send(ShardCmd::Unsubscribe(list));
+            let _ = self.shards[idx].tx.try_send(ShardCmd::Unsubscribe(list));
         }
-        self.stats.assets_subscribed.store(owner.len() as u64, Ordering::Relaxed);
+        self.stats.assets_subscribed.store(self.owner.len() as u64, Ordering::Relaxed);
     }
 
     async fn desired_until_ok(&self, cancel: &CancellationToken) -> Vec<String> {
@@ -342,27 +601,21 @@ impl StreamCollector {
 
     /// The subscription set: the explicit token list, or every token of every open market in
     /// scope (volume, liquidity, tags).
-    pub async fn desired(&self) -> Result<Vec<String>, DbError> {
-        if !self.cfg.token_ids.is_empty() {
-            return Ok(self.cfg.token_ids.clone());
-        }
-        let conn = self.pool.get().await?;
-        let min_volume = rust_decimal::Decimal::from(self.cfg.min_volume_24h);
-        let min_liquidity = rust_decimal::Decimal::from(self.cfg.min_liquidity);
-        let rows = conn
-            .query(
-                "SELECT t.token_id FROM tokens t JOIN markets m ON m.id = t.market_id
-                 LEFT JOIN events e ON e.id = m.event_id
-                 WHERE m.closed IS NOT TRUE AND m.active IS NOT FALSE AND m.enable_order_book IS NOT FALSE
-                   AND ($1::numeric = 0 OR COALESCE((m.raw->>'volume24hr')::numeric, 0) >= $1)
-                   AND ($2::numeric = 0 OR COALESCE(m.liquidity, 0) >= $2)
-                   AND (cardinality($3::text[]) = 0 OR EXISTS (
-                        SELECT 1 FROM jsonb_array_elements(COALESCE(e.raw->'tags', '[]'::jsonb)) tag
-                        WHERE tag->>'slug' = ANY($3)))
-                 ORDER BY t.token_id",
-                &[&min_volume, &min_liquidity, &self.cfg.tag_slugs],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+    async fn desired(&self) -> Result<Vec<String>, DbError> {
+        desired(&self.deps.cfg, &self.deps.pool).await
     }
+}
+
+/// The subscription set for `cfg`: its explicit token list, or the catalog's tokens in scope.
+pub async fn desired(cfg: &StreamConfig, pool: &Pool) -> Result<Vec<String>, DbError> {
+    if !cfg.token_ids.is_empty() {
+        return Ok(cfg.token_ids.clone());
+    }
+    let scope = StreamScope {
+        min_volume_24h: rust_decimal::Decimal::from(cfg.min_volume_24h),
+        min_liquidity: rust_decimal::Decimal::from(cfg.min_liquidity),
+        tag_slugs: cfg.tag_slugs.clone(),
+    };
+    let conn = pool.get().await?;
+    Ok(catalog::stream_token_ids(&*conn, &scope).await?)
 }

@@ -1,13 +1,14 @@
 //! One shard: a WebSocket connection carrying up to `max_assets_per_connection` assets,
 //! rebuilt whenever it drops, stalls or misses first books, with every interval in which its
-//! assets were not captured reported as a gap.
+//! assets were not captured reported as a gap: from the last data frame received (capture is
+//! known good up to there) to the first data frame after resubscribing.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -15,10 +16,14 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::book::{Applied, Books};
-use super::{GapEvent, Lifecycle, StreamCtx};
-use crate::daemon::journal;
-use crate::db::writer::{Row, TradeSource};
-use crate::polymarket::retry::{Backoff, Outcome, parse_retry_after};
+use super::gaps::{GapEvent, GapReason};
+use super::watch::{FirstBookWatch, SilenceWatch};
+use super::{Lifecycle, StreamCtx};
+use crate::backoff::Backoff;
+use crate::db::stream::{Row, TradeSource};
+use crate::fault::{self, Fault};
+use crate::journal;
+use crate::polymarket::retry::parse_retry_after;
 use crate::polymarket::ws::{self, Event, Frame};
 
 /// A change of a shard's assets.
@@ -32,22 +37,22 @@ pub enum ShardCmd {
 #[derive(Debug)]
 enum End {
     Cancelled,
-    /// No data frame for the silence timeout (PING/PONG may still work).
-    Stall,
-    /// Assets without a first `book` past the deadline.
-    MissingBooks(usize),
-    Closed(String),
-    Error(String),
+    Lost(GapReason),
 }
 
-impl End {
-    fn reason(&self) -> String {
-        match self {
-            End::Cancelled => "shutdown".into(),
-            End::Stall => "stall".into(),
-            End::MissingBooks(n) => format!("no first book for {n} assets"),
-            End::Closed(r) => format!("closed: {r}"),
-            End::Error(e) => format!("error: {e}"),
+/// What the manager shares with a shard's task (and keeps when the task dies).
+#[derive(Debug, Default)]
+pub struct ShardShared {
+    /// Last data frame received, µs since the epoch (0: none yet). Where a gap starts if the
+    /// task dies.
+    pub last_data_us: AtomicI64,
+}
+
+impl ShardShared {
+    pub fn last_data_at(&self) -> Option<DateTime<Utc>> {
+        match self.last_data_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => DateTime::from_timestamp_micros(us),
         }
     }
 }
@@ -57,10 +62,17 @@ pub struct Shard {
     pub assets: BTreeSet<String>,
     pub cmd_rx: mpsc::Receiver<ShardCmd>,
     pub ctx: Arc<StreamCtx>,
-    /// Delay before the first connect (connections open gradually).
+    pub shared: Arc<ShardShared>,
+    /// Delay before the first connect (connections open gradually; a restart waits its
+    /// backoff here).
     pub start_delay: Duration,
+    /// A gap is open for this shard's assets (a start gap, or one opened by the manager when
+    /// the previous task died): it closes at the first data frame.
+    pub gap_open: bool,
     /// Told once, after the first successful subscription (or when giving up on READY).
     pub first_up: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The test-only fault hook.
+    pub fault: Option<Fault>,
 }
 
 impl Shard {
@@ -70,11 +82,10 @@ impl Shard {
             _ = tokio::time::sleep(self.start_delay) => {}
         }
         let cfg = &self.ctx.cfg;
-        let backoff = Backoff { base: cfg.reconnect_base, max: cfg.reconnect_max };
-        let mut attempt = 0u32;
-        let mut gap_open = false;
-        // Assets that already cost one rebuild for a missing first book.
-        let mut quiet: HashSet<String> = HashSet::new();
+        let mut retries = Backoff::new(cfg.reconnect_base, cfg.reconnect_max).start();
+        let mut books_watch = FirstBookWatch::new(cfg.first_book_timeout);
+        // Capture is known good up to here: where the next gap starts.
+        let mut last_data_at = self.shared.last_data_at().unwrap_or_else(Utc::now);
         loop {
             if self.assets.is_empty() {
                 // Nothing to capture: no connection (and no PING before a subscription).
@@ -102,22 +113,17 @@ impl Shard {
                 Ok(Ok((ws, _))) => (Some(ws), None, None),
                 Ok(Err(tungstenite::Error::Http(resp))) => {
                     let ra = resp.headers().get("retry-after").and_then(|v| v.to_str().ok())
-                        .and_then(|v| parse_retry_after(v, Utc::now()));
+                        .and_then(|v| parse_retry_after(v, Utc::now(), self.ctx.retry_after_max));
                     (None, ra, Some(format!("handshake refused: HTTP {}", resp.status().as_u16())))
                 }
                 Ok(Err(e)) => (None, None, Some(format!("connect failed: {e}"))),
                 Err(_) => (None, None, Some("connect timed out".to_string())),
             };
             let Some(ws) = ws else {
-                let reason = failure.unwrap_or_default();
-                if !gap_open {
-                    self.gap_open(&reason);
-                    gap_open = true;
-                }
-                let outcome = if retry_after.is_some() { Outcome::RateLimited { retry_after } } else { Outcome::Transport };
-                let delay = backoff.delay(attempt, outcome, 0.5 + fastrand::f64() / 2.0);
-                attempt += 1;
-                tracing::warn!(message_id = journal::RECONNECT, conn = self.id, reason = %reason, attempt,
+                let reason = GapReason::Connect(failure.unwrap_or_default());
+                self.gap_open(&reason, last_data_at);
+                let delay = retries.next_delay().max(retry_after.unwrap_or_default());
+                tracing::warn!(message_id = journal::RECONNECT, conn = self.id, reason = %reason, attempt = retries.attempts(),
                     delay_ms = delay.as_millis() as u64, "stream connection {} failed, retrying: {reason}", self.id);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -126,24 +132,21 @@ impl Shard {
                 continue;
             };
             let started = Instant::now();
-            let end = self.session(ws, &cancel, &mut gap_open, &mut quiet).await;
-            if matches!(end, End::Cancelled) {
-                return;
-            }
+            let (end, last) = self.session(ws, &cancel, &mut books_watch, last_data_at).await;
+            last_data_at = last;
+            let reason = match end {
+                End::Cancelled => return,
+                End::Lost(reason) => reason,
+            };
             self.ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-            if matches!(end, End::Stall) {
+            if reason == GapReason::Stall {
                 self.ctx.stats.stalls.fetch_add(1, Ordering::Relaxed);
             }
-            let reason = end.reason();
-            if !gap_open {
-                self.gap_open(&reason);
-                gap_open = true;
-            }
+            self.gap_open(&reason, last_data_at);
             if started.elapsed() > Duration::from_secs(60) {
-                attempt = 0;
+                retries.reset();
             }
-            let delay = backoff.delay(attempt, Outcome::Transport, 0.5 + fastrand::f64() / 2.0);
-            attempt += 1;
+            let delay = retries.next_delay();
             tracing::warn!(message_id = journal::RECONNECT, conn = self.id, reason = %reason, assets = self.assets.len(),
                 delay_ms = delay.as_millis() as u64, "stream connection {} lost, reconnecting: {reason}", self.id);
             tokio::select! {
@@ -164,109 +167,111 @@ impl Shard {
         }
     }
 
-    fn gap_open(&self, reason: &str) {
+    /// Opens a gap for this shard's assets from `since` (once; it closes at the next data).
+    fn gap_open(&mut self, reason: &GapReason, since: DateTime<Utc>) {
+        if self.gap_open {
+            return;
+        }
+        self.gap_open = true;
         self.ctx.send_gap(GapEvent::Open {
             conn: self.id,
             assets: self.assets.iter().cloned().collect(),
-            reason: reason.to_string(),
-            at: Utc::now(),
+            reason: reason.clone(),
+            at: since,
         });
     }
 
+    /// One connection, subscribed, until it ends; returns why and the last data frame's time.
     async fn session(
         &mut self,
         ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
         cancel: &CancellationToken,
-        gap_open: &mut bool,
-        quiet: &mut HashSet<String>,
-    ) -> End {
+        books_watch: &mut FirstBookWatch,
+        last_data_at: DateTime<Utc>,
+    ) -> (End, DateTime<Utc>) {
         let (mut tx, mut rx) = ws.split();
         let all: Vec<String> = self.assets.iter().cloned().collect();
         if let Err(e) = tx.send(Message::text(ws::subscribe_initial(&all))).await {
-            return End::Error(e.to_string());
+            return (End::Lost(GapReason::Error(e.to_string())), last_data_at);
         }
-        let stats = &self.ctx.stats;
+        let stats = self.ctx.stats.clone();
         stats.connections_active.fetch_add(1, Ordering::Relaxed);
         let _active = DecOnDrop(&stats.connections_active);
-        if *gap_open {
-            self.ctx.send_gap(GapEvent::Close { conn: self.id, at: Utc::now() });
-            *gap_open = false;
-        }
         if let Some(up) = self.first_up.take() {
             let _ = up.send(());
         }
         let mut books = Books::default();
-        let now = Instant::now();
-        let mut awaiting_book: HashMap<String, Instant> = all.iter().map(|a| (a.clone(), now)).collect();
-        let mut last_data = Instant::now();
+        books_watch.reset();
+        books_watch.subscribed(&all, Instant::now());
+        // Silence counts from the subscription; until data flows, capture is known good only
+        // up to the previous session's last frame.
+        let mut silence = SilenceWatch::new(self.ctx.cfg.silence_timeout, Instant::now(), last_data_at);
+        let mut got_data = false;
         // Shared, not cloned: the scope may list tens of thousands of token ids.
         let ctx = self.ctx.clone();
         let cfg = &ctx.cfg;
         let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         let mut check = tokio::time::interval(Duration::from_millis(250));
-        loop {
+        let end = loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(Message::Close(None))).await;
-                    return End::Cancelled;
+                    break End::Cancelled;
                 }
                 _ = ping.tick() => {
                     if let Err(e) = tx.send(Message::text(ws::PING)).await {
-                        return End::Error(format!("sending PING: {e}"));
+                        break End::Lost(GapReason::Error(format!("sending PING: {e}")));
                     }
                 }
                 _ = check.tick() => {
-                    if last_data.elapsed() > cfg.silence_timeout {
-                        tracing::warn!(conn = self.id, silent_secs = last_data.elapsed().as_secs(), "stream connection silent");
-                        return End::Stall;
+                    if let Some(silent) = silence.stalled(Instant::now()) {
+                        tracing::warn!(conn = self.id, silent_secs = silent.as_secs(), "stream connection silent");
+                        break End::Lost(GapReason::Stall);
                     }
-                    let late: Vec<String> = awaiting_book
-                        .iter()
-                        .filter(|(a, since)| since.elapsed() > cfg.first_book_timeout && !quiet.contains(*a))
-                        .map(|(a, _)| a.clone())
-                        .collect();
+                    let late = books_watch.late(Instant::now());
                     if !late.is_empty() {
-                        quiet.extend(late.iter().cloned());
-                        return End::MissingBooks(late.len());
+                        break End::Lost(GapReason::MissingBooks(late.len()));
                     }
                 }
                 cmd = self.cmd_rx.recv() => {
-                    let Some(cmd) = cmd else { return End::Cancelled };
-                    let (frame, added) = match cmd {
+                    let Some(cmd) = cmd else { break End::Cancelled };
+                    let frame = match cmd {
                         ShardCmd::Subscribe(a) => {
                             let new: Vec<String> = a.into_iter().filter(|x| self.assets.insert(x.clone())).collect();
                             if new.is_empty() { continue; }
-                            (ws::subscribe_more(&new), new)
+                            books_watch.subscribed(&new, Instant::now());
+                            ws::subscribe_more(&new)
                         }
                         ShardCmd::Unsubscribe(a) => {
                             let gone: Vec<String> = a.into_iter().filter(|x| self.assets.remove(x)).collect();
                             if gone.is_empty() { continue; }
                             for g in &gone {
                                 books.forget(g);
-                                awaiting_book.remove(g);
+                                books_watch.forget(g);
                             }
-                            (ws::unsubscribe(&gone), Vec::new())
+                            ws::unsubscribe(&gone)
                         }
                     };
-                    let t = Instant::now();
-                    for a in added {
-                        awaiting_book.insert(a, t);
-                    }
                     if let Err(e) = tx.send(Message::text(frame)).await {
-                        return End::Error(e.to_string());
+                        break End::Lost(GapReason::Error(e.to_string()));
                     }
                 }
                 msg = rx.next() => {
                     let received_at = Utc::now();
                     match msg {
-                        None => return End::Closed("end of stream".into()),
-                        Some(Err(e)) => return End::Error(e.to_string()),
+                        None => break End::Lost(GapReason::Closed("end of stream".into())),
+                        Some(Err(e)) => break End::Lost(GapReason::Error(e.to_string())),
                         Some(Ok(Message::Close(frame))) => {
-                            return End::Closed(frame.map_or("no reason".into(), |f| format!("{} {}", u16::from(f.code), f.reason)));
+                            break End::Lost(GapReason::Closed(frame.map_or("no reason".into(), |f| format!("{} {}", u16::from(f.code), f.reason))));
                         }
                         Some(Ok(Message::Text(text))) => {
-                            if self.handle_text(text.as_str(), received_at, &mut books, &mut awaiting_book) {
-                                last_data = Instant::now();
+                            if self.handle_text(text.as_str(), received_at, &mut books, books_watch) {
+                                silence.data(Instant::now(), received_at);
+                                self.shared.last_data_us.store(received_at.timestamp_micros(), Ordering::Relaxed);
+                                if !got_data {
+                                    got_data = true;
+                                    self.first_data(received_at);
+                                }
                             }
                         }
                         Some(Ok(Message::Binary(b))) => {
@@ -276,22 +281,28 @@ impl Shard {
                     }
                 }
             }
+        };
+        (end, silence.last_data_at())
+    }
+
+    /// The first data frame after (re)subscribing: the open gap, if any, ends here.
+    fn first_data(&mut self, at: DateTime<Utc>) {
+        if self.gap_open {
+            self.ctx.send_gap(GapEvent::Close { conn: self.id, at });
+            self.gap_open = false;
+        }
+        if self.fault == Some(Fault::PanicOnce) && fault::fire_once() {
+            panic!("injected fault: stream shard {} panics once", self.id);
         }
     }
 
-    fn quarantine(&self, reason: &str, frame: String, received_at: chrono::DateTime<Utc>) {
+    fn quarantine(&self, reason: &str, frame: String, received_at: DateTime<Utc>) {
         self.ctx.stats.quarantined.fetch_add(1, Ordering::Relaxed);
         self.ctx.sink.push(Row::Quarantine { connection: Some(self.id), reason: reason.to_string(), frame, received_at });
     }
 
     /// Handles one text frame; `true` if it carried data (feeds the silence watchdog).
-    fn handle_text(
-        &self,
-        text: &str,
-        received_at: chrono::DateTime<Utc>,
-        books: &mut Books,
-        awaiting_book: &mut HashMap<String, Instant>,
-    ) -> bool {
+    fn handle_text(&self, text: &str, received_at: DateTime<Utc>, books: &mut Books, books_watch: &mut FirstBookWatch) -> bool {
         let stats = &self.ctx.stats;
         let sink = &self.ctx.sink;
         match ws::decode_frame(text) {
@@ -309,7 +320,7 @@ impl Shard {
                     stats.events_received.fetch_add(1, Ordering::Relaxed);
                     match event {
                         Event::Book(book) => {
-                            awaiting_book.remove(&book.token_id);
+                            books_watch.book(&book.token_id);
                             books.snapshot(&book);
                             sink.push(Row::Book { book, received_at });
                         }

@@ -1,0 +1,107 @@
+//! `stream_gaps`: every interval in which subscribed assets were not captured. Recording is
+//! keyed by connection so it needs no memory of its own: a gap is opened unless one is
+//! already open for that connection, and closed by connection.
+
+use chrono::{DateTime, Utc};
+
+use super::{DbError, Pool};
+
+/// A gap as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GapRow {
+    pub id: i64,
+    pub assets: Vec<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+}
+
+/// Opens an unplanned gap for connection `conn` unless one is open for it already. Returns
+/// the new gap's id, or `None` when one was open.
+pub async fn open(pool: &Pool, conn: i32, assets: &[String], at: DateTime<Utc>, reason: &str) -> Result<Option<i64>, DbError> {
+    let db = pool.get().await?;
+    let row = db
+        .query_opt(
+            "INSERT INTO stream_gaps (connection, assets, asset_count, started_at, reason, planned)
+             SELECT $1, $2, $3, $4, $5, false
+             WHERE NOT EXISTS (SELECT 1 FROM stream_gaps WHERE connection = $1 AND ended_at IS NULL AND NOT planned)
+             RETURNING id",
+            &[&conn, &assets, &(assets.len() as i32), &at, &reason],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Closes the open unplanned gap of connection `conn` at `at`, returning it.
+pub async fn close(pool: &Pool, conn: i32, at: DateTime<Utc>) -> Result<Option<GapRow>, DbError> {
+    let db = pool.get().await?;
+    let row = db
+        .query_opt(
+            "UPDATE stream_gaps SET ended_at = greatest($2, started_at)
+             WHERE connection = $1 AND ended_at IS NULL AND NOT planned
+             RETURNING id, assets, started_at, ended_at",
+            &[&conn, &at],
+        )
+        .await?;
+    Ok(row.map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }))
+}
+
+/// At start: closes the planned gap of the last clean stop (returns how many), and the
+/// per-connection gaps a crash left open (returned, to be backfilled).
+pub async fn close_at_start(pool: &Pool, now: DateTime<Utc>) -> Result<(u64, Vec<GapRow>), DbError> {
+    let db = pool.get().await?;
+    let planned = db
+        .execute("UPDATE stream_gaps SET ended_at = greatest($1, started_at) WHERE planned AND ended_at IS NULL", &[&now])
+        .await?;
+    let crashed = db
+        .query(
+            "UPDATE stream_gaps SET ended_at = greatest($1, started_at) WHERE NOT planned AND ended_at IS NULL
+             RETURNING id, assets, started_at, ended_at",
+            &[&now],
+        )
+        .await?;
+    let crashed = crashed.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect();
+    Ok((planned, crashed))
+}
+
+/// The last moment the stream captured anything: every trade moves its book and upstream
+/// then sends the new book, so the newest stream book (indexed by `received_at`) marks it.
+pub async fn last_captured(pool: &Pool) -> Result<Option<DateTime<Utc>>, DbError> {
+    let db = pool.get().await?;
+    Ok(db.query_one("SELECT max(received_at) FROM book_snapshots WHERE source = 'ws'", &[]).await?.get(0))
+}
+
+/// Records a gap whose both ends are known (`reason` says why), returning it.
+pub async fn insert_closed(pool: &Pool, assets: &[String], from: DateTime<Utc>, to: DateTime<Utc>, reason: &str) -> Result<GapRow, DbError> {
+    let db = pool.get().await?;
+    let row = db
+        .query_one(
+            "INSERT INTO stream_gaps (connection, assets, asset_count, started_at, ended_at, reason, planned)
+             VALUES (NULL, $1, $2, $3, $4, $5, false) RETURNING id",
+            &[&assets, &(assets.len() as i32), &from, &to, &reason],
+        )
+        .await?;
+    Ok(GapRow { id: row.get(0), assets: assets.to_vec(), started_at: from, ended_at: to })
+}
+
+/// At a clean stop: one planned gap for every subscribed asset, closed at the next start.
+pub async fn insert_planned(pool: &Pool, assets: &[String], at: DateTime<Utc>, reason: &str) -> Result<(), DbError> {
+    let db = pool.get().await?;
+    db.execute(
+        "INSERT INTO stream_gaps (connection, assets, asset_count, started_at, reason, planned)
+         VALUES (NULL, $1, $2, $3, $4, true)",
+        &[&assets, &(assets.len() as i32), &at, &reason],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records a backfill's outcome on its gap.
+pub async fn set_backfill(pool: &Pool, id: i64, status: &str, trades: Option<i32>) -> Result<(), DbError> {
+    let db = pool.get().await?;
+    db.execute(
+        "UPDATE stream_gaps SET backfill_status = $2, backfilled_at = now(), backfill_trades = $3 WHERE id = $1",
+        &[&id, &status, &trades],
+    )
+    .await?;
+    Ok(())
+}
