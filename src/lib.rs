@@ -1,16 +1,28 @@
 //! `collector` records Polymarket's public market data into PostgreSQL.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration, validated, every problem reported at once.
-//! - [`app`]: the commands (`collect`, `migrate`, `check-config`) wiring the parts together.
-//! - [`db`]: pool, migrations, one module per table family.
-//! - [`polymarket`]: REST client with budgets and retries, lenient exact decoding.
-//! - [`collectors`]: the polling collectors (`catalog`, `new_markets`, `resolutions`, `books`),
-//!   all of one shape.
-//! - [`daemon`]: polling loop and stats, supervisor, health log.
-//! - [`logging`]: journald or stderr.
+//! The tree reads as the data flows. Floors, top to bottom — a module imports only from its
+//! own floor or below (checked by `tests/integration/layout.rs`):
 //!
-//! Data flow: Gamma → catalog tables → active tokens → `POST /books` → `book_snapshots`.
+//! 1. `main.rs` — the boot story: arguments → configuration → logging → command → exit code.
+//! 2. [`app`] — the commands; `collect` wires database → collectors → health → READY → drain.
+//! 3. [`daemon`] — supervisor (every restart decision), polling loop and stats, health (log,
+//!    `STATUS=`, `WATCHDOG=1`), systemd notifications, the status socket.
+//! 4. [`collectors`] — what collects: polling collectors (`catalog`, `books`; a new one is a
+//!    module implementing `Collector`) and the live `stream` (`spawn` → `StreamHandle`:
+//!    manager → shards → sink → writer, plus gaps and backfill; a new streaming collector
+//!    follows its shape).
+//! 5. [`db`] — PostgreSQL: pool, TLS, URL rules, migrations, and all SQL, one module per
+//!    table family (`catalog`, `books`, `stream`, `gaps`).
+//! 6. [`polymarket`] — the upstream: REST client (budgets, retries), WebSocket protocol,
+//!    exact decoding.
+//! 7. [`config`], [`logging`] — the TOML configuration (each key read in one place) and the
+//!    log output.
+//! 8. Leaves: [`journal`] (message ids), [`errors`] (error chains), [`backoff`] (the one
+//!    capped exponential backoff with full jitter), [`fault`] (test-only fault hook), [`exit`].
+//!
+//! Data flow: Gamma → catalog tables → subscription set → stream connections → sink (queue,
+//! spool) → writer → stream tables; active tokens → `POST /books` → `book_snapshots`.
 
 pub mod app;
 pub mod backoff;

@@ -60,18 +60,35 @@ pub async fn serve(listener: UnixListener, path: PathBuf, health: Health, cancel
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("no collector daemon is running (cannot connect to {path}: {source})")]
-    NotRunning { path: String, source: std::io::Error },
+    #[error("no status socket at {path}: the daemon is not running, or uses another socket (see daemon.status_socket, or pass --socket)")]
+    NoSocket { path: String },
+    #[error("no collector daemon answers at {path} (a stale socket: the daemon is not running)")]
+    NotRunning { path: String },
+    #[error("permission denied on {path}: run as root or as the collector user")]
+    PermissionDenied { path: String },
+    #[error("cannot connect to {path}: {source}")]
+    Connect { path: String, source: std::io::Error },
     #[error("the daemon at {path} did not answer: {detail}")]
     BadAnswer { path: String, detail: String },
+}
+
+impl StatusError {
+    /// What a failed connect to `path` means.
+    fn connect(path: &str, source: std::io::Error) -> StatusError {
+        let path = path.to_string();
+        match source.kind() {
+            std::io::ErrorKind::NotFound => StatusError::NoSocket { path },
+            std::io::ErrorKind::ConnectionRefused => StatusError::NotRunning { path },
+            std::io::ErrorKind::PermissionDenied => StatusError::PermissionDenied { path },
+            _ => StatusError::Connect { path, source },
+        }
+    }
 }
 
 /// Reads the running daemon's health from `path`.
 pub async fn fetch(path: &Path) -> Result<HealthSnapshot, StatusError> {
     let shown = path.display().to_string();
-    let mut conn = UnixStream::connect(path)
-        .await
-        .map_err(|source| StatusError::NotRunning { path: shown.clone(), source })?;
+    let mut conn = UnixStream::connect(path).await.map_err(|source| StatusError::connect(&shown, source))?;
     let mut body = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut body))
         .await
@@ -102,9 +119,27 @@ pub fn render(h: &HealthSnapshot) -> String {
     ));
     if let Some(t) = &h.trade_listener {
         out.push_str(&format!(
-            "  stream: conns={}/{} reconnects={} stalls={} gaps={} spool_bytes={} quarantined={}\n",
-            t.connections_active, t.connections_total, t.reconnects, t.stalls, t.gaps, t.spool_bytes, t.quarantined
+            "  stream: conns={}/{} reconnects={} stalls={} gaps={} spool_bytes={} quarantined={} task_restarts={}\n",
+            t.connections_active, t.connections_total, t.reconnects, t.stalls, t.gaps, t.spool_bytes, t.quarantined, t.task_restarts
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_failures_say_what_happened() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.sock");
+        assert!(matches!(fetch(&missing).await, Err(StatusError::NoSocket { .. })));
+        // A socket file nobody listens on: a stale socket.
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert!(matches!(fetch(&stale).await, Err(StatusError::NotRunning { .. })));
+        let e = StatusError::connect("/run/x.sock", std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(e.to_string().starts_with("permission denied on /run/x.sock"), "{e}");
+    }
 }

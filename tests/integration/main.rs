@@ -9,6 +9,7 @@ mod client;
 mod daemon;
 mod fake;
 mod fake_ws;
+mod layout;
 mod migrations;
 mod pg;
 pub mod stream;
