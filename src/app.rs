@@ -35,8 +35,8 @@ pub enum AppError {
     /// The supervisor gave up on a task, or the stream ended unexpectedly.
     #[error("{0}")]
     GaveUp(String),
-    #[error("stream spool: {0} (set stream.spool_dir to a writable directory)")]
-    Spool(#[from] crate::collectors::stream::spool::SpoolError),
+    #[error(transparent)]
+    Stream(#[from] crate::collectors::stream::StartError),
 }
 
 impl AppError {
@@ -48,7 +48,7 @@ impl AppError {
             // An unknown or altered migration: restarting cannot fix it.
             AppError::Migrate(migrate::MigrateError::Unknown { .. } | migrate::MigrateError::Altered { .. }) => exit::CONFIG,
             AppError::Interrupted => 130,
-            AppError::Spool(_) => exit::CONFIG,
+            AppError::Stream(crate::collectors::stream::StartError::Spool(_)) => exit::CONFIG,
             _ => exit::SOFTWARE,
         }
     }
@@ -126,7 +126,8 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
             drain_grace: cfg.daemon.drain_grace,
             stall_timeout: cfg.daemon.stall_timeout,
             fault_spec: supervisor.fault_spec().map(str::to_owned),
-        })?),
+        })
+        .await?),
         false => None,
     };
     if stream.is_some() {

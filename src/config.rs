@@ -159,8 +159,11 @@ pub struct StreamConfig {
     pub spool_dir: PathBuf,
     /// Spool size bound; past it rows are dropped with an ERROR. Default 1 GiB.
     pub spool_max_bytes: u64,
-    /// Backfill trades of unplanned gaps from the Data API. Default true.
+    /// Backfill trades of gaps from the Data API. Default true.
     pub backfill: bool,
+    /// Planned gaps (a clean stop and start) up to this long are backfilled too; longer ones
+    /// are only recorded. Default 86,400 s (24 h).
+    pub backfill_planned_max: Duration,
     /// Reconnect delay doubles from this, with jitter. Default 1000 ms.
     pub reconnect_base: Duration,
     /// Longest reconnect delay (a handshake `Retry-After` may ask for more). Default 60 s.
@@ -376,6 +379,7 @@ impl Config {
             spool_dir: PathBuf::from(s.string("spool_dir", &default_spool.display().to_string())),
             spool_max_bytes: s.int("spool_max_bytes", 1 << 30, 1024, u64::MAX / 2),
             backfill: s.bool("backfill", true),
+            backfill_planned_max: s.secs("backfill_planned_max_secs", 86_400, 0, 365 * 86_400),
             reconnect_base: s.millis("reconnect_base_ms", 1000, 1, 600_000),
             reconnect_max: s.secs("reconnect_max_secs", 60, 1, 3600),
         };

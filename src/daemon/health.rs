@@ -192,6 +192,12 @@ pub fn status_line(h: &HealthSnapshot, trades_per_min: Option<u64>) -> String {
         parts.push(format!("ws {}/{}", t.connections_active, t.connections_total));
         parts.push(format!("trades {} (+{}/min)", t.trades_inserted, trades_per_min.unwrap_or(0)));
         parts.push(format!("queue {}", t.queue_depth));
+        if t.spool_bytes > 0 {
+            parts.push(format!("spool {:.1} MB", t.spool_bytes as f64 / 1e6));
+        }
+        if t.write_failures_in_a_row > 0 {
+            parts.push(format!("write failures {}", t.write_failures_in_a_row));
+        }
         parts.push(format!("gaps {}", t.gaps));
     }
     if let Some(b) = h.collectors.get("books") {
@@ -275,6 +281,9 @@ fn log_report(h: &HealthSnapshot) {
         connections = t.connections_active,
         queue_depth = t.queue_depth,
         spool_bytes = t.spool_bytes,
+        spooled_rows = t.spooled_rows,
+        replayed_rows = t.replayed_rows,
+        write_failures = t.write_failures_in_a_row,
         gaps = t.gaps,
         "{}", lines[0]
     );
@@ -290,6 +299,11 @@ fn log_report(h: &HealthSnapshot) {
     }
     if h.trade_listener.is_some() {
         tracing::info!(message_id = journal::HEALTH, collector = "trades", "{}", lines.last().expect("stream line"));
+    }
+    if t.spool_bytes > 0 || t.write_failures_in_a_row > 0 {
+        tracing::warn!(message_id = journal::HEALTH, collector = "trades",
+            "  spool: bytes={} spooled={} replayed={} write_failures_in_a_row={}",
+            t.spool_bytes, t.spooled_rows, t.replayed_rows, t.write_failures_in_a_row);
     }
 }
 

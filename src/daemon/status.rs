@@ -119,8 +119,12 @@ pub fn render(h: &HealthSnapshot) -> String {
     ));
     if let Some(t) = &h.trade_listener {
         out.push_str(&format!(
-            "  stream: conns={}/{} reconnects={} stalls={} gaps={} spool_bytes={} quarantined={} task_restarts={}\n",
-            t.connections_active, t.connections_total, t.reconnects, t.stalls, t.gaps, t.spool_bytes, t.quarantined, t.task_restarts
+            "  stream: conns={}/{} reconnects={} stalls={} gaps={} quarantined={} poisoned={} task_restarts={}\n",
+            t.connections_active, t.connections_total, t.reconnects, t.stalls, t.gaps, t.quarantined, t.poisoned_rows, t.task_restarts
+        ));
+        out.push_str(&format!(
+            "  writer: spool_bytes={} spooled={} replayed={} write_failures_in_a_row={} write_errors={}\n",
+            t.spool_bytes, t.spooled_rows, t.replayed_rows, t.write_failures_in_a_row, t.write_errors
         ));
     }
     out

@@ -45,13 +45,18 @@ pub async fn close(pool: &Pool, conn: i32, at: DateTime<Utc>) -> Result<Option<G
     Ok(row.map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }))
 }
 
-/// At start: closes the planned gap of the last clean stop (returns how many), and the
-/// per-connection gaps a crash left open (returned, to be backfilled).
-pub async fn close_at_start(pool: &Pool, now: DateTime<Utc>) -> Result<(u64, Vec<GapRow>), DbError> {
+/// At start: closes the planned gap of the last clean stop and the per-connection gaps a
+/// crash left open; returns both (planned, unplanned).
+pub async fn close_at_start(pool: &Pool, now: DateTime<Utc>) -> Result<(Vec<GapRow>, Vec<GapRow>), DbError> {
     let db = pool.get().await?;
     let planned = db
-        .execute("UPDATE stream_gaps SET ended_at = greatest($1, started_at) WHERE planned AND ended_at IS NULL", &[&now])
+        .query(
+            "UPDATE stream_gaps SET ended_at = greatest($1, started_at) WHERE planned AND ended_at IS NULL
+             RETURNING id, assets, started_at, ended_at",
+            &[&now],
+        )
         .await?;
+    let planned = planned.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect();
     let crashed = db
         .query(
             "UPDATE stream_gaps SET ended_at = greatest($1, started_at) WHERE NOT planned AND ended_at IS NULL

@@ -9,6 +9,8 @@ use tokio_postgres::Client;
 mod v0001;
 #[path = "../../migrations/v0002_stream.rs"]
 mod v0002;
+#[path = "../../migrations/v0003_database_identity_and_backfill.rs"]
+mod v0003;
 
 /// One migration: its version (ordering), name and SQL generator.
 pub struct Migration {
@@ -21,6 +23,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "catalog_and_books", sql: v0001::migration },
     Migration { version: 2, name: "stream", sql: v0002::migration },
+    Migration { version: 3, name: "database_identity_and_backfill", sql: v0003::migration },
 ];
 
 /// Advisory lock key: "collector" in ASCII, so concurrent starts serialise on migrations.
@@ -123,7 +126,7 @@ mod tests {
     /// SQL, or an edit of a released file, fails here instead of refusing deployed databases.
     #[test]
     fn released_migrations_are_unchanged() {
-        let pinned = [(1, "5eb14fa7afbe3289"), (2, "54ad5e46cc3c36e1")];
+        let pinned = [(1, "5eb14fa7afbe3289"), (2, "54ad5e46cc3c36e1"), (3, "b68f2eddab999b67")];
         for (version, sum) in pinned {
             let m = MIGRATIONS.iter().find(|m| m.version == version).unwrap();
             assert_eq!(checksum(&(m.sql)()), sum, "migration {version} changed:\n{}", (m.sql)());

@@ -72,12 +72,33 @@ impl DbError {
     }
 }
 
+impl DbError {
+    /// Whether the server refused the data itself: SQLSTATE class 22 (data exception: bad
+    /// encoding, a NUL byte, an unsupported `\u0000` in JSON, a value out of range) or 23
+    /// (integrity) other than the unique violation idempotent writes expect. Such a row never
+    /// goes in, however often it is retried.
+    pub fn is_content_error(&self) -> bool {
+        self.sqlstate().is_some_and(|c| {
+            let code = c.code();
+            (code.starts_with("22") || code.starts_with("23")) && code != "23505"
+        })
+    }
+}
+
 /// SQLSTATEs that say "the server or connection, not the statement": class 08 (connection
 /// exception), 53 (insufficient resources), 57P01–57P03 (shutdown, cannot connect now), 40001
 /// and 40P01 (serialization failure, deadlock), 55P03 (lock not available), 58 (system error).
 pub fn sqlstate_is_transient(code: &str) -> bool {
     matches!(&code[..2.min(code.len())], "08" | "53" | "58")
         || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03")
+}
+
+/// This database's identity: its name and the id migration 3 made once for it (a copy of the
+/// database, e.g. a restored backup, keeps it; a new database gets another).
+pub async fn identity(pool: &Pool) -> Result<String, DbError> {
+    let conn = pool.get().await?;
+    let row = conn.query_one("SELECT current_database() || '/' || (SELECT id::text FROM collector_database ORDER BY created_at LIMIT 1)", &[]).await?;
+    Ok(row.get(0))
 }
 
 /// The `tokio_postgres::Config` for `cfg`, password applied.

@@ -64,7 +64,11 @@ impl Row {
 }
 
 /// Stores one batch in one transaction; returns the number of new trades.
-pub async fn write_batch(pool: &Pool, rows: &[Row]) -> Result<u64, DbError> {
+///
+/// `replay`: the rows come from the spool (written before a crash or during an outage), so
+/// a backfill may have stored some of their trades meanwhile; they take the idempotent path,
+/// which replaces a backfilled copy of the same fill with the stream's.
+pub async fn write_batch(pool: &Pool, rows: &[Row], replay: bool) -> Result<u64, DbError> {
     let mut trades = Vec::new();
     let mut changes = Vec::new();
     let mut books_ = Vec::new();
@@ -87,7 +91,7 @@ pub async fn write_batch(pool: &Pool, rows: &[Row]) -> Result<u64, DbError> {
     let tx = conn.transaction().await?;
     let mut new_trades = 0;
     if !trades.is_empty() {
-        new_trades = write_trades(&tx, &trades).await?;
+        new_trades = write_trades(&tx, &trades, replay).await?;
     }
     if !changes.is_empty() {
         copy_rows(&tx, &PRICE_CHANGES, &changes).await?;
@@ -115,9 +119,9 @@ pub async fn write_batch(pool: &Pool, rows: &[Row]) -> Result<u64, DbError> {
 /// Trades: stream rows are almost never duplicates, so they are copied straight into
 /// `trades` under a savepoint; a unique violation (a replayed row) falls back to the
 /// idempotent path through the temporary table, as do backfilled rows always.
-async fn write_trades(tx: &tokio_postgres::Transaction<'_>, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
+async fn write_trades(tx: &tokio_postgres::Transaction<'_>, rows: &[&Row], replay: bool) -> Result<u64, tokio_postgres::Error> {
     let all_ws = rows.iter().all(|r| matches!(r, Row::Trade { source: TradeSource::Ws, .. }));
-    if all_ws {
+    if all_ws && !replay {
         tx.batch_execute("SAVEPOINT direct_trades").await?;
         let sink = tx.copy_in(&format!("COPY trades ({}) FROM STDIN (FORMAT binary)", TRADES.columns)).await?;
         let result = async {
@@ -155,6 +159,8 @@ struct CopyTarget {
     create: &'static str,
     columns: &'static str,
     types: &'static [Type],
+    /// Run between the COPY and `insert` (empty: nothing).
+    before_insert: &'static str,
     insert: &'static str,
     fields: fn(&Row) -> Vec<Box<dyn ToSql + Sync + Send>>,
 }
@@ -170,6 +176,9 @@ async fn copy_rows(tx: &tokio_postgres::Transaction<'_>, target: &CopyTarget, ro
         writer.as_mut().write(&refs).await?;
     }
     writer.finish().await?;
+    if !target.before_insert.is_empty() {
+        tx.batch_execute(target.before_insert).await?;
+    }
     tx.execute(target.insert, &[]).await
 }
 
@@ -184,13 +193,26 @@ const TRADES: CopyTarget = CopyTarget {
         tx_hash text, fee_rate_bps numeric) ON COMMIT DELETE ROWS",
     columns: "asset_id, condition_id, price, size, side, source_ts, received_at, source, tx_hash, fee_rate_bps",
     types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT, Type::NUMERIC],
-    // Backfilled rows also skip fills the stream already holds under its own timestamp
-    // (the Data API reports block time in seconds, the stream match time in milliseconds).
+    // One identity for a fill however it arrived (docs/schema.md, "Trade identity"): the
+    // stream reports the match time in milliseconds and the exact price; the Data API the
+    // block time in whole seconds and the price as a float. A backfilled row is the same fill
+    // as a stored row with the same asset, side and exact size, a stream time within its
+    // second, a price within half the finest tick (0.0001), and the same transaction hash
+    // when both have one. The stream's copy wins: it replaces a backfilled copy, and a
+    // backfilled row is not inserted where any copy exists.
+    before_insert: "DELETE FROM trades b USING t_trades n
+        WHERE n.source = 'ws' AND b.source = 'backfill' AND b.asset_id = n.asset_id
+          AND b.source_ts = date_trunc('second', n.source_ts) AND b.side = n.side AND b.size = n.size
+          AND abs(b.price - n.price) < 0.00005
+          AND (b.tx_hash IS NULL OR n.tx_hash IS NULL OR b.tx_hash = n.tx_hash)",
     insert: "INSERT INTO trades (asset_id, condition_id, price, size, side, source_ts, received_at, source, tx_hash, fee_rate_bps)
         SELECT DISTINCT ON (asset_id, source_ts, side, price, size, COALESCE(tx_hash, '')) * FROM t_trades n
-        WHERE n.source = 'ws' OR n.tx_hash IS NULL OR NOT EXISTS (
-            SELECT 1 FROM trades o WHERE o.tx_hash = n.tx_hash AND o.asset_id = n.asset_id
-              AND o.side = n.side AND o.size = n.size)
+        WHERE n.source = 'ws' OR NOT EXISTS (
+            SELECT 1 FROM trades o WHERE o.asset_id = n.asset_id
+              AND o.source_ts >= date_trunc('second', n.source_ts)
+              AND o.source_ts < date_trunc('second', n.source_ts) + interval '1 second'
+              AND o.side = n.side AND o.size = n.size AND abs(o.price - n.price) < 0.00005
+              AND (o.tx_hash IS NULL OR n.tx_hash IS NULL OR o.tx_hash = n.tx_hash))
         ON CONFLICT DO NOTHING",
     fields: |r| match r {
         Row::Trade { trade: t, received_at, source } => vec![
@@ -209,6 +231,7 @@ const PRICE_CHANGES: CopyTarget = CopyTarget {
         source_ts timestamptz, received_at timestamptz) ON COMMIT DELETE ROWS",
     columns: "asset_id, condition_id, price, size, side, hash, best_bid, best_ask, source_ts, received_at",
     types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
+    before_insert: "",
     insert: "INSERT INTO price_changes SELECT * FROM t_price_changes ON CONFLICT DO NOTHING",
     fields: |r| match r {
         Row::PriceChange { change: c, condition_id, source_ts, received_at } => vec![
@@ -226,6 +249,7 @@ const QUOTES: CopyTarget = CopyTarget {
         best_ask numeric, spread numeric, source_ts timestamptz, received_at timestamptz) ON COMMIT DELETE ROWS",
     columns: "asset_id, condition_id, best_bid, best_ask, spread, source_ts, received_at",
     types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
+    before_insert: "",
     insert: "INSERT INTO quotes SELECT DISTINCT ON (asset_id, source_ts) * FROM t_quotes ON CONFLICT DO NOTHING",
     fields: |r| match r {
         Row::Quote { quote: q, received_at } => vec![
@@ -242,6 +266,7 @@ const TICKS: CopyTarget = CopyTarget {
         new_tick_size numeric, source_ts timestamptz, received_at timestamptz) ON COMMIT DELETE ROWS",
     columns: "asset_id, condition_id, old_tick_size, new_tick_size, source_ts, received_at",
     types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
+    before_insert: "",
     insert: "INSERT INTO tick_size_changes SELECT DISTINCT ON (asset_id, source_ts) * FROM t_ticks ON CONFLICT DO NOTHING",
     fields: |r| match r {
         Row::TickSize { change: c, received_at } => vec![
@@ -258,6 +283,7 @@ const LIFECYCLE: CopyTarget = CopyTarget {
         source_ts timestamptz, received_at timestamptz, payload jsonb) ON COMMIT DELETE ROWS",
     columns: "kind, condition_id, market_id, source_ts, received_at, payload",
     types: &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::JSONB],
+    before_insert: "",
     insert: "INSERT INTO market_events SELECT DISTINCT ON (kind, condition_id, source_ts) * FROM t_market_events
         WHERE condition_id IS NOT NULL ON CONFLICT DO NOTHING",
     fields: |r| match r {
@@ -275,6 +301,7 @@ const QUARANTINE: CopyTarget = CopyTarget {
         reason text, frame text) ON COMMIT DELETE ROWS",
     columns: "received_at, connection, reason, frame",
     types: &[Type::TIMESTAMPTZ, Type::INT4, Type::TEXT, Type::TEXT],
+    before_insert: "",
     insert: "INSERT INTO stream_quarantine (received_at, connection, reason, frame) SELECT * FROM t_quarantine",
     fields: |r| match r {
         Row::Quarantine { connection, reason, frame, received_at } => vec![

@@ -141,7 +141,7 @@ async fn bench_stream_throughput_vs_copy() {
         if let Ok(sql) = std::env::var("BENCH_STREAM_SQL") {
             h.db.client().await.batch_execute(&sql).await.unwrap();
         }
-        let frames = trade_frames(&assets, EVENTS, 100, 1_795_700_000_000 + run as u64 * 10_000_000);
+        let frames = trade_frames(&assets, EVENTS, 100, crate::now_ms());
         let before = h.sink.stats.trades_inserted.load(Ordering::Relaxed);
         let t = Instant::now();
         for (asset, frame) in &frames {
@@ -193,7 +193,7 @@ async fn bench_stream_latency_at_10k_per_second() {
     let mut h = stream_harness(100, "").await;
     let assets: Vec<String> = (0..100).map(|m| fake::token_id(m, 0)).collect();
     // 10,000 events/s for 10 s: a frame of 50 events every 5 ms.
-    let frames = trade_frames(&assets, 100_000, 50, 1_795_800_000_000);
+    let frames = trade_frames(&assets, 100_000, 50, crate::now_ms());
     h.sink.stats.commit_latency.reset();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

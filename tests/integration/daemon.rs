@@ -415,8 +415,9 @@ async fn the_stream_daemon_commits_what_it_received_and_records_planned_and_uncl
     let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(30, "all 12 assets streamed", || async { ws.live_assets().len() == 12 }).await;
     let asset = fake::token_id(2, 1);
+    let t0 = crate::now_ms();
     for n in 0..2000 {
-        assert!(ws.send_to_asset(&asset, &crate::fake_ws::trade_frame(&asset, n, 1_795_690_000_000 + n)));
+        assert!(ws.send_to_asset(&asset, &crate::fake_ws::trade_frame(&asset, n, t0 + n)));
     }
     eventually(30, "every trade received", || async {
         let (code, json) = d.status(true).await;
@@ -478,8 +479,9 @@ async fn a_panicking_stream_shard_is_restarted_counted_and_its_assets_covered_by
     assert!(h["collectors"].get("stream").is_none(), "the stream is not a polling collector line: {json}");
     // The restarted shard captures.
     let asset = fake::token_id(1, 0);
+    let t0 = crate::now_ms();
     for n in 0..20 {
-        assert!(ws.send_to_asset(&asset, &crate::fake_ws::trade_frame(&asset, n, 1_795_690_000_000 + n)));
+        assert!(ws.send_to_asset(&asset, &crate::fake_ws::trade_frame(&asset, n, t0 + n)));
     }
     eventually(20, "trades after the restart stored", || async { db.try_count("SELECT count(*) FROM trades").await == Some(20) }).await;
 }

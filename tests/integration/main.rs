@@ -83,3 +83,9 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Now, in epoch milliseconds: stream events carry current times (the collector refuses
+/// times far from the receive time).
+pub fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis() as u64
+}

@@ -64,6 +64,7 @@ impl Harness {
             stall_timeout: cfg.daemon.stall_timeout,
             fault_spec: None,
         })
+        .await
         .unwrap();
         let monitor = handle.monitor();
         Harness { db, ws, http, sink: monitor.sink.clone(), stats: monitor.stats.clone(), supervisor, stream: Some(handle) }
@@ -104,7 +105,7 @@ async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarant
 
     // Trades, one of them delivered twice: stored once each.
     let asset = fake::token_id(7, 1);
-    let t0 = 1_795_683_700_000;
+    let t0 = crate::now_ms();
     for n in 0..50 {
         assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, n, t0 + n)));
     }
@@ -139,12 +140,12 @@ async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarant
     assert!(reasons.iter().any(|r| r.contains("unexpected text")), "{reasons:?}");
 
     // Price changes apply to the dumped book; other events land in their tables.
-    let pc = json!({"event_type": "price_change", "market": "0x1", "timestamp": "1795683700500",
+    let pc = json!({"event_type": "price_change", "market": "0x1", "timestamp": (t0 + 500).to_string(),
         "price_changes": [{"asset_id": asset, "price": "0.34", "size": "99", "side": "BUY", "hash": "h1", "best_bid": "0.34", "best_ask": "0.35"}]});
     h.ws.send_to_asset(&asset, &pc.to_string());
-    let quote = json!({"event_type": "best_bid_ask", "market": "0x1", "asset_id": asset, "best_bid": "0.34", "best_ask": "0.35", "spread": "0.01", "timestamp": "1795683700600"});
+    let quote = json!({"event_type": "best_bid_ask", "market": "0x1", "asset_id": asset, "best_bid": "0.34", "best_ask": "0.35", "spread": "0.01", "timestamp": (t0 + 600).to_string()});
     h.ws.send_to_asset(&asset, &quote.to_string());
-    let tick = json!({"event_type": "tick_size_change", "market": "0x1", "asset_id": asset, "old_tick_size": "0.01", "new_tick_size": "0.001", "timestamp": "1795683700700"});
+    let tick = json!({"event_type": "tick_size_change", "market": "0x1", "asset_id": asset, "old_tick_size": "0.01", "new_tick_size": "0.001", "timestamp": (t0 + 700).to_string()});
     h.ws.send_to_asset(&asset, &tick.to_string());
     eventually(10, "price change, quote, tick size stored", || async {
         h.db.try_count("SELECT count(*) FROM price_changes WHERE size = 99").await == Some(1)
@@ -202,7 +203,7 @@ async fn a_silent_stall_is_detected_rebuilt_and_recorded_as_a_gap() {
     }).await;
     // The resubscription asked for a fresh dump; trades flow again.
     let asset = fake::token_id(1, 0);
-    assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, 1, 1_795_683_700_000)));
+    assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, 1, crate::now_ms())));
     eventually(10, "trade after the stall", || async { h.trades().await == 1 }).await;
     h.stop().await;
 }
@@ -286,7 +287,7 @@ async fn a_database_restart_mid_stream_loses_no_trade_and_duplicates_none() {
     let mut h = Harness::start(db, 2, "queue_capacity = 10\nbatch_size = 20\n").await;
     let asset = fake::token_id(1, 1);
     eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
-    let t0 = 1_795_683_800_000;
+    let t0 = crate::now_ms();
     for n in 0..100 {
         assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, n, t0 + n)));
     }

@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::StreamStats;
+use super::sink::Sink;
 use crate::backoff::Backoff;
 use crate::db::gaps::{self as db_gaps, GapRow};
 use crate::db::stream::{self, Row, TradeSource};
@@ -39,6 +40,9 @@ pub enum GapReason {
     Shutdown,
     /// The daemon started after a stop that recorded no planned gap (a crash, kill -9).
     UncleanRestart,
+    /// From the daemon's start until this connection's first data (connections open
+    /// gradually).
+    Start,
 }
 
 impl std::fmt::Display for GapReason {
@@ -52,6 +56,7 @@ impl std::fmt::Display for GapReason {
             GapReason::TaskPanicked => write!(f, "task panicked"),
             GapReason::Shutdown => write!(f, "shutdown"),
             GapReason::UncleanRestart => write!(f, "restart after an unclean stop"),
+            GapReason::Start => write!(f, "start: until the first data"),
         }
     }
 }
@@ -122,18 +127,26 @@ async fn apply(pool: &Pool, event: &GapEvent, stats: &StreamStats) -> Result<Opt
 
 /// At start: closes the planned gap a clean stop left open, and the per-connection gaps a
 /// crash left open; when no planned gap was open (a crash), records the interval since the
-/// last captured frame as an unplanned gap. Returns the unplanned gaps to backfill.
-pub async fn on_start(pool: &Pool, assets: &[String], now: DateTime<Utc>) -> Result<Vec<GapRow>, DbError> {
+/// last captured frame as an unplanned gap. Returns the gaps to backfill — every unplanned
+/// one, and planned ones no longer than `planned_max` (an upgrade's restart; not a week off)
+/// — and whether the stream captured before (then each connection's start is a gap too,
+/// until its first data).
+pub async fn on_start(pool: &Pool, assets: &[String], now: DateTime<Utc>, planned_max: Duration) -> Result<(Vec<GapRow>, bool), DbError> {
     let (planned, mut crashed) = db_gaps::close_at_start(pool, now).await?;
-    if planned > 0 {
-        tracing::info!(message_id = journal::GAP_CLOSED, gaps = planned, "planned gap of the last stop closed");
-        return Ok(crashed);
+    if !planned.is_empty() {
+        tracing::info!(message_id = journal::GAP_CLOSED, gaps = planned.len(), "planned gap of the last stop closed");
+        let max = chrono::Duration::from_std(planned_max).unwrap_or(chrono::Duration::MAX);
+        crashed.extend(planned.into_iter().filter(|g| g.ended_at - g.started_at <= max));
+        return Ok((crashed, true));
     }
-    let Some(last) = db_gaps::last_captured(pool).await?.filter(|l| *l < now) else { return Ok(crashed) };
+    let Some(last) = db_gaps::last_captured(pool).await?.filter(|l| *l < now) else {
+        let resumed = !crashed.is_empty();
+        return Ok((crashed, resumed));
+    };
     let gap = db_gaps::insert_closed(pool, assets, last, now, &GapReason::UncleanRestart.to_string()).await?;
     tracing::warn!(message_id = journal::GAP_OPENED, gap_id = gap.id, since = %last, "stream restarted after an unclean stop: gap recorded");
     crashed.push(gap);
-    Ok(crashed)
+    Ok((crashed, true))
 }
 
 /// At a clean stop: one planned gap for every subscribed asset, closed at the next start.
@@ -143,14 +156,22 @@ pub async fn on_stop(pool: &Pool, assets: &[String], now: DateTime<Utc>) -> Resu
     Ok(())
 }
 
-/// Backfills gaps one at a time, within the Data API budget. Restartable like [`record`].
-pub async fn backfill_loop(pool: Pool, client: Arc<PolymarketClient>, rx: Arc<Mutex<mpsc::Receiver<GapRow>>>, cancel: CancellationToken) {
+/// Backfills gaps one at a time, within the Data API budget, each only once the writer has
+/// committed every row received before the gap's end (so the stream's own copy of a trade is
+/// always stored first). Restartable like [`record`].
+pub async fn backfill_loop(pool: Pool, client: Arc<PolymarketClient>, sink: Arc<Sink>, rx: Arc<Mutex<mpsc::Receiver<GapRow>>>, cancel: CancellationToken) {
     let mut rx = rx.lock_owned().await;
     loop {
         let gap = tokio::select! {
             _ = cancel.cancelled() => return,
             g = rx.recv() => match g { Some(g) => g, None => return },
         };
+        while sink.committed_through() < gap.ended_at {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
             r = backfill(&pool, &client, &gap) => r,
@@ -215,7 +236,7 @@ pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow) -> R
         if trades.is_empty() {
             continue;
         }
-        inserted += stream::write_batch(pool, &trades).await?;
+        inserted += stream::write_batch(pool, &trades, false).await?;
     }
     Ok(inserted)
 }

@@ -9,13 +9,15 @@
 //!   supervisor's decision, [`Restarts`]) when their task panics, their assets covered by a gap
 //!   meanwhile; start and stop gaps.
 //! - [`shard`]: one connection: protocol, PING, reconnects, per-connection gaps; the stall
-//!   decisions are the state machines of [`watch`]; in-memory books in [`book`].
+//!   decisions are the state machines of [`watch`]; in-memory books in [`book`]; values
+//!   outside their domain quarantined by [`domain`].
 //! - [`sink`]: readers hand rows to it without waiting: a bounded queue, or the on-disk
 //!   [`spool`] when the queue is full.
 //! - [`writer`]: batches off the queue (and the spool) into `db::stream::write_batch`.
 //! - [`gaps`]: gap rows (`db::gaps`) and the Data API backfill.
 
 pub mod book;
+pub mod domain;
 pub mod gaps;
 pub mod shard;
 pub mod sink;
@@ -42,7 +44,7 @@ use self::gaps::{GapEvent, GapReason};
 use self::shard::{Shard, ShardCmd, ShardShared};
 use self::sink::Sink;
 use self::spool::{Spool, SpoolError};
-use self::writer::Writer;
+use self::writer::{Stop, Writer};
 use super::Restarts;
 use crate::config::StreamConfig;
 use crate::db::catalog::{self, StreamScope};
@@ -101,6 +103,18 @@ pub struct TradeListenerHealth {
     /// Stream tasks restarted after a panic.
     #[serde(default)]
     pub task_restarts: u64,
+    /// Rows that went to the spool (the queue was full).
+    #[serde(default)]
+    pub spooled_rows: u64,
+    /// Rows replayed from the spool into the database.
+    #[serde(default)]
+    pub replayed_rows: u64,
+    /// Failed writes since the last success: a stuck writer shows here at a glance.
+    #[serde(default)]
+    pub write_failures_in_a_row: u64,
+    /// Rows the database refused for their content, quarantined instead.
+    #[serde(default)]
+    pub poisoned_rows: u64,
 }
 
 /// A market listed or resolved, seen on the stream.
@@ -165,15 +179,21 @@ impl StreamMonitor {
             write_errors: g(&self.sink.stats.write_errors),
             dropped_rows: g(&self.sink.stats.dropped_rows),
             task_restarts: g(&s.task_restarts),
+            spooled_rows: g(&self.sink.stats.spooled_rows),
+            replayed_rows: g(&self.sink.stats.replayed_rows),
+            write_failures_in_a_row: g(&self.sink.stats.write_failures_in_a_row),
+            poisoned_rows: g(&self.sink.stats.poisoned_rows),
         }
     }
 
-    /// `Some(reason)` when the writer has stored nothing for too long while rows wait.
+    /// `Some(reason)` when the stream neither stores nor keeps what it receives: the writer
+    /// has stored nothing for `stall_timeout` while rows wait, and the spool refuses rows. A
+    /// database outage the queue and the spool absorb is not a stall: the daemon captures.
     pub fn stalled(&self) -> Option<String> {
-        self.sink
-            .stalled_for()
-            .filter(|d| *d > self.stall_timeout)
-            .map(|d| format!("stream writer has stored nothing for {}s while rows wait", d.as_secs()))
+        let stuck = self.sink.stalled_for().filter(|d| *d > self.stall_timeout)?;
+        (!self.sink.capturing()).then(|| {
+            format!("stream writer has stored nothing for {}s and the spool refuses rows (data is being lost)", stuck.as_secs())
+        })
     }
 }
 
@@ -199,28 +219,40 @@ pub struct StreamHandle {
     monitor: Arc<StreamMonitor>,
     ready: Option<oneshot::Receiver<()>>,
     manager_cancel: CancellationToken,
-    writer_cancel: CancellationToken,
+    writer_stop: Stop,
     manager: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
 }
 
-/// Starts the stream: the writer (with the spool), the manager, its shards and helpers.
-pub fn spawn(deps: StreamDeps) -> Result<StreamHandle, SpoolError> {
-    let spool = Spool::open(&deps.cfg.spool_dir, deps.cfg.spool_max_bytes)?;
+/// Why the stream cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("stream spool: {0} (set stream.spool_dir to a writable directory)")]
+    Spool(#[from] SpoolError),
+    #[error("reading the database identity for the spool: {0}")]
+    Db(#[from] DbError),
+}
+
+/// Starts the stream: the writer (with the spool, bound to this database), the manager, its
+/// shards and helpers.
+pub async fn spawn(deps: StreamDeps) -> Result<StreamHandle, StartError> {
+    let database = crate::db::identity(&deps.pool).await?;
+    let spool = Spool::open(&deps.cfg.spool_dir, deps.cfg.spool_max_bytes, &database)?;
     let (sink, rx) = Sink::new(deps.cfg.queue_capacity, spool);
     let stats = Arc::new(StreamStats::default());
     let monitor = Arc::new(StreamMonitor { stats: stats.clone(), sink: sink.clone(), stall_timeout: deps.stall_timeout });
-    let writer_cancel = CancellationToken::new();
+    let writer_stop = Stop::default();
     let writer = Writer {
         pool: deps.pool.clone(),
         rx: Arc::new(Mutex::new(rx)),
         sink: sink.clone(),
         batch_size: deps.cfg.batch_size,
         flush_interval: deps.cfg.flush_interval,
+        poison_file: deps.cfg.spool_dir.join("poison.jsonl"),
     };
-    let (grace, wc) = (deps.drain_grace, writer_cancel.clone());
-    let writer = tokio::spawn(supervised("writer", deps.restarts.clone(), stats.clone(), writer_cancel.clone(), move || {
-        writer.clone().run(wc.clone(), grace)
+    let (grace, ws) = (deps.drain_grace, writer_stop.clone());
+    let writer = tokio::spawn(supervised("writer", deps.restarts.clone(), stats.clone(), writer_stop.cancel.clone(), move || {
+        writer.clone().run(ws.clone(), grace)
     }));
     let manager_cancel = CancellationToken::new();
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -239,7 +271,7 @@ pub fn spawn(deps: StreamDeps) -> Result<StreamHandle, SpoolError> {
         monitor,
         ready: Some(ready_rx),
         manager_cancel,
-        writer_cancel,
+        writer_stop,
         manager: Some(manager),
         writer: Some(writer),
     })
@@ -284,15 +316,21 @@ impl StreamHandle {
     }
 
     /// The stop: the planned gap, connections closed, then the writer stores what the readers
-    /// accepted (or spools it) — all by `deadline` (the writer gets one second more to spool).
+    /// accepted until `deadline` and spools the rest. The writer's own deadline is the stop
+    /// deadline, and spooling is local: this waits for it (a few seconds past `deadline` at
+    /// most), so everything received is committed or spooled before it returns.
     pub async fn stop(mut self, deadline: Instant) {
         self.manager_cancel.cancel();
         if let Some(m) = self.manager.take() {
-            let _ = tokio::time::timeout_at(deadline, m).await;
+            // Leave the writer time of its own: the shards stop within seconds.
+            let manager_deadline = deadline.min(Instant::now() + Duration::from_secs(10));
+            let _ = tokio::time::timeout_at(manager_deadline, m).await;
         }
-        self.writer_cancel.cancel();
+        self.writer_stop.stop_by(deadline);
         if let Some(w) = self.writer.take() {
-            let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), w).await;
+            if tokio::time::timeout_at(deadline + SPOOL_TIME, w).await.is_err() {
+                tracing::error!("the stream writer did not finish spooling in time: rows it held may be lost");
+            }
         }
     }
 }
@@ -300,9 +338,12 @@ impl StreamHandle {
 impl Drop for StreamHandle {
     fn drop(&mut self) {
         self.manager_cancel.cancel();
-        self.writer_cancel.cancel();
+        self.writer_stop.cancel.cancel();
     }
 }
+
+/// How long past the stop deadline the writer may take to spool what it holds.
+const SPOOL_TIME: Duration = Duration::from_secs(10);
 
 /// Runs a helper task, restarting it after a panic for as long as the supervisor allows.
 async fn supervised<F, Fut>(name: &'static str, restarts: Arc<dyn Restarts>, stats: Arc<StreamStats>, cancel: CancellationToken, mut make: F)
@@ -378,9 +419,9 @@ impl Manager {
         let backfill_tx = if cfg.backfill {
             let (tx, rx) = mpsc::channel(10_000);
             let rx = Arc::new(Mutex::new(rx));
-            let (p, client, c) = (pool.clone(), self.deps.client.clone(), helpers_cancel.clone());
+            let (p, client, c, sink) = (pool.clone(), self.deps.client.clone(), helpers_cancel.clone(), self.sink.clone());
             helpers.spawn(supervised("backfill", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
-                gaps::backfill_loop(p.clone(), client.clone(), rx.clone(), c.clone())
+                gaps::backfill_loop(p.clone(), client.clone(), sink.clone(), rx.clone(), c.clone())
             }));
             Some(tx)
         } else {
@@ -395,20 +436,27 @@ impl Manager {
         }));
 
         let desired = self.desired_until_ok(&cancel).await;
-        match gaps::on_start(&pool, &desired, Utc::now()).await {
-            Ok(to_backfill) => {
+        let started = Utc::now();
+        let resumed = match gaps::on_start(&pool, &desired, started, cfg.backfill_planned_max).await {
+            Ok((to_backfill, resumed)) => {
                 for gap in to_backfill {
                     if let Some(tx) = &backfill_tx {
                         let _ = tx.try_send(gap);
                     }
                 }
+                resumed
             }
-            Err(e) => tracing::warn!(error = %e, "cannot record the start gap: {e}"),
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the start gap: {e}");
+                true
+            }
+        };
 
         let shard_cancel = cancel.child_token();
         let mut ups = Vec::new();
-        self.assign(&ctx, &shard_cancel, desired, &mut ups);
+        // After a previous capture, each connection's start is a gap until its own first data
+        // (they open gradually).
+        self.assign_with(&ctx, &shard_cancel, desired, &mut ups, resumed.then_some(started));
         let mut ready = Some(ready);
         let wait_ready = async move {
             let _ = tokio::time::timeout(READY_WAIT, futures_util::future::join_all(ups)).await;
@@ -515,6 +563,19 @@ impl Manager {
 
     /// Assigns `assets` to shards with room, creating shards as needed.
     fn assign(&mut self, ctx: &Arc<StreamCtx>, cancel: &CancellationToken, assets: Vec<String>, ups: &mut Vec<oneshot::Receiver<()>>) {
+        self.assign_with(ctx, cancel, assets, ups, None);
+    }
+
+    /// [`Manager::assign`]; with `start_gap`, each new shard's assets are covered by a gap from
+    /// then until the shard's first data.
+    fn assign_with(
+        &mut self,
+        ctx: &Arc<StreamCtx>,
+        cancel: &CancellationToken,
+        assets: Vec<String>,
+        ups: &mut Vec<oneshot::Receiver<()>>,
+        start_gap: Option<chrono::DateTime<Utc>>,
+    ) {
         let max = self.deps.cfg.max_assets_per_connection;
         let mut per_shard: HashMap<usize, Vec<String>> = HashMap::new();
         let mut fresh: Vec<(usize, BTreeSet<String>, mpsc::Receiver<ShardCmd>)> = Vec::new();
@@ -551,6 +612,9 @@ impl Manager {
         // New shards open gradually.
         let already = self.shards.len() - fresh.len();
         for (n, (idx, set, rx)) in fresh.into_iter().enumerate() {
+            if let Some(at) = start_gap {
+                ctx.send_gap(GapEvent::Open { conn: idx as i32, assets: set.iter().cloned().collect(), reason: GapReason::Start, at });
+            }
             let (up_tx, up_rx) = oneshot::channel();
             ups.push(up_rx);
             let shard = Shard {
@@ -560,7 +624,7 @@ impl Manager {
                 ctx: ctx.clone(),
                 shared: self.shards[idx].shared.clone(),
                 start_delay: self.deps.cfg.connect_interval * (n as u32 + if already > 0 { 1 } else { 0 }),
-                gap_open: false,
+                gap_open: start_gap.is_some(),
                 first_up: Some(up_tx),
                 fault: self.fault,
             };

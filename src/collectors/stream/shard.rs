@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::book::{Applied, Books};
+use super::domain;
 use super::gaps::{GapEvent, GapReason};
 use super::watch::{FirstBookWatch, SilenceWatch};
 use super::{Lifecycle, StreamCtx};
@@ -298,7 +299,8 @@ impl Shard {
 
     fn quarantine(&self, reason: &str, frame: String, received_at: DateTime<Utc>) {
         self.ctx.stats.quarantined.fetch_add(1, Ordering::Relaxed);
-        self.ctx.sink.push(Row::Quarantine { connection: Some(self.id), reason: reason.to_string(), frame, received_at });
+        let (reason, frame) = (domain::printable(reason), domain::printable(&frame));
+        self.ctx.sink.push(Row::Quarantine { connection: Some(self.id), reason, frame, received_at });
     }
 
     /// Handles one text frame; `true` if it carried data (feeds the silence watchdog).
@@ -318,6 +320,10 @@ impl Shard {
                 }
                 for event in events {
                     stats.events_received.fetch_add(1, Ordering::Relaxed);
+                    if let Err(reason) = domain::check(&event, received_at, &self.assets) {
+                        self.quarantine(&reason, text.to_string(), received_at);
+                        continue;
+                    }
                     match event {
                         Event::Book(book) => {
                             books_watch.book(&book.token_id);

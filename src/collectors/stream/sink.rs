@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::spool::{Spool, SpoolError};
+use super::spool::{Position, Spool, SpoolError};
 use crate::db::stream::Row;
 use crate::journal;
 
@@ -26,8 +26,23 @@ pub struct WriteStats {
     /// Rows lost because the spool was full (each one logged at ERROR).
     pub dropped_rows: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Failed writes since the last success (0: writing).
+    pub write_failures_in_a_row: AtomicU64,
+    /// Rows the database refused for their content, quarantined instead.
+    pub poisoned_rows: AtomicU64,
+    /// Rows replayed from the spool into the database.
+    pub replayed_rows: AtomicU64,
     /// Last successful write, ms since the sink was made (0: none yet).
     pub last_write_ms: AtomicU64,
+    /// Last row the spool took, ms since the sink was made (0: none yet).
+    pub last_spooled_ms: AtomicU64,
+    /// Last row lost because the spool could not take it, ms since the sink was made.
+    pub last_dropped_ms: AtomicU64,
+    /// Receive time (µs since the epoch) of the newest row committed; with the writer idle
+    /// and nothing waiting, everything received is committed.
+    pub committed_through_us: std::sync::atomic::AtomicI64,
+    /// The writer waits for rows with nothing in hand.
+    pub writer_idle: std::sync::atomic::AtomicBool,
     /// Frame received → row committed, per row, in 1 ms buckets (the last: 10 s or more).
     pub commit_latency: LatencyHistogram,
 }
@@ -122,8 +137,10 @@ impl Sink {
             Ok(()) => {
                 self.stats.spooled_rows.fetch_add(1, Ordering::Relaxed);
                 self.stats.spool_bytes.store(st.spool.pending_bytes(), Ordering::Relaxed);
+                self.stats.last_spooled_ms.store(self.now_ms(), Ordering::Relaxed);
             }
             Err(e) => {
+                self.stats.last_dropped_ms.store(self.now_ms(), Ordering::Relaxed);
                 let n = self.stats.dropped_rows.fetch_add(1, Ordering::Relaxed) + 1;
                 // Loud, but not once per row at 50k rows/s.
                 if n.is_power_of_two() {
@@ -138,6 +155,10 @@ impl Sink {
         (self.tx.max_capacity() - self.tx.capacity()) as u64
     }
 
+    fn now_ms(&self) -> u64 {
+        (self.epoch.elapsed().as_millis() as u64).max(1)
+    }
+
     /// Time since the last successful write, when rows are waiting (queue or spool).
     pub fn stalled_for(&self) -> Option<Duration> {
         let waiting = self.queue_depth() > 0 || self.stats.spool_bytes.load(Ordering::Relaxed) > 0;
@@ -148,16 +169,42 @@ impl Sink {
         Some(self.epoch.elapsed().saturating_sub(last))
     }
 
-    /// Counts a committed batch of `rows` rows holding `trades` new trades.
-    pub(super) fn stored(&self, rows: usize, trades: u64) {
+    /// Whether received rows are still kept: the last row the spool was offered went in (or
+    /// none was refused yet). While the database is away the queue and then the spool keep
+    /// capturing; only when the spool refuses rows is data being lost.
+    pub fn capturing(&self) -> bool {
+        let dropped = self.stats.last_dropped_ms.load(Ordering::Relaxed);
+        dropped == 0 || self.stats.last_spooled_ms.load(Ordering::Relaxed) > dropped
+    }
+
+    /// Everything received before this moment is committed (the backfill of a gap waits for
+    /// its end to be covered, so the stream's own copy of a trade always wins).
+    pub fn committed_through(&self) -> chrono::DateTime<chrono::Utc> {
+        let idle = self.stats.writer_idle.load(Ordering::SeqCst)
+            && self.queue_depth() == 0
+            && self.stats.spool_bytes.load(Ordering::Relaxed) == 0;
+        if idle {
+            return chrono::Utc::now();
+        }
+        let us = self.stats.committed_through_us.load(Ordering::SeqCst);
+        chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
+    }
+
+    /// Counts a committed batch of `rows` rows holding `trades` new trades; `through` is the
+    /// newest receive time in it.
+    pub(super) fn stored(&self, rows: usize, trades: u64, through: Option<chrono::DateTime<chrono::Utc>>) {
         self.stats.trades_inserted.fetch_add(trades, Ordering::Relaxed);
         self.stats.rows_written.fetch_add(rows as u64, Ordering::Relaxed);
-        self.stats.last_write_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.stats.last_write_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.stats.write_failures_in_a_row.store(0, Ordering::Relaxed);
+        if let Some(t) = through {
+            self.stats.committed_through_us.fetch_max(t.timestamp_micros(), Ordering::SeqCst);
+        }
     }
 
     /// Up to `max` spooled rows and the offset that consumes them; `None` when the spool is
     /// empty (and then new rows go to the queue again).
-    pub(super) fn spool_chunk(&self, max: usize) -> Option<(Vec<Row>, u64)> {
+    pub(super) fn spool_chunk(&self, max: usize) -> Option<(Vec<Row>, Position)> {
         let mut st = self.state.lock().expect("sink lock");
         if st.spool.is_empty() {
             st.spooling = false;
@@ -177,7 +224,7 @@ impl Sink {
         }
     }
 
-    pub(super) fn spool_commit(&self, at: u64) {
+    pub(super) fn spool_commit(&self, at: Position) {
         let mut st = self.state.lock().expect("sink lock");
         if let Err(e) = st.spool.commit(at) {
             tracing::error!(message_id = journal::SPOOL, error = %e, "cannot truncate the spool");
@@ -186,6 +233,14 @@ impl Sink {
         if st.spool.is_empty() {
             st.spooling = false;
             tracing::info!(message_id = journal::SPOOL, "spool replayed, writing from the queue again");
+        }
+    }
+
+    /// Flushes the spool to disk (at the stop).
+    pub(super) fn sync_spool(&self) {
+        let mut st = self.state.lock().expect("sink lock");
+        if let Err(e) = st.spool.sync() {
+            tracing::error!(message_id = journal::SPOOL, error = %e, "cannot flush the spool to disk: {e}");
         }
     }
 
@@ -204,7 +259,7 @@ impl Sink {
 impl Sink {
     /// A spool chunk to replay, but only when the queue is empty (queued rows are older than
     /// spooled ones).
-    pub(super) fn spool_chunk_if_idle(&self, rx: &mut mpsc::Receiver<Row>, max: usize) -> Option<(Vec<Row>, u64)> {
+    pub(super) fn spool_chunk_if_idle(&self, rx: &mut mpsc::Receiver<Row>, max: usize) -> Option<(Vec<Row>, Position)> {
         if !rx.is_empty() {
             return None;
         }
