@@ -12,6 +12,9 @@ use collector::collectors::stream::sink::Sink;
 use collector::collectors::stream::{self, StreamDeps, StreamHandle, StreamStats};
 use collector::config::{Config, Env};
 use collector::daemon::supervisor::Supervisor;
+use collector::db::stream::{Row, TradeSource, write_batch};
+use collector::polymarket::decode::Side;
+use collector::polymarket::ws::Trade;
 use collector::polymarket::client::PolymarketClient;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -335,5 +338,146 @@ async fn an_asset_without_a_first_book_gets_its_connection_rebuilt_once() {
     // Longer than first_book_timeout: a second rebuild would have happened by now.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(h.ws.with(|s| s.conns.len()), conns, "not rebuilt again for the same quiet asset");
+    h.stop().await;
+}
+
+/// A connection that goes silent while upstream keeps trading: the gap starts at the last data
+/// frame (not when the silence is detected), and every trade of the silent seconds is
+/// backfilled — the live one not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connections_gap_starts_at_its_last_data_and_its_trades_are_all_backfilled() {
+    let db = pg::fresh_db().await;
+    let mut h = Harness::start(db, 1, "silence_timeout_secs = 3\n").await;
+    let asset = fake::token_id(0, 0);
+    let cond = format!("0x{:064x}", 1);
+    eventually(20, "books", || async { h.db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws'").await == Some(2) }).await;
+    let t_live = crate::now_ms();
+    assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, 1, t_live)));
+    eventually(10, "live trade", || async { h.trades().await == 1 }).await;
+    let last_data = chrono::Utc::now();
+    h.ws.silence_all();
+    // Upstream keeps trading; the silent connection delivers none of it, the Data API has it.
+    h.http.with(|s| s.trades.push(fake::data_trade(&asset, &cond, "0.35", "10.000001", "SELL", (t_live / 1000) as i64, &format!("0x{:064x}", 1))));
+    for k in 0..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let ts = chrono::Utc::now().timestamp();
+        h.http.with(|s| s.trades.push(fake::data_trade(&asset, &cond, "0.4100000001", &format!("{}.5", k + 1), "BUY", ts, &format!("0xs{k}"))));
+    }
+    eventually(30, "the stall's gap backfilled", || async {
+        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE reason = 'stall' AND backfill_status = 'done'").await == Some(1)
+    }).await;
+    let started: chrono::DateTime<chrono::Utc> = h.db.client().await
+        .query_one("SELECT started_at FROM stream_gaps WHERE reason = 'stall'", &[]).await.unwrap().get(0);
+    assert!(started <= last_data + chrono::Duration::milliseconds(500),
+        "the gap starts at the last data frame ({last_data}), not at detection 3 s later: {started}");
+    assert_eq!(h.trades().await, 5, "1 live + 4 traded while silent, none twice");
+    assert_eq!(h.db.try_count("SELECT count(*) FROM trades WHERE source = 'backfill' AND price = 0.4100000001").await, Some(4));
+    h.stop().await;
+}
+
+fn trade_row(asset: &str, price: &str, size: &str, ts: chrono::DateTime<chrono::Utc>, tx: Option<&str>, source: TradeSource) -> Row {
+    Row::Trade {
+        trade: Trade {
+            asset_id: asset.into(),
+            condition_id: Some("0xc".into()),
+            price: price.parse().unwrap(),
+            size: size.parse().unwrap(),
+            side: Side::Buy,
+            fee_rate_bps: None,
+            source_ts: ts,
+            tx_hash: tx.map(Into::into),
+        },
+        received_at: chrono::Utc::now(),
+        source,
+    }
+}
+
+/// One identity for a fill whichever way it arrived: a spooled stream row replayed after the
+/// backfill stored the same fill replaces it; a backfilled row after the stream's is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_is_stored_once_whether_the_stream_or_the_backfill_came_first() {
+    let db = pg::fresh_db().await;
+    let pool = db.pool().await;
+    let ms = chrono::DateTime::parse_from_rfc3339("2026-11-30T10:00:07.481Z").unwrap().to_utc();
+    let second = chrono::DateTime::parse_from_rfc3339("2026-11-30T10:00:07Z").unwrap().to_utc();
+    // Backfill first (whole second, float price), then the spooled stream copy (replay).
+    let backfill = trade_row("a", "0.709999959", "1.464786", second, Some("0xfeed"), TradeSource::Backfill);
+    let stream = trade_row("a", "0.71", "1.464786", ms, Some("0xfeed"), TradeSource::Ws);
+    write_batch(&pool, &[backfill.clone()], false).await.unwrap();
+    write_batch(&pool, &[stream.clone()], true).await.unwrap();
+    let rows = db.client().await.query("SELECT price::text, source FROM trades", &[]).await.unwrap();
+    let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![("0.71".to_string(), "ws".to_string())], "the stream's exact copy replaced the backfilled one");
+    // And the other order: the backfill finds the stream's copy (no tx hash on the stream side).
+    let stream = trade_row("b", "0.42", "5", ms, None, TradeSource::Ws);
+    let backfill = trade_row("b", "0.4200000001", "5", second, Some("0xbeef"), TradeSource::Backfill);
+    write_batch(&pool, &[stream], false).await.unwrap();
+    write_batch(&pool, &[backfill], false).await.unwrap();
+    assert_eq!(db.try_count("SELECT count(*) FROM trades WHERE asset_id = 'b'").await, Some(1));
+    // Two genuinely different fills in one second stay two.
+    let other = trade_row("b", "0.43", "5", second, Some("0xbeef"), TradeSource::Backfill);
+    write_batch(&pool, &[other], false).await.unwrap();
+    assert_eq!(db.try_count("SELECT count(*) FROM trades WHERE asset_id = 'b'").await, Some(2));
+}
+
+/// Frames the database refuses for their content (`\u0000` in JSON, a NUL in text) end in
+/// quarantine with a readable reason; the writer keeps writing everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_frames_are_quarantined_and_the_writer_keeps_writing() {
+    let db = pg::fresh_db().await;
+    let mut h = Harness::start(db, 1, "").await;
+    let asset = fake::token_id(0, 0);
+    eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
+    let t0 = crate::now_ms();
+    // A lifecycle payload (stored as jsonb) with \u0000, and a trade whose tx hash holds a NUL.
+    let resolved = json!({"event_type": "market_resolved", "id": "999", "market": "0xdead", "assets_ids": [],
+        "winning_asset_id": "1", "winning_outcome": "No\u{0}", "timestamp": t0.to_string()});
+    h.ws.broadcast(&resolved.to_string());
+    let mut nul_trade: serde_json::Value = serde_json::from_str(&trade_frame(&asset, 1, t0)).unwrap();
+    nul_trade["transaction_hash"] = json!("0xab\u{0}cd");
+    assert!(h.ws.send_to_asset(&asset, &nul_trade.to_string()));
+    for n in 2..12 {
+        assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, n, t0 + n)));
+    }
+    eventually(20, "the good trades stored", || async { h.trades().await == 10 }).await;
+    eventually(20, "both poison rows quarantined", || async {
+        h.db.try_count("SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'refused by the database (SQLSTATE 22%'").await == Some(2)
+    }).await;
+    let frames: Vec<String> = h.db.client().await
+        .query("SELECT frame FROM stream_quarantine WHERE reason LIKE 'refused%'", &[]).await.unwrap()
+        .iter().map(|r| r.get(0)).collect();
+    assert!(frames.iter().all(|f| f.contains("\\u0000")), "NULs shown escaped: {frames:?}");
+    assert_eq!(h.sink.stats.poisoned_rows.load(Ordering::Relaxed), 2);
+    // Still writing afterwards.
+    assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, 50, t0 + 50)));
+    eventually(10, "a trade after the poison", || async { h.trades().await == 11 }).await;
+    h.stop().await;
+}
+
+/// Values that decode but cannot be facts never reach the tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_domain_values_are_quarantined_not_stored() {
+    let db = pg::fresh_db().await;
+    let mut h = Harness::start(db, 1, "").await;
+    let asset = fake::token_id(0, 0);
+    eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
+    let t0 = crate::now_ms();
+    let mut bad = Vec::new();
+    for (field, value) in [("price", json!("-9223372036854775809")), ("price", json!("1.5")), ("size", json!("0")), ("timestamp", json!("86400000"))] {
+        let mut t: serde_json::Value = serde_json::from_str(&trade_frame(&asset, bad.len() as u64, t0)).unwrap();
+        t[field] = value;
+        bad.push(t.to_string());
+    }
+    let mut foreign: serde_json::Value = serde_json::from_str(&trade_frame(&asset, 9, t0)).unwrap();
+    foreign["asset_id"] = json!("12345");
+    bad.push(foreign.to_string());
+    for f in &bad {
+        assert!(h.ws.send_to_asset(&asset, f));
+    }
+    assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, 20, t0)));
+    eventually(10, "the good trade stored", || async { h.trades().await == 1 }).await;
+    eventually(10, "the bad ones quarantined", || async {
+        h.db.try_count("SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'out of domain:%'").await == Some(5)
+    }).await;
     h.stop().await;
 }
