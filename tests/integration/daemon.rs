@@ -485,3 +485,120 @@ async fn a_panicking_stream_shard_is_restarted_counted_and_its_assets_covered_by
     }
     eventually(20, "trades after the restart stored", || async { db.try_count("SELECT count(*) FROM trades").await == Some(20) }).await;
 }
+
+/// A database outage longer than the stall timeout: the stream keeps capturing (queue, then
+/// spool), so the watchdog keeps being fed; after the outage every trade is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_longer_than_the_stall_timeout_keeps_the_watchdog_fed_and_loses_nothing() {
+    let cluster = pg::PrivateCluster::start();
+    let db = cluster.test_db();
+    let fake = small_fake().await;
+    let ws = crate::fake_ws::FakeWs::start().await;
+    let stream = "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n\
+                  queue_capacity = 50\nbatch_size = 20\n";
+    let extra = format!("stall_timeout_secs = 2\n{FAST}{stream}");
+    let d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[("WATCHDOG_USEC", "400000")]).await;
+    eventually(30, "streaming", || async { ws.live_assets().len() == 12 && d.notes.has("READY=1") }).await;
+    let asset = fake::token_id(1, 0);
+    let t0 = crate::now_ms();
+    for n in 0..100 {
+        assert!(ws.send_to_asset(&asset, &crate::fake_ws::trade_frame(&asset, n, t0 + n)));
+    }
+    eventually(20, "first trades stored", || async { db.try_count("SELECT count(*) FROM trades").await == Some(100) }).await;
+    cluster.down();
+    let down_at = Instant::now();
+    for n in 100..400 {
+        assert!(ws.send_to_asset(&asset, &crate::fake_ws::trade_frame(&asset, n, t0 + n)));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    tokio::time::sleep_until(down_at + Duration::from_secs(6)).await;
+    // Well past stall_timeout (2 s): pings went on because the stream still captured.
+    let late = d.notes.times_of("WATCHDOG=1").into_iter().filter(|t| *t > down_at + Duration::from_secs(4)).count();
+    assert!(late >= 3, "watchdog pings during the outage: {late}; log:\n{}", d.log.text());
+    assert!(!d.log.text().contains("withholding watchdog pings"), "{}", d.log.text());
+    cluster.up();
+    eventually(60, "every trade stored once", || async { db.try_count("SELECT count(*) FROM trades").await == Some(400) }).await;
+    assert_eq!(db.try_count("SELECT count(DISTINCT tx_hash) FROM trades").await, Some(400));
+}
+
+/// Killed (-9) while upstream trades on; the trades of the downtime are backfilled at the
+/// restart, none stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_while_the_daemon_was_killed_are_backfilled_at_the_restart() {
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let ws = crate::fake_ws::FakeWs::start().await;
+    let stream = "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n";
+    let extra = format!("{FAST}{stream}");
+    let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(30, "streaming", || async { ws.live_assets().len() == 12 && d.notes.has("READY=1") }).await;
+    let asset = fake::token_id(1, 0);
+    let cond: String = db.client().await.query_one("SELECT condition_id FROM tokens WHERE token_id = $1", &[&asset]).await.unwrap().get(0);
+    let t0 = crate::now_ms();
+    for n in 0..10 {
+        assert!(ws.send_to_asset(&asset, &crate::fake_ws::trade_frame(&asset, n, t0 + n)));
+    }
+    eventually(20, "live trades stored", || async { db.try_count("SELECT count(*) FROM trades").await == Some(10) }).await;
+    d.signal(9);
+    let _ = d.exit_code(10).await;
+    // The Data API lists the live trades and those of the downtime.
+    fake.with(|s| {
+        for n in 0..10u64 {
+            let size = format!("10.{n:06}");
+            let side = if n % 2 == 0 { "BUY" } else { "SELL" };
+            s.trades.push(fake::data_trade(&asset, &cond, "0.35", &size, side, ((t0 + n) / 1000) as i64, &format!("0x{n:064x}")));
+        }
+        let now = chrono::Utc::now().timestamp();
+        for k in 0..5 {
+            s.trades.push(fake::data_trade(&asset, &cond, "0.61", &format!("{}.25", k + 1), "BUY", now, &format!("0xdown{k}")));
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(40, "the downtime's trades backfilled", || async {
+        db.try_count("SELECT count(*) FROM trades WHERE source = 'backfill'").await == Some(5)
+    }).await;
+    assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(15), "the live ones not twice");
+    assert_eq!(db.try_count("SELECT count(*) FROM stream_gaps WHERE reason = 'restart after an unclean stop' AND backfill_status = 'done'").await, Some(1));
+}
+
+/// SIGTERM while the database hangs (connections open, no answer): the stop still ends
+/// within the grace, everything received is spooled, and the next start stores it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_the_database_hangs_spools_everything_for_the_next_start() {
+    let cluster = pg::PrivateCluster::start();
+    let proxy = pg::HangingProxy::start(&cluster).await;
+    let db = proxy.test_db();
+    let fake = small_fake().await;
+    let ws = crate::fake_ws::FakeWs::start().await;
+    let spool = crate::spool_dir();
+    let stream = format!("[stream]\nspool_dir = \"{spool}\"\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n");
+    let extra = format!("drain_grace_secs = 3\n{FAST}{stream}");
+    let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(30, "streaming", || async { ws.live_assets().len() == 12 && d.notes.has("READY=1") }).await;
+    let asset = fake::token_id(1, 0);
+    let t0 = crate::now_ms();
+    for n in 0..50 {
+        assert!(ws.send_to_asset(&asset, &crate::fake_ws::trade_frame(&asset, n, t0 + n)));
+    }
+    eventually(20, "first trades stored", || async { db.try_count("SELECT count(*) FROM trades").await == Some(50) }).await;
+    proxy.hang(true);
+    for n in 50..250 {
+        assert!(ws.send_to_asset(&asset, &crate::fake_ws::trade_frame(&asset, n, t0 + n)));
+    }
+    eventually(20, "every trade received", || async {
+        let (code, json) = d.status(true).await;
+        code == 0 && serde_json::from_str::<serde_json::Value>(&json).unwrap()["trade_listener"]["trades_received"] == 250
+    }).await;
+    let stopped = Instant::now();
+    d.signal(SIGTERM);
+    assert_eq!(d.exit_code(30).await, 0, "{}", d.log.text());
+    assert!(stopped.elapsed() < Duration::from_secs(3 + 12), "the stop is bounded: {:?}", stopped.elapsed());
+    assert!(d.log.text().contains("rows spooled for the next start"), "{}", d.log.text());
+    proxy.hang(false);
+    let _d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(40, "the spooled trades stored at the next start", || async {
+        db.try_count("SELECT count(*) FROM trades").await == Some(250)
+    }).await;
+    assert_eq!(db.try_count("SELECT count(DISTINCT tx_hash) FROM trades").await, Some(250));
+}

@@ -49,7 +49,11 @@ clob_books_requests_per_10s = 10000
 {stream}
 "#,
         url = db.url,
-        extra = extra.replace("[stream]\n", &format!("[stream]\nspool_dir = \"{}\"\n", spool_dir())),
+        extra = if extra.contains("spool_dir") {
+            extra.to_string()
+        } else {
+            extra.replace("[stream]\n", &format!("[stream]\nspool_dir = \"{}\"\n", spool_dir()))
+        },
         stream = if extra.contains("[stream]") {
             String::new()
         } else {

@@ -254,3 +254,65 @@ impl Drop for PrivateCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A TCP proxy in front of a [`PrivateCluster`]'s unix socket that can be switched to a
+/// blackhole: connections stay open and every byte is held, as when a database host hangs
+/// (no error, no answer).
+pub struct HangingProxy {
+    pub port: u16,
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HangingProxy {
+    pub async fn start(cluster: &PrivateCluster) -> HangingProxy {
+        let socket = cluster.dir.join(".s.PGSQL.5432");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = hang.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(unix) = tokio::net::UnixStream::connect(&socket).await else { continue };
+                let (tr, tw) = tcp.into_split();
+                let (ur, uw) = unix.into_split();
+                pipe(tr, uw, h.clone());
+                pipe(ur, tw, h.clone());
+            }
+        });
+        HangingProxy { port, hang }
+    }
+
+    /// Connection string for the collector (plain TCP through the proxy).
+    pub fn test_db(&self) -> TestDb {
+        TestDb { name: "postgres".into(), url: format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable", self.port) }
+    }
+
+    /// Holds every byte from now on (true) or forwards again (false).
+    pub fn hang(&self, on: bool) {
+        self.hang.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `r` to `w`, holding the bytes while `hang` is set.
+fn pipe<R, W>(mut r: R, mut w: W, hang: std::sync::Arc<std::sync::atomic::AtomicBool>)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while hang.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if w.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+}
