@@ -17,7 +17,7 @@ pub fn migration() -> String {
          ALTER TABLE stream_gaps ADD COLUMN backfill_attempts INTEGER NOT NULL DEFAULT 0;\n\
          ALTER TABLE stream_gaps ADD COLUMN backfill_covered_from TIMESTAMPTZ;\n\
          -- Gaps whose backfill is still owed, found at every start.\n\
-         CREATE INDEX stream_gaps_backfill_owed ON stream_gaps (id) WHERE backfill_status IS NULL OR backfill_status NOT IN ('done', 'partial', 'skipped');\n",
+         CREATE INDEX stream_gaps_backfill_owed ON stream_gaps (started_at) WHERE backfill_status IS NULL OR backfill_status LIKE 'retrying%';\n",
     );
     sql
 }

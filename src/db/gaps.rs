@@ -100,13 +100,39 @@ pub async fn insert_planned(pool: &Pool, assets: &[String], at: DateTime<Utc>, r
     Ok(())
 }
 
-/// Records a backfill's outcome on its gap.
-pub async fn set_backfill(pool: &Pool, id: i64, status: &str, trades: Option<i32>) -> Result<(), DbError> {
+/// Records a backfill attempt's outcome on its gap; returns the attempts so far.
+pub async fn set_backfill(pool: &Pool, id: i64, status: &str, trades: Option<i32>, covered_from: Option<DateTime<Utc>>) -> Result<i32, DbError> {
     let db = pool.get().await?;
+    let row = db
+        .query_one(
+            "UPDATE stream_gaps SET backfill_status = $2, backfilled_at = now(), backfill_trades = $3,
+                backfill_covered_from = $4, backfill_attempts = backfill_attempts + 1
+             WHERE id = $1 RETURNING backfill_attempts",
+            &[&id, &status, &trades, &covered_from],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Closed gaps whose backfill is still owed: never attempted, or failed in a way a retry may
+/// fix (`retrying: …`). Planned gaps longer than `planned_max` are marked `skipped` instead.
+pub async fn owed(pool: &Pool, planned_max: std::time::Duration) -> Result<Vec<GapRow>, DbError> {
+    let db = pool.get().await?;
+    let max_secs = planned_max.as_secs_f64();
     db.execute(
-        "UPDATE stream_gaps SET backfill_status = $2, backfilled_at = now(), backfill_trades = $3 WHERE id = $1",
-        &[&id, &status, &trades],
+        "UPDATE stream_gaps SET backfill_status = 'skipped: a planned gap longer than stream.backfill_planned_max_secs'
+         WHERE planned AND ended_at IS NOT NULL AND backfill_status IS NULL
+           AND extract(epoch FROM ended_at - started_at)::float8 > $1",
+        &[&max_secs],
     )
     .await?;
-    Ok(())
+    let rows = db
+        .query(
+            "SELECT id, assets, started_at, ended_at FROM stream_gaps
+             WHERE ended_at IS NOT NULL AND (backfill_status IS NULL OR backfill_status LIKE 'retrying%')
+             ORDER BY started_at",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect())
 }

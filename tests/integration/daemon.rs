@@ -431,11 +431,20 @@ async fn the_stream_daemon_commits_what_it_received_and_records_planned_and_uncl
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(2000), "every trade received before the signal is committed");
     assert_eq!(db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND reason = 'shutdown' AND ended_at IS NULL AND asset_count = 12").await, Some(1));
 
-    // A restart closes the planned gap.
+    // Upstream trades while the collector is stopped (an upgrade's restart): the Data API
+    // lists them, and the restart closes the planned gap and backfills it.
+    let cond: String = db.client().await.query_one("SELECT condition_id FROM tokens WHERE token_id = $1", &[&asset]).await.unwrap().get(0);
+    let now = chrono::Utc::now().timestamp();
+    fake.with(|s| {
+        for k in 0..3 {
+            s.trades.push(fake::data_trade(&asset, &cond, "0.52", &format!("{}.75", k + 1), "BUY", now, &format!("0xplanned{k}")));
+        }
+    });
     let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
-    eventually(30, "planned gap closed", || async {
-        db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND ended_at IS NOT NULL").await == Some(1)
+    eventually(30, "planned gap closed and backfilled", || async {
+        db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND ended_at IS NOT NULL AND backfill_status = 'done'").await == Some(1)
     }).await;
+    assert_eq!(db.try_count("SELECT count(*) FROM trades WHERE tx_hash LIKE '0xplanned%'").await, Some(3));
     eventually(30, "streaming again", || async { ws.live_connections() == 1 && ws.with(|s| s.conns.len()) >= 2 && d.notes.has("READY=1") }).await;
     // A crash leaves no planned gap: the next start records the unclean stop as a gap and
     // backfills it.

@@ -481,3 +481,38 @@ async fn out_of_domain_values_are_quarantined_not_stored() {
     }).await;
     h.stop().await;
 }
+
+/// A backfill that fails (the Data API answering 502 past the client's retries) is retried
+/// with backoff until it succeeds; one owed from before a restart is picked up at the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_backfills_are_retried_and_owed_ones_resumed_at_start() {
+    let db = pg::fresh_db().await;
+    let asset = fake::token_id(0, 0);
+    let cond = format!("0x{:064x}", 1);
+    // Owed from an earlier run: a closed gap whose backfill failed.
+    let owed_ts = chrono::Utc::now() - chrono::Duration::minutes(10);
+    db.pool().await.get().await.unwrap()
+        .execute("INSERT INTO stream_gaps (connection, assets, asset_count, started_at, ended_at, reason, planned, backfill_status, backfill_attempts)
+                  VALUES (0, $1, 1, $2::timestamptz, $2::timestamptz + interval '20 seconds', 'stall', false, 'retrying: data api away', 1)",
+                 &[&vec![asset.clone()], &owed_ts])
+        .await.unwrap();
+    let mut h = Harness::start(db, 1, "").await;
+    eventually(30, "the owed backfill resumed and done", || async {
+        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE reason = 'stall' AND backfill_status = 'done' AND backfill_attempts = 2").await == Some(1)
+    }).await;
+    assert!(h.http.with(|s| s.queries["v2/trades"].len()) >= 1);
+
+    // A new gap whose first backfill attempt fails: every request of it gets a 502.
+    eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
+    h.http.with(|s| s.faults.insert("v2/trades", (0..5).map(|_| fake::Fault::ServerError).collect()));
+    h.ws.drop_all();
+    let ts = chrono::Utc::now().timestamp();
+    h.http.with(|s| s.trades.push(fake::data_trade(&asset, &cond, "0.34", "4.5", "SELL", ts, "0xretry")));
+    eventually(40, "backfilled on a later attempt", || async {
+        h.db.try_count("SELECT count(*) FROM trades WHERE tx_hash = '0xretry'").await == Some(1)
+    }).await;
+    eventually(10, "the gap shows two attempts", || async {
+        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE backfill_status = 'done' AND backfill_attempts = 2 AND reason <> 'stall'").await == Some(1)
+    }).await;
+    h.stop().await;
+}

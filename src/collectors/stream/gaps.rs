@@ -132,21 +132,20 @@ async fn apply(pool: &Pool, event: &GapEvent, stats: &StreamStats) -> Result<Opt
 /// — and whether the stream captured before (then each connection's start is a gap too,
 /// until its first data).
 pub async fn on_start(pool: &Pool, assets: &[String], now: DateTime<Utc>, planned_max: Duration) -> Result<(Vec<GapRow>, bool), DbError> {
-    let (planned, mut crashed) = db_gaps::close_at_start(pool, now).await?;
-    if !planned.is_empty() {
+    let (planned, crashed) = db_gaps::close_at_start(pool, now).await?;
+    let resumed = if !planned.is_empty() {
         tracing::info!(message_id = journal::GAP_CLOSED, gaps = planned.len(), "planned gap of the last stop closed");
-        let max = chrono::Duration::from_std(planned_max).unwrap_or(chrono::Duration::MAX);
-        crashed.extend(planned.into_iter().filter(|g| g.ended_at - g.started_at <= max));
-        return Ok((crashed, true));
-    }
-    let Some(last) = db_gaps::last_captured(pool).await?.filter(|l| *l < now) else {
-        let resumed = !crashed.is_empty();
-        return Ok((crashed, resumed));
+        true
+    } else if let Some(last) = db_gaps::last_captured(pool).await?.filter(|l| *l < now) {
+        let gap = db_gaps::insert_closed(pool, assets, last, now, &GapReason::UncleanRestart.to_string()).await?;
+        tracing::warn!(message_id = journal::GAP_OPENED, gap_id = gap.id, since = %last, "stream restarted after an unclean stop: gap recorded");
+        true
+    } else {
+        !crashed.is_empty()
     };
-    let gap = db_gaps::insert_closed(pool, assets, last, now, &GapReason::UncleanRestart.to_string()).await?;
-    tracing::warn!(message_id = journal::GAP_OPENED, gap_id = gap.id, since = %last, "stream restarted after an unclean stop: gap recorded");
-    crashed.push(gap);
-    Ok((crashed, true))
+    // Everything still owed: the gaps just closed, and earlier backfills that failed or were
+    // interrupted by the stop.
+    Ok((db_gaps::owed(pool, planned_max).await?, resumed))
 }
 
 /// At a clean stop: one planned gap for every subscribed asset, closed at the next start.
@@ -156,10 +155,22 @@ pub async fn on_stop(pool: &Pool, assets: &[String], now: DateTime<Utc>) -> Resu
     Ok(())
 }
 
+/// Delays between attempts at one gap's backfill (Data API away, database away).
+const BACKFILL_RETRY: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(600));
+
 /// Backfills gaps one at a time, within the Data API budget, each only once the writer has
 /// committed every row received before the gap's end (so the stream's own copy of a trade is
-/// always stored first). Restartable like [`record`].
-pub async fn backfill_loop(pool: Pool, client: Arc<PolymarketClient>, sink: Arc<Sink>, rx: Arc<Mutex<mpsc::Receiver<GapRow>>>, cancel: CancellationToken) {
+/// always stored first). A failed attempt is retried with backoff (`retry_tx` puts the gap
+/// back on the queue later); the attempts and the outcome are on the gap's row, so a restart
+/// picks up what is still owed ([`db_gaps::owed`]). Restartable like [`record`].
+pub async fn backfill_loop(
+    pool: Pool,
+    client: Arc<PolymarketClient>,
+    sink: Arc<Sink>,
+    rx: Arc<Mutex<mpsc::Receiver<GapRow>>>,
+    retry_tx: mpsc::WeakSender<GapRow>,
+    cancel: CancellationToken,
+) {
     let mut rx = rx.lock_owned().await;
     loop {
         let gap = tokio::select! {
@@ -176,16 +187,77 @@ pub async fn backfill_loop(pool: Pool, client: Arc<PolymarketClient>, sink: Arc<
             _ = cancel.cancelled() => return,
             r = backfill(&pool, &client, &gap) => r,
         };
-        let (status, count) = match &result {
-            Ok(n) => ("done".to_string(), Some(*n as i32)),
-            Err(e) => (format!("failed: {e}"), None),
+        let outcome = match &result {
+            Ok(b) => match b.covered_from {
+                None => BackfillOutcome::Done(b.inserted),
+                Some(from) => BackfillOutcome::Partial(b.inserted, from),
+            },
+            Err(e) if e.is_final() => BackfillOutcome::Failed(e.to_string()),
+            Err(e) => BackfillOutcome::Retrying(e.to_string()),
         };
-        match &result {
-            Ok(n) => tracing::info!(message_id = journal::BACKFILL, gap_id = gap.id, trades = n, "gap backfilled"),
-            Err(e) => tracing::error!(message_id = journal::BACKFILL, gap_id = gap.id, error = %e, "gap {} backfill failed, trades of the gap may be missing: {e}", gap.id),
+        match &outcome {
+            BackfillOutcome::Done(n) => tracing::info!(message_id = journal::BACKFILL, gap_id = gap.id, trades = n, "gap backfilled"),
+            BackfillOutcome::Partial(n, from) => tracing::warn!(message_id = journal::BACKFILL, gap_id = gap.id, trades = n, covered_from = %from,
+                "gap {} backfilled only from {from} (a page cap cut it short): trades before may be missing", gap.id),
+            BackfillOutcome::Failed(e) => tracing::error!(message_id = journal::BACKFILL, gap_id = gap.id, error = %e,
+                "gap {} backfill failed, trades of the gap may be missing: {e}", gap.id),
+            BackfillOutcome::Retrying(e) => tracing::warn!(message_id = journal::BACKFILL, gap_id = gap.id, error = %e,
+                "gap {} backfill failed, will retry: {e}", gap.id),
         }
-        if let Err(e) = db_gaps::set_backfill(&pool, gap.id, &status, count).await {
-            tracing::warn!(gap_id = gap.id, error = %e, "cannot record the backfill result: {e}");
+        let attempts = match db_gaps::set_backfill(&pool, gap.id, &outcome.status(), outcome.trades(), outcome.covered_from()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(gap_id = gap.id, error = %e, "cannot record the backfill result: {e}");
+                1
+            }
+        };
+        if matches!(outcome, BackfillOutcome::Retrying(_)) {
+            let delay = BACKFILL_RETRY.delay(attempts.saturating_sub(1) as u32);
+            if let Some(tx) = retry_tx.upgrade() {
+                let c = cancel.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = c.cancelled() => {}
+                        _ = tokio::time::sleep(delay) => { let _ = tx.send(gap).await; }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// How one backfill attempt ended (`stream_gaps.backfill_status`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackfillOutcome {
+    Done(u64),
+    Partial(u64, DateTime<Utc>),
+    /// Retrying will not help (a request upstream refuses).
+    Failed(String),
+    /// Retried later, also after a restart.
+    Retrying(String),
+}
+
+impl BackfillOutcome {
+    pub fn status(&self) -> String {
+        match self {
+            BackfillOutcome::Done(_) => "done".into(),
+            BackfillOutcome::Partial(..) => "partial".into(),
+            BackfillOutcome::Failed(e) => format!("failed: {e}"),
+            BackfillOutcome::Retrying(e) => format!("retrying: {e}"),
+        }
+    }
+
+    fn trades(&self) -> Option<i32> {
+        match self {
+            BackfillOutcome::Done(n) | BackfillOutcome::Partial(n, _) => Some(*n as i32),
+            _ => None,
+        }
+    }
+
+    fn covered_from(&self) -> Option<DateTime<Utc>> {
+        match self {
+            BackfillOutcome::Partial(_, from) => Some(*from),
+            _ => None,
         }
     }
 }
@@ -200,6 +272,13 @@ pub enum BackfillError {
     Payload(String),
 }
 
+impl BackfillError {
+    /// Retrying will not help: upstream refuses the request itself.
+    pub fn is_final(&self) -> bool {
+        matches!(self, BackfillError::Upstream(ClientError::Rejected { .. }))
+    }
+}
+
 /// Condition ids per Data API request (the v2 limit).
 const CONDITIONS_PER_REQUEST: usize = 20;
 /// Pages per condition group before giving up on reaching the gap start.
@@ -209,7 +288,7 @@ const SLACK_SECS: i64 = 5;
 
 /// Fetches the gap's trades (v2 `/v2/trades` with cursor paging, newest first; v1 `/trades`
 /// with a time window when v2 is not served) and inserts those not already present.
-pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow) -> Result<u64, BackfillError> {
+pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow) -> Result<Backfilled, BackfillError> {
     let conditions = {
         let conn = pool.get().await.map_err(DbError::from)?;
         catalog::conditions_of(&*conn, &gap.assets).await.map_err(DbError::from)?
@@ -218,9 +297,10 @@ pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow) -> R
     let from = gap.started_at - chrono::Duration::seconds(SLACK_SECS);
     let to = gap.ended_at + chrono::Duration::seconds(SLACK_SECS);
     let mut inserted = 0;
+    let mut covered_from: Option<DateTime<Utc>> = None;
     for group in conditions.chunks(CONDITIONS_PER_REQUEST) {
-        let rows = match fetch_v2(client, group, from).await {
-            Ok(rows) => rows,
+        let (rows, cut) = match fetch_v2(client, group, from).await {
+            Ok(fetched) => fetched,
             Err(BackfillError::Upstream(e)) if matches!(e.status(), Some(404 | 405 | 410)) => {
                 tracing::info!(error = %e, "Data API v2 trades not served; using v1");
                 fetch_v1(client, group, from, to).await?
@@ -233,17 +313,34 @@ pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow) -> R
             .filter(|t| assets.contains(t.asset_id.as_str()) && t.source_ts >= from && t.source_ts <= to)
             .map(|trade| Row::Trade { trade, received_at: now, source: TradeSource::Backfill })
             .collect();
+        if let Some(c) = cut {
+            covered_from = Some(covered_from.map_or(c, |x| x.max(c)));
+        }
         if trades.is_empty() {
             continue;
         }
         inserted += stream::write_batch(pool, &trades, false).await?;
     }
-    Ok(inserted)
+    Ok(Backfilled { inserted, covered_from: covered_from.filter(|c| *c > gap.started_at) })
 }
 
-async fn fetch_v2(client: &PolymarketClient, conditions: &[String], from: DateTime<Utc>) -> Result<Vec<crate::polymarket::ws::Trade>, BackfillError> {
+/// What a backfill stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backfilled {
+    pub inserted: u64,
+    /// Set when a page or offset cap cut the backfill short: the gap is covered only from
+    /// here to its end.
+    pub covered_from: Option<DateTime<Utc>>,
+}
+
+/// Trades fetched, and — when a page or offset cap stopped the paging before the window's
+/// start — the oldest time reached (the window is covered only from there).
+type Fetched = (Vec<crate::polymarket::ws::Trade>, Option<DateTime<Utc>>);
+
+async fn fetch_v2(client: &PolymarketClient, conditions: &[String], from: DateTime<Utc>) -> Result<Fetched, BackfillError> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
+    let mut reached: Option<DateTime<Utc>> = None;
     for _ in 0..MAX_PAGES {
         let mut url = client.data_url.join("v2/trades").expect("static path");
         {
@@ -267,17 +364,18 @@ async fn fetch_v2(client: &PolymarketClient, conditions: &[String], from: DateTi
                 Err(e) => tracing::warn!(error = %e, "undecodable Data API trade skipped"),
             }
         }
+        reached = oldest.or(reached);
         // Newest first: once a page reaches before the gap, the rest is older still.
         if next.is_none() || oldest.is_some_and(|o| o < from) || rows.is_empty() {
-            return Ok(out);
+            return Ok((out, None));
         }
         cursor = next;
     }
-    Ok(out)
+    Ok((out, Some(reached.unwrap_or(from))))
 }
 
-async fn fetch_v1(client: &PolymarketClient, conditions: &[String], from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<crate::polymarket::ws::Trade>, BackfillError> {
-    let mut out = Vec::new();
+async fn fetch_v1(client: &PolymarketClient, conditions: &[String], from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Fetched, BackfillError> {
+    let mut out: Vec<crate::polymarket::ws::Trade> = Vec::new();
     const PAGE: usize = 500;
     // v1 offsets stop at 10,000.
     for offset in (0..=10_000).step_by(PAGE) {
@@ -298,8 +396,10 @@ async fn fetch_v1(client: &PolymarketClient, conditions: &[String], from: DateTi
             }
         }
         if rows.len() < PAGE {
-            break;
+            return Ok((out, None));
         }
     }
-    Ok(out)
+    // The offset cap: v1 lists newest first, so the window is covered back to the oldest seen.
+    let reached = out.iter().map(|t| t.source_ts).min().unwrap_or(from);
+    Ok((out, Some(reached)))
 }

@@ -420,8 +420,9 @@ impl Manager {
             let (tx, rx) = mpsc::channel(10_000);
             let rx = Arc::new(Mutex::new(rx));
             let (p, client, c, sink) = (pool.clone(), self.deps.client.clone(), helpers_cancel.clone(), self.sink.clone());
+            let retry = tx.downgrade();
             helpers.spawn(supervised("backfill", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
-                gaps::backfill_loop(p.clone(), client.clone(), sink.clone(), rx.clone(), c.clone())
+                gaps::backfill_loop(p.clone(), client.clone(), sink.clone(), rx.clone(), retry.clone(), c.clone())
             }));
             Some(tx)
         } else {
@@ -603,10 +604,16 @@ impl Manager {
                 None => per_shard.entry(idx).or_default().push(a),
             }
         }
-        // Running shards get the new assets as an `operation: subscribe`.
+        // Running shards get the new assets as an `operation: subscribe`. A command that
+        // cannot be delivered leaves its assets unowned: the next refresh assigns them again.
         for (idx, list) in per_shard {
-            if self.shards[idx].tx.try_send(ShardCmd::Subscribe(list)).is_err() {
-                tracing::warn!(conn = idx, "shard command queue full; assets picked up at the next refresh");
+            if let Err(e) = self.shards[idx].tx.try_send(ShardCmd::Subscribe(list)) {
+                let ShardCmd::Subscribe(list) = e.into_inner() else { unreachable!("sent a subscribe") };
+                tracing::warn!(conn = idx, assets = list.len(), "shard command queue full; assets picked up at the next refresh");
+                for a in list {
+                    self.shards[idx].assets.remove(&a);
+                    self.owner.remove(&a);
+                }
             }
         }
         // New shards open gradually.
