@@ -611,3 +611,91 @@ async fn a_stop_while_the_database_hangs_spools_everything_for_the_next_start() 
     }).await;
     assert_eq!(db.try_count("SELECT count(DISTINCT tx_hash) FROM trades").await, Some(250));
 }
+
+/// The issue's scenario, shortened: upstream trades steadily while every socket is dropped
+/// once, a connection goes silent, PostgreSQL restarts, poison frames arrive, the daemon is
+/// killed (-9) and restarted, then stopped and started again as an upgrade does. At the end
+/// `trades` holds exactly what upstream generated: nothing missing, nothing twice.
+/// `cargo test --test integration scenario_ -- --nocapture` prints the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_every_generated_trade_is_stored_once_through_drops_silence_outage_kill_and_restart() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let cluster = pg::PrivateCluster::start();
+    let db = cluster.test_db();
+    let fake = small_fake().await;
+    let ws = crate::fake_ws::FakeWs::start().await;
+    let spool = crate::spool_dir();
+    let stream = format!("[stream]\nspool_dir = \"{spool}\"\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\n\
+                          reconnect_max_secs = 1\nconnect_interval_ms = 10\nsilence_timeout_secs = 3\nqueue_capacity = 200\n");
+    let extra = format!("drain_grace_secs = 5\nstall_timeout_secs = 3\n{FAST}{stream}");
+    let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(30, "streaming", || async { ws.live_assets().len() == 12 && d.notes.has("READY=1") }).await;
+    let conds: Vec<(String, String)> = db.client().await.query("SELECT token_id, condition_id FROM tokens ORDER BY token_id", &[]).await.unwrap()
+        .iter().map(|r| (r.get(0), r.get(1))).collect();
+
+    // Upstream: a trade every 20 ms on a rotating asset, listed by the Data API (block time
+    // in seconds, a float price) and sent on the stream to whoever is connected.
+    let generated = Arc::new(AtomicU64::new(0));
+    let running = Arc::new(AtomicBool::new(true));
+    let generator = {
+        let (fake, ws_handle, generated, running) = (fake.state.clone(), ws.clone(), generated.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while running.load(Ordering::SeqCst) {
+                let (asset, cond) = &conds[(n as usize) % conds.len()];
+                let ts = crate::now_ms();
+                let side = if n % 2 == 0 { "BUY" } else { "SELL" };
+                let size = format!("{}.{:06}", 10 + n / 1_000_000, n % 1_000_000);
+                fake.lock().unwrap().trades.push(fake::data_trade(asset, cond, "0.3500000001", &size, side, (ts / 1000) as i64, &format!("0x{n:064x}")));
+                ws_handle.send_to_asset(asset, &crate::fake_ws::trade_frame(asset, n, ts));
+                n += 1;
+                generated.store(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let sleep = |s: u64| tokio::time::sleep(Duration::from_secs(s));
+    sleep(3).await;
+    ws.drop_all();
+    sleep(3).await;
+    ws.silence_all();
+    sleep(6).await;
+    cluster.down();
+    sleep(5).await;
+    cluster.up();
+    sleep(2).await;
+    let poison = serde_json::json!({"event_type": "market_resolved", "id": "999", "market": "0xdead", "assets_ids": [],
+        "winning_asset_id": "1", "winning_outcome": "No\u{0}", "timestamp": crate::now_ms().to_string()});
+    ws.broadcast(&poison.to_string());
+    sleep(2).await;
+    d.signal(9);
+    let _ = d.exit_code(10).await;
+    sleep(3).await;
+    let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(30, "streaming after the kill", || async { ws.live_assets().len() == 12 && d.notes.has("READY=1") }).await;
+    sleep(3).await;
+    d.signal(SIGTERM);
+    assert_eq!(d.exit_code(30).await, 0, "{}", d.log.text());
+    sleep(3).await;
+    let d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(30, "streaming after the planned restart", || async { ws.live_assets().len() == 12 && d.notes.has("READY=1") }).await;
+    sleep(3).await;
+    running.store(false, Ordering::SeqCst);
+    generator.await.unwrap();
+    let total = generated.load(Ordering::SeqCst) as i64;
+    eventually(60, "every gap backfilled", || async {
+        db.try_count("SELECT count(*) FROM stream_gaps WHERE NOT (planned AND ended_at IS NULL)
+                       AND (ended_at IS NULL OR backfill_status IS NULL OR backfill_status LIKE 'retrying%')").await == Some(0)
+            && db.try_count("SELECT count(DISTINCT tx_hash) FROM trades").await == Some(total)
+    }).await;
+    let count = |sql: &'static str| db.try_count(sql);
+    let stored = count("SELECT count(*) FROM trades").await.unwrap();
+    let distinct = count("SELECT count(DISTINCT tx_hash) FROM trades").await.unwrap();
+    let live = count("SELECT count(*) FROM trades WHERE source = 'ws'").await.unwrap();
+    let backfilled = count("SELECT count(*) FROM trades WHERE source = 'backfill'").await.unwrap();
+    let gaps = count("SELECT count(*) FROM stream_gaps").await.unwrap();
+    println!("SCENARIO generated={total} stored_live={live} backfilled={backfilled} missing={} duplicated={} gaps={gaps}",
+        total - distinct, stored - distinct);
+    assert_eq!(stored, total, "nothing missing, nothing twice");
+    assert!(count("SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'refused by the database%'").await.unwrap() >= 1);
+}
