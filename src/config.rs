@@ -164,6 +164,9 @@ pub struct StreamConfig {
     /// Planned gaps (a clean stop and start) up to this long are backfilled too; longer ones
     /// are only recorded. Default 86,400 s (24 h).
     pub backfill_planned_max: Duration,
+    /// Data API pages (500 trades each) per group of 20 markets before a backfill stops short
+    /// of the gap's start and is marked partial. Default 200.
+    pub backfill_max_pages: usize,
     /// Reconnect delay doubles from this, with jitter. Default 1000 ms.
     pub reconnect_base: Duration,
     /// Longest reconnect delay (a handshake `Retry-After` may ask for more). Default 60 s.
@@ -380,6 +383,7 @@ impl Config {
             spool_max_bytes: s.int("spool_max_bytes", 1 << 30, 1024, u64::MAX / 2),
             backfill: s.bool("backfill", true),
             backfill_planned_max: s.secs("backfill_planned_max_secs", 86_400, 0, 365 * 86_400),
+            backfill_max_pages: s.int("backfill_max_pages", 200, 1, 100_000) as usize,
             reconnect_base: s.millis("reconnect_base_ms", 1000, 1, 600_000),
             reconnect_max: s.secs("reconnect_max_secs", 60, 1, 3600),
         };

@@ -516,3 +516,26 @@ async fn failed_backfills_are_retried_and_owed_ones_resumed_at_start() {
     }).await;
     h.stop().await;
 }
+
+/// A backfill cut short by the page cap is marked partial with the interval it did cover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_cut_by_the_page_cap_is_marked_partial_with_what_it_covered() {
+    let db = pg::fresh_db().await;
+    let mut h = Harness::start(db, 1, "backfill_max_pages = 2\n").await;
+    let asset = fake::token_id(0, 0);
+    let cond = format!("0x{:064x}", 1);
+    eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
+    let ts = chrono::Utc::now().timestamp() + 1;
+    // 1,200 trades in the gap: three pages of 500; the cap stops after two.
+    h.http.with(|s| {
+        for k in 0..1200 {
+            s.trades.push(fake::data_trade(&asset, &cond, "0.5", &format!("{}.5", k + 1), "BUY", ts, &format!("0xp{k}")));
+        }
+    });
+    h.ws.drop_all();
+    eventually(30, "backfill marked partial", || async {
+        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE backfill_status = 'partial' AND backfill_trades = 1000
+                        AND backfill_covered_from > started_at AND backfill_covered_from <= ended_at + interval '5 seconds'").await == Some(1)
+    }).await;
+    h.stop().await;
+}

@@ -169,6 +169,7 @@ pub async fn backfill_loop(
     sink: Arc<Sink>,
     rx: Arc<Mutex<mpsc::Receiver<GapRow>>>,
     retry_tx: mpsc::WeakSender<GapRow>,
+    max_pages: usize,
     cancel: CancellationToken,
 ) {
     let mut rx = rx.lock_owned().await;
@@ -177,7 +178,10 @@ pub async fn backfill_loop(
             _ = cancel.cancelled() => return,
             g = rx.recv() => match g { Some(g) => g, None => return },
         };
-        while sink.committed_through() < gap.ended_at {
+        // The window reaches past the gap's end by the slack: rows received live in it must
+        // be committed first too, or a late live copy would follow its backfilled twin.
+        let window_end = gap.ended_at + chrono::Duration::seconds(SLACK_SECS);
+        while sink.committed_through() < window_end {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -185,7 +189,7 @@ pub async fn backfill_loop(
         }
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = backfill(&pool, &client, &gap) => r,
+            r = backfill(&pool, &client, &gap, max_pages) => r,
         };
         let outcome = match &result {
             Ok(b) => match b.covered_from {
@@ -281,14 +285,14 @@ impl BackfillError {
 
 /// Condition ids per Data API request (the v2 limit).
 const CONDITIONS_PER_REQUEST: usize = 20;
-/// Pages per condition group before giving up on reaching the gap start.
-const MAX_PAGES: usize = 200;
 /// Block time vs. match time: the windows are widened by this much.
 const SLACK_SECS: i64 = 5;
 
 /// Fetches the gap's trades (v2 `/v2/trades` with cursor paging, newest first; v1 `/trades`
 /// with a time window when v2 is not served) and inserts those not already present.
-pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow) -> Result<Backfilled, BackfillError> {
+/// `max_pages`: Data API pages per group of conditions before the backfill stops short of
+/// the gap's start (and is marked partial).
+pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow, max_pages: usize) -> Result<Backfilled, BackfillError> {
     let conditions = {
         let conn = pool.get().await.map_err(DbError::from)?;
         catalog::conditions_of(&*conn, &gap.assets).await.map_err(DbError::from)?
@@ -299,7 +303,7 @@ pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow) -> R
     let mut inserted = 0;
     let mut covered_from: Option<DateTime<Utc>> = None;
     for group in conditions.chunks(CONDITIONS_PER_REQUEST) {
-        let (rows, cut) = match fetch_v2(client, group, from).await {
+        let (rows, cut) = match fetch_v2(client, group, from, max_pages).await {
             Ok(fetched) => fetched,
             Err(BackfillError::Upstream(e)) if matches!(e.status(), Some(404 | 405 | 410)) => {
                 tracing::info!(error = %e, "Data API v2 trades not served; using v1");
@@ -337,11 +341,11 @@ pub struct Backfilled {
 /// start — the oldest time reached (the window is covered only from there).
 type Fetched = (Vec<crate::polymarket::ws::Trade>, Option<DateTime<Utc>>);
 
-async fn fetch_v2(client: &PolymarketClient, conditions: &[String], from: DateTime<Utc>) -> Result<Fetched, BackfillError> {
+async fn fetch_v2(client: &PolymarketClient, conditions: &[String], from: DateTime<Utc>, max_pages: usize) -> Result<Fetched, BackfillError> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     let mut reached: Option<DateTime<Utc>> = None;
-    for _ in 0..MAX_PAGES {
+    for _ in 0..max_pages {
         let mut url = client.data_url.join("v2/trades").expect("static path");
         {
             let mut q = url.query_pairs_mut();

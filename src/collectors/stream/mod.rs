@@ -420,9 +420,9 @@ impl Manager {
             let (tx, rx) = mpsc::channel(10_000);
             let rx = Arc::new(Mutex::new(rx));
             let (p, client, c, sink) = (pool.clone(), self.deps.client.clone(), helpers_cancel.clone(), self.sink.clone());
-            let retry = tx.downgrade();
+            let (retry, pages) = (tx.downgrade(), cfg.backfill_max_pages);
             helpers.spawn(supervised("backfill", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
-                gaps::backfill_loop(p.clone(), client.clone(), sink.clone(), rx.clone(), retry.clone(), c.clone())
+                gaps::backfill_loop(p.clone(), client.clone(), sink.clone(), rx.clone(), retry.clone(), pages, c.clone())
             }));
             Some(tx)
         } else {
