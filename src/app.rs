@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::collectors::books::BooksCollector;
 use crate::collectors::catalog::{CatalogCtx, CatalogState, FullSweep, NewMarkets, Resolutions};
-use crate::collectors::stream::{self, StreamDeps};
+use crate::collectors::stream::{self, StreamDeps, StreamHandle};
 use crate::config::{Config, ConfigError};
 use crate::daemon::health::{self, Health};
 use crate::daemon::supervisor::{Supervisor, TaskKind};
@@ -90,50 +90,25 @@ pub async fn migrate(cfg: Config) -> Result<(), AppError> {
 /// `collector collect`: runs until SIGTERM or SIGINT (exit 0 after the drain), a second
 /// signal during the drain (exit 130), or a task spending its restart budget (exit 70).
 pub async fn collect(cfg: Config) -> Result<(), AppError> {
-    let mut sigterm = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
+    let mut signals = Signals::new()?;
     tracing::info!(
-        message_id = journal::LIFECYCLE,
-        version = env!("CARGO_PKG_VERSION"),
-        database = %db::url::redact(&cfg.database.url),
-        gamma = %cfg.upstream.gamma_url, clob = %cfg.upstream.clob_url,
+        message_id = journal::LIFECYCLE, version = env!("CARGO_PKG_VERSION"),
+        database = %db::url::redact(&cfg.database.url), gamma = %cfg.upstream.gamma_url, clob = %cfg.upstream.clob_url,
         catalog = cfg.catalog.enabled, books = cfg.books.enabled, stream = cfg.stream.enabled,
-        status_socket = %cfg.daemon.status_socket.display(),
-        "collector starting"
+        status_socket = %cfg.daemon.status_socket.display(), "collector starting"
     );
-    // 1. Database and schema.
+    // 1. Database and schema (a signal meanwhile ends the start quietly).
     let (pool, applied) = tokio::select! {
         r = connect_and_migrate(&cfg) => r?,
-        _ = sigterm.recv() => return Ok(()),
-        _ = sigint.recv() => return Ok(()),
+        _ = signals.next() => return Ok(()),
     };
     tracing::info!(applied = applied.len(), "database connected, schema current");
     let client = Arc::new(PolymarketClient::new(&cfg.upstream)?);
-
-    // 2. Polling collectors, under the supervisor.
+    // 2. Polling collectors under the supervisor; 3. the stream, whose tasks ask the same
+    //    supervisor about restarts.
     let supervisor = Supervisor::new(CancellationToken::new(), &cfg.daemon, fault::from_env());
     spawn_polling(&supervisor, &cfg, &client, &pool);
-
-    // 3. The live stream (its tasks ask the same supervisor about restarts).
-    let mut stream = match cfg.stream.enabled {
-        true => Some(stream::spawn(StreamDeps {
-            cfg: cfg.stream.clone(),
-            ws_url: cfg.upstream.ws_url.clone(),
-            retry_after_max: cfg.upstream.retry_after_max,
-            pool: pool.clone(),
-            client: client.clone(),
-            restarts: Arc::new(supervisor.clone()),
-            drain_grace: cfg.daemon.drain_grace,
-            stall_timeout: cfg.daemon.stall_timeout,
-            fault_spec: supervisor.fault_spec().map(str::to_owned),
-        })
-        .await?),
-        false => None,
-    };
-    if stream.is_some() {
-        supervisor.register(stream::TASK_NAME, TaskKind::Stream);
-    }
-
+    let mut stream = spawn_stream(&cfg, &supervisor, &client, &pool).await?;
     // 4. Health (log, STATUS=, WATCHDOG=1) and the status socket.
     let mut health = Health::new(supervisor.clone(), client.stats.clone(), pool.clone());
     health.stream = stream.as_ref().map(|s| s.monitor());
@@ -144,63 +119,29 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
             tracing::error!(error = ?e, "health loop died: health reports and watchdog pings stopped");
         }
     });
-    let status_task = status::bind(&cfg.daemon.status_socket).map(|listener| {
-        tokio::spawn(status::serve(listener, cfg.daemon.status_socket.clone(), health.clone(), daemon_cancel.clone()))
-    });
-
+    let status_task = status::bind(&cfg.daemon.status_socket)
+        .map(|l| tokio::spawn(status::serve(l, cfg.daemon.status_socket.clone(), health.clone(), daemon_cancel.clone())));
     // 5. READY once the stream's first connections are up (bounded).
     if let Some(s) = stream.as_mut() {
         tokio::select! {
             _ = s.ready() => {}
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
+            _ = signals.next() => {}
         }
     }
     systemd::ready();
     tracing::info!(message_id = journal::LIFECYCLE, "collector running");
-
     // 6. Run until a signal or a failure.
     let stop: Result<&str, String> = tokio::select! {
-        _ = sigterm.recv() => Ok("SIGTERM"),
-        _ = sigint.recv() => Ok("SIGINT"),
+        signal = signals.next() => Ok(signal),
         reason = supervisor.gave_up() => Err(reason.to_string()),
         reason = async { stream.as_mut().expect("guarded").failed().await }, if stream.is_some() => Err(reason),
     };
-    let grace = cfg.daemon.drain_grace;
-    match &stop {
-        Ok(signal) => tracing::info!(message_id = journal::LIFECYCLE, signal, grace_secs = grace.as_secs(), "stopping: draining collectors"),
-        Err(reason) => tracing::error!(message_id = journal::LIFECYCLE, reason = %reason, "stopping: {reason}"),
-    }
-
-    // 7. The drain: stream first (planned gap, connections closed, writer flushes what they
-    //    accepted), then the polling collectors — within the grace, asking systemd for time.
-    systemd::stopping();
-    let extender = tokio::spawn(async move {
-        loop {
-            systemd::extend_timeout(grace + Duration::from_secs(5));
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    });
-    let deadline = tokio::time::Instant::now() + grace;
-    let drain = async {
-        if let Some(s) = stream.take() {
-            s.stop(deadline).await;
-        }
-        supervisor.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await
-    };
-    let drained = tokio::select! {
-        d = drain => d,
-        _ = sigterm.recv() => return Err(AppError::Interrupted),
-        _ = sigint.recv() => return Err(AppError::Interrupted),
-    };
-    extender.abort();
+    // 7. The drain; then the health loop and the status socket end, and the pool closes.
+    drain(&cfg, &stop, stream, &supervisor, &mut signals).await?;
     daemon_cancel.cancel();
     let _ = health_watch.await;
     if let Some(t) = status_task {
         let _ = t.await;
-    }
-    if !drained {
-        tracing::warn!(grace_secs = grace.as_secs(), "some collectors did not stop within the grace period");
     }
     drop(pool);
     match stop {
@@ -210,6 +151,84 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
         }
         Err(reason) => Err(AppError::GaveUp(reason)),
     }
+}
+
+/// SIGTERM and SIGINT, as one stream of stop requests.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, AppError> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(AppError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(AppError::Signals)?,
+        })
+    }
+
+    /// The next stop request's name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// The live stream, when enabled.
+async fn spawn_stream(cfg: &Config, supervisor: &Supervisor, client: &Arc<PolymarketClient>, pool: &db::Pool) -> Result<Option<StreamHandle>, AppError> {
+    if !cfg.stream.enabled {
+        return Ok(None);
+    }
+    let handle = stream::spawn(StreamDeps {
+        cfg: cfg.stream.clone(),
+        ws_url: cfg.upstream.ws_url.clone(),
+        retry_after_max: cfg.upstream.retry_after_max,
+        pool: pool.clone(),
+        client: client.clone(),
+        restarts: Arc::new(supervisor.clone()),
+        drain_grace: cfg.daemon.drain_grace,
+        stall_timeout: cfg.daemon.stall_timeout,
+        fault_spec: supervisor.fault_spec().map(str::to_owned),
+    })
+    .await?;
+    supervisor.register(stream::TASK_NAME, TaskKind::Stream);
+    Ok(Some(handle))
+}
+
+/// The drain, within `daemon.drain_grace_secs`, asking systemd for time meanwhile: the stream
+/// first (planned gap, connections closed, the writer stores or spools what they accepted),
+/// then the polling collectors. A second signal exits at once (130).
+async fn drain(cfg: &Config, stop: &Result<&str, String>, stream: Option<StreamHandle>, supervisor: &Supervisor, signals: &mut Signals) -> Result<(), AppError> {
+    let grace = cfg.daemon.drain_grace;
+    match stop {
+        Ok(signal) => tracing::info!(message_id = journal::LIFECYCLE, signal, grace_secs = grace.as_secs(), "stopping: draining collectors"),
+        Err(reason) => tracing::error!(message_id = journal::LIFECYCLE, reason = %reason, "stopping: {reason}"),
+    }
+    systemd::stopping();
+    let extender = tokio::spawn(async move {
+        loop {
+            systemd::extend_timeout(grace + Duration::from_secs(15));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let deadline = tokio::time::Instant::now() + grace;
+    let drain = async {
+        if let Some(s) = stream {
+            s.stop(deadline).await;
+        }
+        supervisor.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await
+    };
+    let drained = tokio::select! {
+        d = drain => d,
+        _ = signals.next() => return Err(AppError::Interrupted),
+    };
+    extender.abort();
+    if !drained {
+        tracing::warn!(grace_secs = grace.as_secs(), "some collectors did not stop within the grace period");
+    }
+    Ok(())
 }
 
 /// The polling collectors that are enabled, each under the supervisor.
