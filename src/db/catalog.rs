@@ -278,11 +278,12 @@ pub struct StreamScope {
     pub tag_slugs: Vec<String>,
 }
 
-/// The stream's subscription set: every token of every open market in `scope`.
-pub async fn stream_token_ids<C: GenericClient>(db: &C, scope: &StreamScope) -> Result<Vec<String>, tokio_postgres::Error> {
+/// The stream's subscription set: every token of every open market in `scope`, grouped by
+/// market (condition), a market's tokens in outcome order.
+pub async fn stream_token_ids<C: GenericClient>(db: &C, scope: &StreamScope) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
     let rows = db
         .query(
-            "SELECT t.token_id FROM tokens t JOIN markets m ON m.id = t.market_id
+            "SELECT t.token_id, t.condition_id FROM tokens t JOIN markets m ON m.id = t.market_id
              LEFT JOIN events e ON e.id = m.event_id
              WHERE m.closed IS NOT TRUE AND m.active IS NOT FALSE AND m.enable_order_book IS NOT FALSE
                AND ($1::numeric = 0 OR COALESCE((m.raw->>'volume24hr')::numeric, 0) >= $1)
@@ -290,11 +291,21 @@ pub async fn stream_token_ids<C: GenericClient>(db: &C, scope: &StreamScope) -> 
                AND (cardinality($3::text[]) = 0 OR EXISTS (
                     SELECT 1 FROM jsonb_array_elements(COALESCE(e.raw->'tags', '[]'::jsonb)) tag
                     WHERE tag->>'slug' = ANY($3)))
-             ORDER BY t.token_id",
+             ORDER BY t.condition_id, t.outcome_index, t.token_id",
             &[&scope.min_volume_24h, &scope.min_liquidity, &scope.tag_slugs],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut last: Option<String> = None;
+    for r in &rows {
+        let (token, condition): (String, Option<String>) = (r.get(0), r.get(1));
+        match (&last, &condition) {
+            (Some(l), Some(c)) if l == c => groups.last_mut().expect("a group").push(token),
+            _ => groups.push(vec![token]),
+        }
+        last = condition;
+    }
+    Ok(groups)
 }
 
 /// The condition ids of these tokens.

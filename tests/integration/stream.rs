@@ -90,13 +90,18 @@ fn all_tokens(markets: u64) -> HashSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarantined() {
     let db = pg::fresh_db().await;
-    let mut h = Harness::start(db, 110, "max_assets_per_connection = 100\n").await;
+    let mut h = Harness::start(db, 110, "max_assets_per_connection = 99\n").await;
     h.ws.with(|s| s.ping_deadline = Some(Duration::from_millis(2500)));
     let want = all_tokens(110);
     eventually(20, "220 assets over 3 connections", || async { h.ws.live_assets() == want && h.ws.live_connections() == 3 }).await;
     h.ws.with(|s| {
         for c in s.conns.iter().filter(|c| c.alive) {
-            assert!(c.assets.len() <= 100, "a connection carries {}", c.assets.len());
+            assert!(c.assets.len() <= 99, "a connection carries {}", c.assets.len());
+        }
+        // Sharded by market: both tokens of every market on one connection.
+        for m in 0..110 {
+            let (a, b) = (fake::token_id(m, 0), fake::token_id(m, 1));
+            assert!(s.conns.iter().filter(|c| c.alive).any(|c| c.assets.contains(&a) && c.assets.contains(&b)), "market {m} split over connections");
         }
         let first = s.frames.iter().filter(|f| f["type"] == "market").count();
         assert_eq!(first, 3, "each connection opened with one type:market frame");

@@ -438,7 +438,8 @@ impl Manager {
 
         let desired = self.desired_until_ok(&cancel).await;
         let started = Utc::now();
-        let resumed = match gaps::on_start(&pool, &desired, started, cfg.backfill_planned_max).await {
+        let all: Vec<String> = desired.iter().flatten().cloned().collect();
+        let resumed = match gaps::on_start(&pool, &all, started, cfg.backfill_planned_max).await {
             Ok((to_backfill, resumed)) => {
                 for gap in to_backfill {
                     if let Some(tx) = &backfill_tx {
@@ -494,7 +495,7 @@ impl Manager {
                         let new: Vec<String> = assets.into_iter().filter(|a| !self.owner.contains_key(a)).collect();
                         if !new.is_empty() {
                             tracing::info!(assets = new.len(), "new market on the stream: subscribing");
-                            self.assign(&ctx, &shard_cancel, new, &mut Vec::new());
+                            self.assign(&ctx, &shard_cancel, vec![new], &mut Vec::new());
                         }
                     }
                     Some(Lifecycle::Resolved(assets)) => {
@@ -528,12 +529,11 @@ impl Manager {
 
     /// Recomputes the subscription set: subscribes what is new, unsubscribes what is gone.
     async fn refresh(&mut self, ctx: &Arc<StreamCtx>, cancel: &CancellationToken) {
-        let Ok(want) = self.desired().await else { return };
-        let want: HashSet<String> = want.into_iter().collect();
-        let gone: Vec<String> = self.owner.keys().filter(|a| !want.contains(*a)).cloned().collect();
-        let new: Vec<String> = want.into_iter().filter(|a| !self.owner.contains_key(a)).collect();
+        let Ok(groups) = self.desired().await else { return };
+        let want: HashSet<&String> = groups.iter().flatten().collect();
+        let gone: Vec<String> = self.owner.keys().filter(|a| !want.contains(a)).cloned().collect();
         self.unassign(gone);
-        self.assign(ctx, cancel, new, &mut Vec::new());
+        self.assign(ctx, cancel, groups, &mut Vec::new());
     }
 
     /// A shard's task panicked: its assets are covered by a gap from its last data frame, and
@@ -562,9 +562,21 @@ impl Manager {
         self.running_ids.insert(handle.id(), idx);
     }
 
-    /// Assigns `assets` to shards with room, creating shards as needed.
-    fn assign(&mut self, ctx: &Arc<StreamCtx>, cancel: &CancellationToken, assets: Vec<String>, ups: &mut Vec<oneshot::Receiver<()>>) {
-        self.assign_with(ctx, cancel, assets, ups, None);
+    /// Assigns the assets of `groups` (each the tokens of one market) not owned yet to shards,
+    /// creating shards as needed.
+    fn assign(&mut self, ctx: &Arc<StreamCtx>, cancel: &CancellationToken, groups: Vec<Vec<String>>, ups: &mut Vec<oneshot::Receiver<()>>) {
+        self.assign_with(ctx, cancel, groups, ups, None);
+    }
+
+    /// The shard for `group` (the new tokens of one market): the shard already carrying a
+    /// token of the market if it has room, else the first shard with room for all of them,
+    /// else `None` (a new shard). The per-connection cap counts tokens; all tokens of a market
+    /// on one connection means each `price_change` (sent for both tokens of a market in one
+    /// message) arrives once.
+    fn shard_for(&self, owned_sibling: Option<usize>, group_len: usize) -> Option<usize> {
+        let max = self.deps.cfg.max_assets_per_connection;
+        let fits = |i: usize| self.shards[i].assets.len() + group_len <= max;
+        owned_sibling.filter(|i| fits(*i)).or_else(|| (0..self.shards.len()).find(|i| fits(*i)))
     }
 
     /// [`Manager::assign`]; with `start_gap`, each new shard's assets are covered by a gap from
@@ -573,18 +585,28 @@ impl Manager {
         &mut self,
         ctx: &Arc<StreamCtx>,
         cancel: &CancellationToken,
-        assets: Vec<String>,
+        groups: Vec<Vec<String>>,
         ups: &mut Vec<oneshot::Receiver<()>>,
         start_gap: Option<chrono::DateTime<Utc>>,
     ) {
         let max = self.deps.cfg.max_assets_per_connection;
         let mut per_shard: HashMap<usize, Vec<String>> = HashMap::new();
         let mut fresh: Vec<(usize, BTreeSet<String>, mpsc::Receiver<ShardCmd>)> = Vec::new();
-        for a in assets {
-            if self.owner.contains_key(&a) {
+        // One placement per market (a market with more tokens than the cap is split).
+        let mut placements: Vec<(Option<usize>, Vec<String>)> = Vec::new();
+        for group in groups {
+            let sibling = group.iter().find_map(|a| self.owner.get(a).copied());
+            let new: Vec<String> = group.into_iter().filter(|a| !self.owner.contains_key(a)).collect();
+            for chunk in new.chunks(max.max(1)) {
+                placements.push((sibling, chunk.to_vec()));
+            }
+        }
+        for (sibling, chunk) in placements {
+            let chunk: Vec<String> = chunk.into_iter().filter(|a| !self.owner.contains_key(a)).collect();
+            if chunk.is_empty() {
                 continue;
             }
-            let idx = match self.shards.iter().position(|s| s.assets.len() < max) {
+            let idx = match self.shard_for(sibling, chunk.len()) {
                 Some(i) => i,
                 None => {
                     let (tx, rx) = mpsc::channel(1024);
@@ -595,13 +617,15 @@ impl Manager {
                     idx
                 }
             };
-            self.shards[idx].assets.insert(a.clone());
-            self.owner.insert(a.clone(), idx);
-            match fresh.iter_mut().find(|(i, _, _)| *i == idx) {
-                Some((_, set, _)) => {
-                    set.insert(a);
+            for a in chunk {
+                self.shards[idx].assets.insert(a.clone());
+                self.owner.insert(a.clone(), idx);
+                match fresh.iter_mut().find(|(i, _, _)| *i == idx) {
+                    Some((_, set, _)) => {
+                        set.insert(a);
+                    }
+                    None => per_shard.entry(idx).or_default().push(a),
                 }
-                None => per_shard.entry(idx).or_default().push(a),
             }
         }
         // Running shards get the new assets as an `operation: subscribe`. A command that
@@ -655,7 +679,7 @@ impl Manager {
         self.stats.assets_subscribed.store(self.owner.len() as u64, Ordering::Relaxed);
     }
 
-    async fn desired_until_ok(&self, cancel: &CancellationToken) -> Vec<String> {
+    async fn desired_until_ok(&self, cancel: &CancellationToken) -> Vec<Vec<String>> {
         loop {
             match self.desired().await {
                 Ok(d) => return d,
@@ -672,15 +696,16 @@ impl Manager {
 
     /// The subscription set: the explicit token list, or every token of every open market in
     /// scope (volume, liquidity, tags).
-    async fn desired(&self) -> Result<Vec<String>, DbError> {
+    async fn desired(&self) -> Result<Vec<Vec<String>>, DbError> {
         desired(&self.deps.cfg, &self.deps.pool).await
     }
 }
 
-/// The subscription set for `cfg`: its explicit token list, or the catalog's tokens in scope.
-pub async fn desired(cfg: &StreamConfig, pool: &Pool) -> Result<Vec<String>, DbError> {
+/// The subscription set for `cfg`, grouped by market: its explicit token list (one group
+/// each), or the catalog's tokens in scope.
+pub async fn desired(cfg: &StreamConfig, pool: &Pool) -> Result<Vec<Vec<String>>, DbError> {
     if !cfg.token_ids.is_empty() {
-        return Ok(cfg.token_ids.clone());
+        return Ok(cfg.token_ids.iter().map(|t| vec![t.clone()]).collect());
     }
     let scope = StreamScope {
         min_volume_24h: rust_decimal::Decimal::from(cfg.min_volume_24h),
