@@ -11,6 +11,8 @@ mod v0001;
 mod v0002;
 #[path = "../../migrations/v0003_database_identity_and_backfill.rs"]
 mod v0003;
+#[path = "../../migrations/v0004_price_changes_without_unique_index.rs"]
+mod v0004;
 
 /// One migration: its version (ordering), name and SQL generator.
 pub struct Migration {
@@ -24,6 +26,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "catalog_and_books", sql: v0001::migration },
     Migration { version: 2, name: "stream", sql: v0002::migration },
     Migration { version: 3, name: "database_identity_and_backfill", sql: v0003::migration },
+    Migration { version: 4, name: "price_changes_without_unique_index", sql: v0004::migration },
 ];
 
 /// Advisory lock key: "collector" in ASCII, so concurrent starts serialise on migrations.
@@ -126,7 +129,7 @@ mod tests {
     /// SQL, or an edit of a released file, fails here instead of refusing deployed databases.
     #[test]
     fn released_migrations_are_unchanged() {
-        let pinned = [(1, "5eb14fa7afbe3289"), (2, "54ad5e46cc3c36e1"), (3, "2abb8eedc709d9f3")];
+        let pinned = [(1, "5eb14fa7afbe3289"), (2, "54ad5e46cc3c36e1"), (3, "2abb8eedc709d9f3"), (4, "5291e4c8cce6f401")];
         for (version, sum) in pinned {
             let m = MIGRATIONS.iter().find(|m| m.version == version).unwrap();
             assert_eq!(checksum(&(m.sql)()), sum, "migration {version} changed:\n{}", (m.sql)());

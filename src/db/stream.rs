@@ -1,10 +1,19 @@
 //! The stream tables (`trades`, `price_changes`, `quotes`, `tick_size_changes`,
 //! `market_events`, `stream_quarantine`, and `book_snapshots` for stream books): the rows they
-//! take ([`Row`]) and [`write_batch`], which stores one batch in one transaction with binary
-//! `COPY`. Trades from the stream go straight into `trades` (a savepoint catches the rare
-//! replayed row); every other table goes through a temporary table and
-//! `INSERT … ON CONFLICT DO NOTHING`, so a row written twice is stored once. `new_market` and
-//! `market_resolved` also update the catalog.
+//! take ([`Row`]) and [`write_batch`], which stores one batch in one transaction.
+//!
+//! The common case is a direct binary `COPY` into each target table — no temporary table, no
+//! DDL on the write path. No row is stored twice:
+//! - `trades`, `quotes`, `tick_size_changes` have a unique identity: the COPY runs under a
+//!   savepoint, and a unique violation (a replayed row) falls back to the idempotent path.
+//! - `price_changes` has no unique index (it is most of the volume, and a wide unique index
+//!   cost most of the write time): live rows cannot repeat (a shard carries whole markets, and
+//!   upstream does not re-send level changes), so they are copied directly; rows that may have
+//!   been stored already — a spool replay, or the retry of a batch whose commit went
+//!   unacknowledged — take the idempotent path.
+//! - The idempotent path is one `INSERT … SELECT … FROM jsonb_to_recordset($1)` per table that
+//!   skips what is already there (also backfilled trades, see *Trade identity* in
+//!   `docs/schema.md`). Lifecycle events always take it (a handful per day).
 //!
 //! Queueing, batching, spooling and retries are the stream collector's
 //! (`collectors::stream::{sink, writer}`); this module is SQL only.
@@ -12,8 +21,11 @@
 use chrono::{DateTime, Utc};
 use futures_util::pin_mut;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 use super::books::{self, BookSource};
 use super::{DbError, Pool};
@@ -65,9 +77,10 @@ impl Row {
 
 /// Stores one batch in one transaction; returns the number of new trades.
 ///
-/// `replay`: the rows come from the spool (written before a crash or during an outage), so
-/// a backfill may have stored some of their trades meanwhile; they take the idempotent path,
-/// which replaces a backfilled copy of the same fill with the stream's.
+/// `replay`: the rows may be stored already — they come from the spool (a crash or an outage
+/// came between), or a previous attempt at this batch failed without a clear answer — so
+/// every table takes its idempotent path; a stream trade then also replaces a backfilled
+/// copy of the same fill.
 pub async fn write_batch(pool: &Pool, rows: &[Row], replay: bool) -> Result<u64, DbError> {
     let mut trades = Vec::new();
     let mut changes = Vec::new();
@@ -91,22 +104,27 @@ pub async fn write_batch(pool: &Pool, rows: &[Row], replay: bool) -> Result<u64,
     let tx = conn.transaction().await?;
     let mut new_trades = 0;
     if !trades.is_empty() {
-        new_trades = write_trades(&tx, &trades, replay).await?;
+        let all_live = trades.iter().all(|r| matches!(r, Row::Trade { source: TradeSource::Ws, .. }));
+        new_trades = write_unique(&tx, &TRADES, &trades, replay || !all_live).await?;
     }
     if !changes.is_empty() {
-        copy_rows(&tx, &PRICE_CHANGES, &changes).await?;
+        if replay {
+            idempotent(&tx, &PRICE_CHANGES, &changes).await?;
+        } else {
+            copy_direct(&tx, &PRICE_CHANGES, &changes).await?;
+        }
     }
     if !quotes.is_empty() {
-        copy_rows(&tx, &QUOTES, &quotes).await?;
+        write_unique(&tx, &QUOTES, &quotes, replay).await?;
     }
     if !ticks.is_empty() {
-        copy_rows(&tx, &TICKS, &ticks).await?;
+        write_unique(&tx, &TICKS, &ticks, replay).await?;
     }
     if !quarantine.is_empty() {
-        copy_rows(&tx, &QUARANTINE, &quarantine).await?;
+        copy_direct(&tx, &QUARANTINE, &quarantine).await?;
     }
     if !lifecycle.is_empty() {
-        copy_rows(&tx, &LIFECYCLE, &lifecycle).await?;
+        idempotent(&tx, &LIFECYCLE, &lifecycle).await?;
         apply_lifecycle(&tx, &lifecycle).await?;
     }
     for chunk in books_.chunks(500) {
@@ -116,83 +134,90 @@ pub async fn write_batch(pool: &Pool, rows: &[Row], replay: bool) -> Result<u64,
     Ok(new_trades)
 }
 
-/// Trades: stream rows are almost never duplicates, so they are copied straight into
-/// `trades` under a savepoint; a unique violation (a replayed row) falls back to the
-/// idempotent path through the temporary table, as do backfilled rows always.
-async fn write_trades(tx: &tokio_postgres::Transaction<'_>, rows: &[&Row], replay: bool) -> Result<u64, tokio_postgres::Error> {
-    let all_ws = rows.iter().all(|r| matches!(r, Row::Trade { source: TradeSource::Ws, .. }));
-    if all_ws && !replay {
-        tx.batch_execute("SAVEPOINT direct_trades").await?;
-        let sink = tx.copy_in(&format!("COPY trades ({}) FROM STDIN (FORMAT binary)", TRADES.columns)).await?;
-        let result = async {
-            let writer = BinaryCopyInWriter::new(sink, TRADES.types);
-            pin_mut!(writer);
-            // The hot path: fields borrowed straight from the rows, no allocation per row.
-            for r in rows {
-                let Row::Trade { trade: t, received_at, source } = r else { continue };
-                let (src, side) = (source.as_str(), t.side.as_str());
-                writer
-                    .as_mut()
-                    .write(&[&t.asset_id, &t.condition_id, &t.price, &t.size, &side, &t.source_ts, received_at, &src, &t.tx_hash, &t.fee_rate_bps])
-                    .await?;
-            }
-            writer.finish().await
-        }
-        .await;
-        match result {
+/// A stream table and the two ways its rows go in.
+struct Table {
+    name: &'static str,
+    columns: &'static str,
+    types: &'static [Type],
+    /// One row as a JSON object for `jsonb_to_recordset` (column name → value).
+    json_row: fn(&Row) -> Value,
+    /// Run before `insert` on the idempotent path (empty: nothing); `$1` is the rows.
+    before_insert: &'static str,
+    /// `INSERT … SELECT … FROM jsonb_to_recordset($1) AS n(…) …` storing what is new.
+    insert: &'static str,
+}
+
+/// Rows of a table with a unique identity: a direct COPY under a savepoint, falling back to
+/// the idempotent path on a unique violation; `idempotent_only` goes there at once.
+async fn write_unique(tx: &Transaction<'_>, table: &Table, rows: &[&Row], idempotent_only: bool) -> Result<u64, tokio_postgres::Error> {
+    if !idempotent_only {
+        tx.batch_execute("SAVEPOINT direct_copy").await?;
+        match copy_direct(tx, table, rows).await {
             Ok(n) => {
-                tx.batch_execute("RELEASE SAVEPOINT direct_trades").await?;
+                tx.batch_execute("RELEASE SAVEPOINT direct_copy").await?;
                 return Ok(n);
             }
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT direct_trades").await?;
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT direct_copy").await?;
             }
             Err(e) => return Err(e),
         }
     }
-    copy_rows(tx, &TRADES, rows).await
+    idempotent(tx, table, rows).await
 }
 
-/// A table written through a temporary table: binary COPY in, then insert what is new.
-struct CopyTarget {
-    temp: &'static str,
-    create: &'static str,
-    columns: &'static str,
-    types: &'static [Type],
-    /// Run between the COPY and `insert` (empty: nothing).
-    before_insert: &'static str,
-    insert: &'static str,
-    fields: fn(&Row) -> Vec<Box<dyn ToSql + Sync + Send>>,
-}
-
-async fn copy_rows(tx: &tokio_postgres::Transaction<'_>, target: &CopyTarget, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
-    tx.batch_execute(target.create).await?;
-    let sink = tx.copy_in(&format!("COPY {} ({}) FROM STDIN (FORMAT binary)", target.temp, target.columns)).await?;
-    let writer = BinaryCopyInWriter::new(sink, target.types);
+/// Binary COPY straight into the table; fields borrowed from the rows (no allocation per
+/// row on the hot tables).
+async fn copy_direct(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
+    let sink = tx.copy_in(&format!("COPY {} ({}) FROM STDIN (FORMAT binary)", table.name, table.columns)).await?;
+    let writer = BinaryCopyInWriter::new(sink, table.types);
     pin_mut!(writer);
     for r in rows {
-        let values = (target.fields)(r);
-        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)).collect();
-        writer.as_mut().write(&refs).await?;
+        match r {
+            Row::Trade { trade: t, received_at, source } => {
+                let (src, side) = (source.as_str(), t.side.as_str());
+                writer.as_mut().write(&[&t.asset_id, &t.condition_id, &t.price, &t.size, &side, &t.source_ts, received_at, &src, &t.tx_hash, &t.fee_rate_bps]).await?
+            }
+            Row::PriceChange { change: c, condition_id, source_ts, received_at } => {
+                let side = c.side.as_str();
+                writer.as_mut().write(&[&c.asset_id, condition_id, &c.price, &c.size, &side, &c.hash, &c.best_bid, &c.best_ask, source_ts, received_at]).await?
+            }
+            Row::Quote { quote: q, received_at } => {
+                writer.as_mut().write(&[&q.asset_id, &q.condition_id, &q.best_bid, &q.best_ask, &q.spread, &q.source_ts, received_at]).await?
+            }
+            Row::TickSize { change: c, received_at } => {
+                writer.as_mut().write(&[&c.asset_id, &c.condition_id, &c.old_tick_size, &c.new_tick_size, &c.source_ts, received_at]).await?
+            }
+            Row::Quarantine { connection, reason, frame, received_at } => {
+                writer.as_mut().write(&[received_at, connection, reason, frame]).await?
+            }
+            Row::Lifecycle { .. } | Row::Book { .. } => unreachable!("not copied directly"),
+        }
     }
-    writer.finish().await?;
-    if !target.before_insert.is_empty() {
-        tx.batch_execute(target.before_insert).await?;
-    }
-    tx.execute(target.insert, &[]).await
+    writer.finish().await
 }
 
-fn boxed<T: ToSql + Sync + Send + 'static>(v: T) -> Box<dyn ToSql + Sync + Send> {
-    Box::new(v)
+/// The idempotent path: the rows as one `jsonb` parameter, inserted where not yet stored.
+async fn idempotent(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
+    let data = Value::Array(rows.iter().map(|r| (table.json_row)(r)).collect());
+    if !table.before_insert.is_empty() {
+        tx.execute(table.before_insert, &[&data]).await?;
+    }
+    tx.execute(table.insert, &[&data]).await
 }
 
-const TRADES: CopyTarget = CopyTarget {
-    temp: "t_trades",
-    create: "CREATE TEMP TABLE IF NOT EXISTS t_trades (asset_id text, condition_id text, price numeric,
-        size numeric, side text, source_ts timestamptz, received_at timestamptz, source text,
-        tx_hash text, fee_rate_bps numeric) ON COMMIT DELETE ROWS",
+const TRADES: Table = Table {
+    name: "trades",
     columns: "asset_id, condition_id, price, size, side, source_ts, received_at, source, tx_hash, fee_rate_bps",
     types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT, Type::NUMERIC],
+    json_row: |r| match r {
+        Row::Trade { trade: t, received_at, source } => json!({
+            "asset_id": t.asset_id, "condition_id": t.condition_id, "price": t.price, "size": t.size,
+            "side": t.side.as_str(), "source_ts": t.source_ts, "received_at": received_at, "source": source.as_str(),
+            "tx_hash": t.tx_hash, "fee_rate_bps": t.fee_rate_bps,
+        }),
+        _ => unreachable!("grouped by kind"),
+    },
     // One identity for a fill however it arrived (docs/schema.md, "Trade identity"): the
     // stream reports the match time in milliseconds and the exact price; the Data API the
     // block time in whole seconds and the price as a float. A backfilled row is the same fill
@@ -200,13 +225,17 @@ const TRADES: CopyTarget = CopyTarget {
     // second, a price within half the finest tick (0.0001), and the same transaction hash
     // when both have one. The stream's copy wins: it replaces a backfilled copy, and a
     // backfilled row is not inserted where any copy exists.
-    before_insert: "DELETE FROM trades b USING t_trades n
+    before_insert: "DELETE FROM trades b USING jsonb_to_recordset($1::jsonb) AS n(asset_id text, price numeric, size numeric,
+            side text, source_ts timestamptz, source text, tx_hash text)
         WHERE n.source = 'ws' AND b.source = 'backfill' AND b.asset_id = n.asset_id
           AND b.source_ts = date_trunc('second', n.source_ts) AND b.side = n.side AND b.size = n.size
           AND abs(b.price - n.price) < 0.00005
           AND (b.tx_hash IS NULL OR n.tx_hash IS NULL OR b.tx_hash = n.tx_hash)",
     insert: "INSERT INTO trades (asset_id, condition_id, price, size, side, source_ts, received_at, source, tx_hash, fee_rate_bps)
-        SELECT DISTINCT ON (asset_id, source_ts, side, price, size, COALESCE(tx_hash, '')) * FROM t_trades n
+        SELECT DISTINCT ON (n.asset_id, n.source_ts, n.side, n.price, n.size, COALESCE(n.tx_hash, ''))
+            n.asset_id, n.condition_id, n.price, n.size, n.side, n.source_ts, n.received_at, n.source, n.tx_hash, n.fee_rate_bps
+        FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text, condition_id text, price numeric, size numeric,
+            side text, source_ts timestamptz, received_at timestamptz, source text, tx_hash text, fee_rate_bps numeric)
         WHERE n.source = 'ws' OR NOT EXISTS (
             SELECT 1 FROM trades o WHERE o.asset_id = n.asset_id
               AND o.source_ts >= date_trunc('second', n.source_ts)
@@ -214,101 +243,103 @@ const TRADES: CopyTarget = CopyTarget {
               AND o.side = n.side AND o.size = n.size AND abs(o.price - n.price) < 0.00005
               AND (o.tx_hash IS NULL OR n.tx_hash IS NULL OR o.tx_hash = n.tx_hash))
         ON CONFLICT DO NOTHING",
-    fields: |r| match r {
-        Row::Trade { trade: t, received_at, source } => vec![
-            boxed(t.asset_id.clone()), boxed(t.condition_id.clone()), boxed(t.price), boxed(t.size),
-            boxed(t.side.as_str()), boxed(t.source_ts), boxed(*received_at), boxed(source.as_str()),
-            boxed(t.tx_hash.clone()), boxed(t.fee_rate_bps),
-        ],
-        _ => unreachable!("grouped by kind"),
-    },
 };
 
-const PRICE_CHANGES: CopyTarget = CopyTarget {
-    temp: "t_price_changes",
-    create: "CREATE TEMP TABLE IF NOT EXISTS t_price_changes (asset_id text, condition_id text,
-        price numeric, size numeric, side text, hash text, best_bid numeric, best_ask numeric,
-        source_ts timestamptz, received_at timestamptz) ON COMMIT DELETE ROWS",
+const PRICE_CHANGES: Table = Table {
+    name: "price_changes",
     columns: "asset_id, condition_id, price, size, side, hash, best_bid, best_ask, source_ts, received_at",
     types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
-    before_insert: "",
-    insert: "INSERT INTO price_changes SELECT * FROM t_price_changes ON CONFLICT DO NOTHING",
-    fields: |r| match r {
-        Row::PriceChange { change: c, condition_id, source_ts, received_at } => vec![
-            boxed(c.asset_id.clone()), boxed(condition_id.clone()), boxed(c.price), boxed(c.size),
-            boxed(c.side.as_str()), boxed(c.hash.clone()), boxed(c.best_bid), boxed(c.best_ask),
-            boxed(*source_ts), boxed(*received_at),
-        ],
+    json_row: |r| match r {
+        Row::PriceChange { change: c, condition_id, source_ts, received_at } => json!({
+            "asset_id": c.asset_id, "condition_id": condition_id, "price": c.price, "size": c.size, "side": c.side.as_str(),
+            "hash": c.hash, "best_bid": c.best_bid, "best_ask": c.best_ask, "source_ts": source_ts, "received_at": received_at,
+        }),
         _ => unreachable!("grouped by kind"),
     },
+    before_insert: "",
+    // Identity: (asset_id, source_ts, side, price, size, hash); the lookup uses the
+    // (asset_id, source_ts) index.
+    insert: "INSERT INTO price_changes (asset_id, condition_id, price, size, side, hash, best_bid, best_ask, source_ts, received_at)
+        SELECT DISTINCT ON (n.asset_id, n.source_ts, n.side, n.price, n.size, COALESCE(n.hash, ''))
+            n.asset_id, n.condition_id, n.price, n.size, n.side, n.hash, n.best_bid, n.best_ask, n.source_ts, n.received_at
+        FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text, condition_id text, price numeric, size numeric, side text,
+            hash text, best_bid numeric, best_ask numeric, source_ts timestamptz, received_at timestamptz)
+        WHERE NOT EXISTS (SELECT 1 FROM price_changes o WHERE o.asset_id = n.asset_id AND o.source_ts = n.source_ts
+            AND o.side = n.side AND o.price = n.price AND o.size = n.size AND o.hash IS NOT DISTINCT FROM n.hash)",
 };
 
-const QUOTES: CopyTarget = CopyTarget {
-    temp: "t_quotes",
-    create: "CREATE TEMP TABLE IF NOT EXISTS t_quotes (asset_id text, condition_id text, best_bid numeric,
-        best_ask numeric, spread numeric, source_ts timestamptz, received_at timestamptz) ON COMMIT DELETE ROWS",
+const QUOTES: Table = Table {
+    name: "quotes",
     columns: "asset_id, condition_id, best_bid, best_ask, spread, source_ts, received_at",
     types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
-    before_insert: "",
-    insert: "INSERT INTO quotes SELECT DISTINCT ON (asset_id, source_ts) * FROM t_quotes ON CONFLICT DO NOTHING",
-    fields: |r| match r {
-        Row::Quote { quote: q, received_at } => vec![
-            boxed(q.asset_id.clone()), boxed(q.condition_id.clone()), boxed(q.best_bid), boxed(q.best_ask),
-            boxed(q.spread), boxed(q.source_ts), boxed(*received_at),
-        ],
+    json_row: |r| match r {
+        Row::Quote { quote: q, received_at } => json!({
+            "asset_id": q.asset_id, "condition_id": q.condition_id, "best_bid": q.best_bid, "best_ask": q.best_ask,
+            "spread": q.spread, "source_ts": q.source_ts, "received_at": received_at,
+        }),
         _ => unreachable!("grouped by kind"),
     },
+    before_insert: "",
+    insert: "INSERT INTO quotes (asset_id, condition_id, best_bid, best_ask, spread, source_ts, received_at)
+        SELECT n.asset_id, n.condition_id, n.best_bid, n.best_ask, n.spread, n.source_ts, n.received_at
+        FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text, condition_id text, best_bid numeric, best_ask numeric,
+            spread numeric, source_ts timestamptz, received_at timestamptz)
+        ON CONFLICT DO NOTHING",
 };
 
-const TICKS: CopyTarget = CopyTarget {
-    temp: "t_ticks",
-    create: "CREATE TEMP TABLE IF NOT EXISTS t_ticks (asset_id text, condition_id text, old_tick_size numeric,
-        new_tick_size numeric, source_ts timestamptz, received_at timestamptz) ON COMMIT DELETE ROWS",
+const TICKS: Table = Table {
+    name: "tick_size_changes",
     columns: "asset_id, condition_id, old_tick_size, new_tick_size, source_ts, received_at",
     types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
-    before_insert: "",
-    insert: "INSERT INTO tick_size_changes SELECT DISTINCT ON (asset_id, source_ts) * FROM t_ticks ON CONFLICT DO NOTHING",
-    fields: |r| match r {
-        Row::TickSize { change: c, received_at } => vec![
-            boxed(c.asset_id.clone()), boxed(c.condition_id.clone()), boxed(c.old_tick_size),
-            boxed(c.new_tick_size), boxed(c.source_ts), boxed(*received_at),
-        ],
+    json_row: |r| match r {
+        Row::TickSize { change: c, received_at } => json!({
+            "asset_id": c.asset_id, "condition_id": c.condition_id, "old_tick_size": c.old_tick_size,
+            "new_tick_size": c.new_tick_size, "source_ts": c.source_ts, "received_at": received_at,
+        }),
         _ => unreachable!("grouped by kind"),
     },
+    before_insert: "",
+    insert: "INSERT INTO tick_size_changes (asset_id, condition_id, old_tick_size, new_tick_size, source_ts, received_at)
+        SELECT n.asset_id, n.condition_id, n.old_tick_size, n.new_tick_size, n.source_ts, n.received_at
+        FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text, condition_id text, old_tick_size numeric,
+            new_tick_size numeric, source_ts timestamptz, received_at timestamptz)
+        ON CONFLICT DO NOTHING",
 };
 
-const LIFECYCLE: CopyTarget = CopyTarget {
-    temp: "t_market_events",
-    create: "CREATE TEMP TABLE IF NOT EXISTS t_market_events (kind text, condition_id text, market_id text,
-        source_ts timestamptz, received_at timestamptz, payload jsonb) ON COMMIT DELETE ROWS",
+const LIFECYCLE: Table = Table {
+    name: "market_events",
     columns: "kind, condition_id, market_id, source_ts, received_at, payload",
     types: &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::JSONB],
-    before_insert: "",
-    insert: "INSERT INTO market_events SELECT DISTINCT ON (kind, condition_id, source_ts) * FROM t_market_events
-        WHERE condition_id IS NOT NULL ON CONFLICT DO NOTHING",
-    fields: |r| match r {
-        Row::Lifecycle { event: e, received_at } => vec![
-            boxed(e.kind.as_str()), boxed(e.condition_id.clone()), boxed(e.market_id.clone()),
-            boxed(e.source_ts), boxed(*received_at), boxed(e.payload.clone()),
-        ],
+    json_row: |r| match r {
+        Row::Lifecycle { event: e, received_at } => json!({
+            "kind": e.kind.as_str(), "condition_id": e.condition_id, "market_id": e.market_id,
+            "source_ts": e.source_ts, "received_at": received_at, "payload": e.payload,
+        }),
         _ => unreachable!("grouped by kind"),
     },
+    before_insert: "",
+    insert: "INSERT INTO market_events (kind, condition_id, market_id, source_ts, received_at, payload)
+        SELECT DISTINCT ON (n.kind, n.condition_id, n.source_ts) n.kind, n.condition_id, n.market_id, n.source_ts, n.received_at, n.payload
+        FROM jsonb_to_recordset($1::jsonb) AS n(kind text, condition_id text, market_id text, source_ts timestamptz,
+            received_at timestamptz, payload jsonb)
+        WHERE n.condition_id IS NOT NULL
+        ON CONFLICT DO NOTHING",
 };
 
-const QUARANTINE: CopyTarget = CopyTarget {
-    temp: "t_quarantine",
-    create: "CREATE TEMP TABLE IF NOT EXISTS t_quarantine (received_at timestamptz, connection int4,
-        reason text, frame text) ON COMMIT DELETE ROWS",
+const QUARANTINE: Table = Table {
+    name: "stream_quarantine",
     columns: "received_at, connection, reason, frame",
     types: &[Type::TIMESTAMPTZ, Type::INT4, Type::TEXT, Type::TEXT],
-    before_insert: "",
-    insert: "INSERT INTO stream_quarantine (received_at, connection, reason, frame) SELECT * FROM t_quarantine",
-    fields: |r| match r {
-        Row::Quarantine { connection, reason, frame, received_at } => vec![
-            boxed(*received_at), boxed(*connection), boxed(reason.clone()), boxed(frame.clone()),
-        ],
+    json_row: |r| match r {
+        Row::Quarantine { connection, reason, frame, received_at } => json!({
+            "received_at": received_at, "connection": connection, "reason": reason, "frame": frame,
+        }),
         _ => unreachable!("grouped by kind"),
     },
+    before_insert: "",
+    insert: "INSERT INTO stream_quarantine (received_at, connection, reason, frame)
+        SELECT n.received_at, n.connection, n.reason, n.frame
+        FROM jsonb_to_recordset($1::jsonb) AS n(received_at timestamptz, connection int4, reason text, frame text)",
 };
 
 /// `new_market` registers the market and its tokens (so the stream and the books poller see

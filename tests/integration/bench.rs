@@ -257,3 +257,114 @@ async fn bench_stream_memory_40k_assets() {
     println!("BENCH   resident {:.1} MB (steady), high-water mark {:.1} MB", peak_rss as f64 / 1024.0, hwm as f64 / 1024.0);
     let _ = child.start_kill();
 }
+
+/// The real mix, per 20 events of one market: 16 `price_change` messages (each a level
+/// change for both tokens: 32 rows), 2 trades, 1 book, 1 `best_bid_ask` — 36 rows, 89 % of
+/// them level changes (the PMXT archive of the whole stream: ~99.7 %). Frames of 20 events,
+/// one market per frame, round robin over `markets`.
+fn real_mix_frames(markets: u64, events: u64, t0: u64) -> (Vec<(String, String)>, u64) {
+    let mut frames = Vec::new();
+    let mut rows = 0;
+    for f in 0..events / 20 {
+        let m = f % markets;
+        let (a, b) = (fake::token_id(m, 0), fake::token_id(m, 1));
+        let cond = format!("0x{:064x}", m + 1);
+        let ts = t0 + f;
+        let mut ev = Vec::with_capacity(20);
+        for k in 0..16u64 {
+            let level = (f * 16 + k) % 40 + 1;
+            let (pa, pb) = (format!("0.{:02}", level + 5), format!("0.{:02}", 95 - level));
+            let size = format!("{}.{:02}", 100 + (f % 900), k);
+            ev.push(serde_json::json!({"event_type": "price_change", "market": cond, "timestamp": ts.to_string(),
+                "price_changes": [
+                    {"asset_id": a, "price": pa, "size": size, "side": "BUY", "hash": format!("{:040x}", f * 32 + 2 * k), "best_bid": "0.47", "best_ask": "0.48"},
+                    {"asset_id": b, "price": pb, "size": size, "side": "SELL", "hash": format!("{:040x}", f * 32 + 2 * k + 1), "best_bid": "0.52", "best_ask": "0.53"}]}));
+        }
+        for k in 0..2u64 {
+            let n = f * 2 + k;
+            let mut t: serde_json::Value = serde_json::from_str(&crate::fake_ws::trade_frame(if k == 0 { &a } else { &b }, n, ts)).unwrap();
+            t["market"] = serde_json::json!(cond);
+            ev.push(t);
+        }
+        let mut book = fake::book(&a, ts, &format!("{:040x}", f));
+        book["event_type"] = serde_json::json!("book");
+        ev.push(book);
+        ev.push(serde_json::json!({"event_type": "best_bid_ask", "market": cond, "asset_id": b, "best_bid": "0.52", "best_ask": "0.53", "spread": "0.01", "timestamp": ts.to_string()}));
+        rows += 32 + 2 + 1 + 1;
+        frames.push((a, serde_json::Value::Array(ev).to_string()));
+    }
+    (frames, rows)
+}
+
+/// Bytes per row of `table` (heap + indexes + toast, after VACUUM).
+async fn bytes_per_row(db: &pg::TestDb, table: &str) -> (i64, f64, f64) {
+    let c = db.client().await;
+    c.batch_execute(&format!("VACUUM ANALYZE {table}")).await.unwrap();
+    let r = c.query_one(&format!("SELECT count(*), pg_table_size('{table}')::float8, pg_total_relation_size('{table}')::float8 FROM {table}"), &[]).await.unwrap();
+    let n: i64 = r.get(0);
+    let (heap, total): (f64, f64) = (r.get(1), r.get(2));
+    (n, heap / n.max(1) as f64, total / n.max(1) as f64)
+}
+
+/// The real event mix, socket → committed, against a plain binary COPY of the same rows into
+/// tables shaped and indexed like the collector's, in the same run; and bytes per row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_stream_real_mix_vs_copy() {
+    const EVENTS: u64 = 200_000;
+    const MARKETS: u64 = 100;
+    let tables = ["price_changes", "trades", "quotes", "book_snapshots"];
+    let (mut ours, mut copy, mut last_sizes) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        let mut h = stream_harness(MARKETS, &format!("queue_capacity = 2000000\n{}", std::env::var("BENCH_STREAM_EXTRA").unwrap_or_default().replace(";", "\n"))).await;
+        let (frames, rows) = real_mix_frames(MARKETS, EVENTS, crate::now_ms());
+        let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
+        let t = Instant::now();
+        for (asset, frame) in &frames {
+            assert!(h.ws.send_to_asset(asset, frame));
+        }
+        crate::eventually(600, "all rows committed", || async {
+            h.sink.stats.rows_written.load(Ordering::Relaxed) - before >= rows
+        })
+        .await;
+        ours.push(t.elapsed());
+        println!("BENCH   run {run}: {:.2} s for {EVENTS} events ({rows} rows); withheld {}, quarantined {}", t.elapsed().as_secs_f64(),
+            h.stats.withheld.load(Ordering::Relaxed), h.stats.quarantined.load(Ordering::Relaxed));
+        h.stop().await;
+        let mut sizes = Vec::new();
+        for table in tables {
+            sizes.push((table, bytes_per_row(&h.db, table).await));
+        }
+        last_sizes = sizes;
+        // Baseline: the same rows (binary, as stored) into tables like the collector's.
+        let c = h.db.client().await;
+        let mut data = Vec::new();
+        for table in tables {
+            c.batch_execute(&format!("CREATE TABLE {table}_baseline (LIKE {table} INCLUDING ALL)")).await.unwrap();
+            let out = c.copy_out(&format!("COPY {table} TO STDOUT (FORMAT binary)")).await.unwrap();
+            futures_util::pin_mut!(out);
+            let mut bytes = Vec::new();
+            while let Some(chunk) = futures_util::StreamExt::next(&mut out).await {
+                bytes.extend_from_slice(&chunk.unwrap());
+            }
+            data.push((table, bytes));
+        }
+        let t = Instant::now();
+        for (table, bytes) in &data {
+            let sink = c.copy_in(&format!("COPY {table}_baseline FROM STDIN (FORMAT binary)")).await.unwrap();
+            futures_util::pin_mut!(sink);
+            sink.send(bytes::Bytes::from(bytes.clone())).await.unwrap();
+            sink.finish().await.unwrap();
+        }
+        copy.push(t.elapsed());
+    }
+    let (o, c) = (median(ours), median(copy));
+    let rows = real_mix_frames(MARKETS, EVENTS, 0).1 as f64;
+    println!("BENCH stream, real mix ({EVENTS} events, {rows} rows, 89 % level changes), {MARKETS} markets, socket → committed:");
+    println!("BENCH   collector           : median {:.2} s = {:.0} events/s ({:.0} rows/s)", o.as_secs_f64(), EVENTS as f64 / o.as_secs_f64(), rows / o.as_secs_f64());
+    println!("BENCH   plain binary COPY   : median {:.2} s = {:.0} rows/s (same rows, same tables and indexes)", c.as_secs_f64(), rows / c.as_secs_f64());
+    println!("BENCH   ratio collector/COPY: {:.2}", c.as_secs_f64() / o.as_secs_f64());
+    for (table, (n, heap, total)) in last_sizes {
+        println!("BENCH   {table:<15}: {n} rows, {heap:.0} B/row heap, {total:.0} B/row with indexes");
+    }
+}

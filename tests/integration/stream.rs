@@ -368,11 +368,14 @@ async fn a_silent_connections_gap_starts_at_its_last_data_and_its_trades_are_all
         let ts = chrono::Utc::now().timestamp();
         h.http.with(|s| s.trades.push(fake::data_trade(&asset, &cond, "0.4100000001", &format!("{}.5", k + 1), "BUY", ts, &format!("0xs{k}"))));
     }
+    // (A quiet connection stalls again every 3 s once the silence is over: the first stall
+    // is the one of the silence.)
+    let first_stall = "(SELECT id FROM stream_gaps WHERE reason = 'stall' ORDER BY started_at LIMIT 1)";
     eventually(30, "the stall's gap backfilled", || async {
-        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE reason = 'stall' AND backfill_status = 'done'").await == Some(1)
+        h.db.try_count(&format!("SELECT count(*) FROM stream_gaps WHERE id = {first_stall} AND backfill_status = 'done'")).await == Some(1)
     }).await;
     let started: chrono::DateTime<chrono::Utc> = h.db.client().await
-        .query_one("SELECT started_at FROM stream_gaps WHERE reason = 'stall'", &[]).await.unwrap().get(0);
+        .query_one(&format!("SELECT started_at FROM stream_gaps WHERE id = {first_stall}"), &[]).await.unwrap().get(0);
     assert!(started <= last_data + chrono::Duration::milliseconds(500),
         "the gap starts at the last data frame ({last_data}), not at detection 3 s later: {started}");
     assert_eq!(h.trades().await, 5, "1 live + 4 traded while silent, none twice");
@@ -543,4 +546,35 @@ async fn a_backfill_cut_by_the_page_cap_is_marked_partial_with_what_it_covered()
                         AND backfill_covered_from > started_at AND backfill_covered_from <= ended_at + interval '5 seconds'").await == Some(1)
     }).await;
     h.stop().await;
+}
+
+/// Level changes have no unique index: live rows are copied straight in, and a replay (or
+/// the retry of a batch whose commit went unanswered) stores none of them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
+    use collector::polymarket::ws::{LevelChange, Quote};
+    let db = pg::fresh_db().await;
+    let pool = db.pool().await;
+    let ts = chrono::Utc::now();
+    let change = |price: &str, hash: Option<&str>| Row::PriceChange {
+        change: LevelChange {
+            asset_id: "a".into(), price: price.parse().unwrap(), size: "12.5".parse().unwrap(), side: Side::Buy,
+            hash: hash.map(Into::into), best_bid: None, best_ask: None,
+        },
+        condition_id: Some("0xc".into()), source_ts: ts, received_at: ts,
+    };
+    let quote = Row::Quote { quote: Quote { asset_id: "a".into(), condition_id: None, best_bid: None, best_ask: None, spread: None, source_ts: ts }, received_at: ts };
+    let batch = vec![change("0.41", Some("h1")), change("0.42", None), quote, trade_row("a", "0.4", "1", ts, Some("0x1"), TradeSource::Ws)];
+    write_batch(&pool, &batch, false).await.unwrap();
+    write_batch(&pool, &batch, true).await.unwrap();
+    assert_eq!(db.try_count("SELECT count(*) FROM price_changes").await, Some(2));
+    assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(1));
+    assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
+    // Live again (not a replay): quotes and trades fall back on their unique identity.
+    let again = vec![batch[2].clone(), batch[3].clone()];
+    write_batch(&pool, &again, false).await.unwrap();
+    assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(1));
+    assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
+    let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes", &[]).await.unwrap().get(0);
+    assert_eq!(exact, "0.41,0.42");
 }

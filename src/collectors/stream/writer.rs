@@ -105,8 +105,11 @@ impl Writer {
             }
             // A write in flight when the stop comes is abandoned (its transaction rolls back)
             // and the batch goes to the drain: a hung database cannot hold the stop.
+            // A retried batch may have been committed by an attempt whose answer was lost:
+            // it takes the idempotent path, like a spool replay.
+            let replay = from_spool.is_some() || retries.attempts() > 0;
             let result = tokio::select! {
-                r = self.store(&batch, from_spool.is_some()) => r,
+                r = self.store(&batch, replay) => r,
                 _ = stop.cancel.cancelled() => break,
             };
             match result {
