@@ -254,5 +254,7 @@ fn spawn_polling(supervisor: &Supervisor, cfg: &Config, client: &Arc<PolymarketC
 
 /// Logs a failure with its whole chain.
 pub fn report(e: &AppError) {
-    tracing::error!(error = %error_chain(e), exit_code = e.exit_code(), "collector failed: {}", error_chain(e));
+    // An error may quote the connection string: redacted like every printed URL.
+    let text = db::url::redact(&error_chain(e));
+    tracing::error!(error = %text, exit_code = e.exit_code(), "collector failed: {text}");
 }

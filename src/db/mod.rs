@@ -253,7 +253,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<Pool, DbError> {
                 break;
             }
             Err(e) => {
-                let last = error_chain(&e);
+                let last = redact_url(&error_chain(&e));
                 use tokio_postgres::error::SqlState;
                 let refused = e.code().is_some_and(|code| {
                     [SqlState::INVALID_PASSWORD, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, SqlState::INVALID_CATALOG_NAME]
@@ -298,7 +298,8 @@ struct LogSink;
 
 impl bb8::ErrorSink<tokio_postgres::Error> for LogSink {
     fn sink(&self, e: tokio_postgres::Error) {
-        tracing::warn!(error = %error_chain(&e), "database connection error: {}", error_chain(&e));
+        let text = redact_url(&error_chain(&e));
+        tracing::warn!(error = %text, "database connection error: {text}");
     }
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {

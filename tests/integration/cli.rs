@@ -221,3 +221,25 @@ fn the_packaged_example_documents_every_key_the_reader_knows() {
         .collect();
     assert!(missing.is_empty(), "keys the example does not document: {missing:?}");
 }
+
+/// Every URL form libpq accepts keeps its password out of `check-config` and the logs of a
+/// failed start.
+#[tokio::test]
+async fn no_url_form_leaks_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let forms = [
+        "postgresql://app@127.0.0.1:9/c?password=leak-q&connect_timeout=1",
+        "postgresql://app:leak-m@127.0.0.1:9,127.0.0.1:8/c",
+        "host=127.0.0.1 port=9 user=app password='leak k v' dbname=c",
+    ];
+    for form in forms {
+        let path = write_config(&dir, &format!("[database]\nurl = \"{}\"\nstartup_deadline_secs = 1\n", form.replace('\'', "'")));
+        let (code, out, err) = run(&["check-config", "--config", path.to_str().unwrap()]).await;
+        assert_eq!(code, 0, "{form}: {err}");
+        assert!(!out.contains("leak") && !err.contains("leak"), "{form}:\n{out}{err}");
+        assert!(out.contains("***"), "{out}");
+        let (code, out, err) = run(&["collect", "--config", path.to_str().unwrap()]).await;
+        assert_eq!(code, 69, "{form}: {err}");
+        assert!(!out.contains("leak") && !err.contains("leak"), "{form}:\n{err}");
+    }
+}
