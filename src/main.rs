@@ -60,21 +60,36 @@ struct Status {
     /// print the health snapshot as JSON
     #[argh(switch)]
     json: bool,
-    /// the daemon's status socket (default $RUNTIME_DIRECTORY/status.sock, else
-    /// /run/collector/status.sock)
+    /// the daemon's status socket (default: daemon.status_socket of the configuration)
     #[argh(option)]
     socket: Option<PathBuf>,
+    /// configuration file naming the socket (default /etc/collector/collector.toml when it
+    /// exists, else $RUNTIME_DIRECTORY/status.sock or /run/collector/status.sock)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
-/// `collector status`: exit 0 with the health, 69 when no daemon answers.
+/// `collector status`: exit 0 with the health, 69 when no daemon answers, 78 when the
+/// configuration named cannot be read.
 fn status(args: Status) -> ExitCode {
-    let socket = args.socket.unwrap_or_else(|| {
-        let env = config::Env::from_process();
-        match env.runtime_directory {
-            Some(dir) => PathBuf::from(dir).join("status.sock"),
-            None => PathBuf::from("/run/collector/status.sock"),
-        }
-    });
+    let socket = match (args.socket, args.config) {
+        (Some(socket), _) => socket,
+        (None, Some(path)) => match app::load_config(&path) {
+            Ok(cfg) => cfg.daemon.status_socket,
+            Err(e) => {
+                eprintln!("collector: {e}");
+                return ExitCode::from(exit::CONFIG);
+            }
+        },
+        // The packaged configuration when present (and readable), else the default place.
+        (None, None) => match app::load_config(std::path::Path::new(config::DEFAULT_PATH)) {
+            Ok(cfg) => cfg.daemon.status_socket,
+            Err(_) => match config::Env::from_process().runtime_directory {
+                Some(dir) => PathBuf::from(dir).join("status.sock"),
+                None => PathBuf::from("/run/collector/status.sock"),
+            },
+        },
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     match runtime.block_on(collector::daemon::status::fetch(&socket)) {
         Ok(h) if args.json => {

@@ -22,6 +22,12 @@ pub fn bind(path: &Path) -> Option<UnixListener> {
         }
         let _ = std::fs::remove_file(path);
     }
+    // Outside systemd the default directory (/run/collector) may not exist yet.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create the status socket's directory");
+        }
+    }
     let listener = match UnixListener::bind(path) {
         Ok(l) => l,
         Err(e) => {

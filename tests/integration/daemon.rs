@@ -702,3 +702,36 @@ async fn scenario_every_generated_trade_is_stored_once_through_drops_silence_out
     assert_eq!(stored, total, "nothing missing, nothing twice");
     assert!(count("SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'refused by the database%'").await.unwrap() >= 1);
 }
+
+/// `collector status --config PATH` finds the socket the configuration names; the daemon
+/// creates the socket's directory when it does not exist yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_finds_the_socket_from_the_configuration() {
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/nested/status.sock");
+    let config = dir.path().join("collector.toml");
+    std::fs::write(&config, config_text(&db, &fake.url(), &format!("[daemon]\nstatus_socket = \"{}\"\n{FAST}", socket.display()))).unwrap();
+    let _child = Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["collect", "--config", config.to_str().unwrap()])
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = |args: Vec<String>| async move {
+        let out = Command::new(env!("CARGO_BIN_EXE_collector")).args(&args).output().await.unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let args = vec!["status".to_string(), "--config".into(), config.display().to_string()];
+    eventually(20, "status through --config", || async { status(args.clone()).await.0 == 0 }).await;
+    let (_, out, _) = status(args.clone()).await;
+    assert!(out.starts_with("=== Daemon Health ==="), "{out}");
+    // A configuration naming a socket nobody serves: the error says so.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, config_text(&db, &fake.url(), &format!("[daemon]\nstatus_socket = \"{}/none.sock\"\n", dir.path().display()))).unwrap();
+    let (code, _, err) = status(vec!["status".into(), "--config".into(), other.display().to_string()]).await;
+    assert_eq!(code, 69);
+    assert!(err.contains("no status socket at") && err.contains("none.sock"), "{err}");
+}
