@@ -89,7 +89,8 @@ pub async fn migrate(cfg: Config) -> Result<(), AppError> {
 
 /// `collector collect`: runs until SIGTERM or SIGINT (exit 0 after the drain), a second
 /// signal during the drain (exit 130), or a task spending its restart budget (exit 70).
-pub async fn collect(cfg: Config) -> Result<(), AppError> {
+/// SIGHUP (`systemctl reload collector`) re-reads `path` ([`reload`]).
+pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError> {
     let mut signals = Signals::new()?;
     tracing::info!(
         message_id = journal::LIFECYCLE, version = env!("CARGO_PKG_VERSION"),
@@ -100,7 +101,7 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
     // 1. Database and schema (a signal meanwhile ends the start quietly).
     let (pool, applied) = tokio::select! {
         r = connect_and_migrate(&cfg) => r?,
-        _ = signals.next() => return Ok(()),
+        _ = signals.stop() => return Ok(()),
     };
     tracing::info!(applied = applied.len(), "database connected, schema current");
     let client = Arc::new(PolymarketClient::new(&cfg.upstream)?);
@@ -122,20 +123,27 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
     let status_task = status::bind(&cfg.daemon.status_socket)
         .map(|l| tokio::spawn(status::serve(l, cfg.daemon.status_socket.clone(), health.clone(), daemon_cancel.clone())));
     // 5. READY once the stream's first connections are up (bounded).
-    if let Some(s) = stream.as_mut() {
-        tokio::select! {
-            _ = s.ready() => {}
-            _ = signals.next() => {}
-        }
-    }
+    let early_stop = match stream.as_mut() {
+        Some(s) => tokio::select! {
+            _ = s.ready() => None,
+            signal = signals.stop() => Some(signal),
+        },
+        None => None,
+    };
     systemd::ready();
     tracing::info!(message_id = journal::LIFECYCLE, "collector running");
-    // 6. Run until a signal or a failure.
-    let stop: Result<&str, String> = tokio::select! {
-        signal = signals.next() => Ok(signal),
-        reason = supervisor.gave_up() => Err(reason.to_string()),
-        reason = async { stream.as_mut().expect("guarded").failed().await }, if stream.is_some() => Err(reason),
-    };
+    // 6. Run until a signal or a failure; SIGHUP reloads.
+    let mut running = cfg.clone();
+    let stop: Result<&str, String> = if let Some(signal) = early_stop { Ok(signal) } else { loop {
+        tokio::select! {
+            request = signals.next() => match request {
+                Some(signal) => break Ok(signal),
+                None => reload(path, &mut running),
+            },
+            reason = supervisor.gave_up() => break Err(reason.to_string()),
+            reason = async { stream.as_mut().expect("guarded").failed().await }, if stream.is_some() => break Err(reason),
+        }
+    }};
     // 7. The drain; then the health loop and the status socket end, and the pool closes.
     drain(&cfg, &stop, stream, &supervisor, &mut signals).await?;
     daemon_cancel.cancel();
@@ -153,10 +161,12 @@ pub async fn collect(cfg: Config) -> Result<(), AppError> {
     }
 }
 
-/// SIGTERM and SIGINT, as one stream of stop requests.
+/// SIGTERM and SIGINT, as one stream of stop requests; SIGHUP, the reload request (handled
+/// from the start, so it never kills the daemon).
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -164,16 +174,71 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).map_err(AppError::Signals)?,
             int: signal(SignalKind::interrupt()).map_err(AppError::Signals)?,
+            hup: signal(SignalKind::hangup()).map_err(AppError::Signals)?,
         })
     }
 
-    /// The next stop request's name.
-    async fn next(&mut self) -> &'static str {
+    /// The next request: `Some(signal name)` to stop, `None` to reload.
+    async fn next(&mut self) -> Option<&'static str> {
         tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => Some("SIGTERM"),
+            _ = self.int.recv() => Some("SIGINT"),
+            _ = self.hup.recv() => None,
         }
     }
+
+    /// The next stop request's name; a reload asked meanwhile (while starting or stopping)
+    /// is ignored, with a note.
+    async fn stop(&mut self) -> &'static str {
+        loop {
+            match self.next().await {
+                Some(signal) => return signal,
+                None => tracing::warn!("reload requested while starting or stopping: ignored"),
+            }
+        }
+    }
+}
+
+/// A reload (SIGHUP): re-reads the configuration file. A file with problems is refused, every
+/// problem logged, and the running configuration kept. Otherwise what can change live is
+/// applied — today the log level — and every other changed key is logged as needing a
+/// restart (`systemctl restart collector`).
+fn reload(path: &std::path::Path, running: &mut Config) {
+    systemd::reloading();
+    match load_config(path) {
+        Err(e) => {
+            let problems = e.problems.join("; ");
+            tracing::error!(message_id = journal::LIFECYCLE, problems = %problems,
+                "reload refused, the running configuration is kept: {problems}");
+        }
+        Ok(new) => {
+            let changed: Vec<String> = new
+                .settings
+                .iter()
+                .filter(|s| running.settings.iter().find(|o| o.section == s.section && o.key == s.key) != Some(*s))
+                .map(|s| format!("{}.{}", s.section, s.key))
+                .collect();
+            let (mut applied, mut pending) = (Vec::new(), Vec::new());
+            for key in changed {
+                if key == "log.level" {
+                    match crate::logging::set_level(&new.log.level) {
+                        Ok(()) => {
+                            running.log.level = new.log.level.clone();
+                            applied.push(key);
+                        }
+                        Err(e) => pending.push(format!("{key} ({e})")),
+                    }
+                } else {
+                    pending.push(key);
+                }
+            }
+            running.settings.retain(|s| !(s.section == "log" && s.key == "level"));
+            running.settings.extend(new.settings.iter().filter(|s| s.section == "log" && s.key == "level").cloned());
+            tracing::info!(message_id = journal::LIFECYCLE, applied = %applied.join(", "), needs_restart = %pending.join(", "),
+                "configuration reloaded: applied [{}]; needs a restart to apply: [{}]", applied.join(", "), pending.join(", "));
+        }
+    }
+    systemd::ready();
 }
 
 /// The live stream, when enabled.
@@ -222,7 +287,7 @@ async fn drain(cfg: &Config, stop: &Result<&str, String>, stream: Option<StreamH
     };
     let drained = tokio::select! {
         d = drain => d,
-        _ = signals.next() => return Err(AppError::Interrupted),
+        _ = signals.stop() => return Err(AppError::Interrupted),
     };
     extender.abort();
     if !drained {

@@ -1,33 +1,57 @@
 //! Logging: to journald natively when running under systemd's journal, otherwise to stderr in
 //! a human format. `RUST_LOG` overrides the configured level.
 
+use std::sync::OnceLock;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
+
+/// The live filter, for [`set_level`].
+static FILTER: OnceLock<reload::Handle<EnvFilter, tracing_subscriber::Registry>> = OnceLock::new();
 
 /// Installs the global subscriber. Returns where logs go, for the startup line.
 pub fn init(level: &str) -> &'static str {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = rust_log()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = FILTER.set(handle);
     // systemd sets JOURNAL_STREAM when stdout/stderr are connected to the journal.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(journald) = tracing_journald::layer() {
             // No field prefix: `message_id` becomes MESSAGE_ID, `collector` COLLECTOR, ...
             let journald = journald.with_syslog_identifier("collector".into()).with_field_prefix(None);
-            if tracing_subscriber::registry().with(filter.clone()).with(journald).try_init().is_ok() {
+            if tracing_subscriber::registry().with(filter).with(journald).try_init().is_ok() {
                 return "journald";
             }
+            return "stderr";
         }
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .fmt_fields(HumanFields)
-        .try_init();
+        .fmt_fields(HumanFields);
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).try_init();
     "stderr"
+}
+
+/// `RUST_LOG` when set and not empty.
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty())
+}
+
+/// Changes the log filter of the running process (a reload). `RUST_LOG`, when set, still
+/// wins, as at start.
+pub fn set_level(level: &str) -> Result<(), String> {
+    if rust_log().is_some() {
+        return Err("RUST_LOG is set and overrides log.level".into());
+    }
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    FILTER.get().ok_or("logging not initialised")?.reload(filter).map_err(|e| e.to_string())
 }
 
 /// Field formatting for stderr: the message, then `key=value` pairs — except on health

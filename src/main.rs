@@ -168,7 +168,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::Collect(_) => app::collect(cfg).await,
+            Command::Collect(c) => app::collect(cfg, &c.config).await,
             Command::Migrate(_) => app::migrate(cfg).await,
             Command::CheckConfig(_) | Command::Status(_) => unreachable!("handled above"),
         }

@@ -20,6 +20,15 @@ pub fn status(line: &str) {
     send(&[NotifyState::Status(line)]);
 }
 
+/// `RELOADING=1` with the monotonic time (systemd ≥ 253 requires it), at the start of a
+/// reload; `READY=1` ends it.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
+}
+
 pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }

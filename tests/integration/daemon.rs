@@ -149,6 +149,7 @@ impl Daemon {
     }
 }
 
+const SIGHUP: i32 = 1;
 const SIGINT: i32 = 2;
 const SIGTERM: i32 = 15;
 
@@ -734,4 +735,35 @@ async fn status_finds_the_socket_from_the_configuration() {
     let (code, _, err) = status(vec!["status".into(), "--config".into(), other.display().to_string()]).await;
     assert_eq!(code, 69);
     assert!(err.contains("no status socket at") && err.contains("none.sock"), "{err}");
+}
+
+/// SIGHUP (`systemctl reload`) re-reads the configuration instead of killing the daemon: the
+/// log level applies live, other changes are named as needing a restart, a bad file is
+/// refused with its problems and the daemon runs on; RELOADING=1 … READY=1 frame each reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_configuration_and_a_bad_file_is_refused() {
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    // The configured level, not RUST_LOG, decides (an empty RUST_LOG is unset).
+    let mut d = Daemon::start(&db, &fake, &format!("{FAST}[log]\nlevel = \"info\"\n"), &[("RUST_LOG", "")]).await;
+    eventually(20, "running", || async { d.notes.has("READY=1") && d.status(false).await.0 == 0 }).await;
+    let config = d._dir.path().join("collector.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("[books]\ninterval_secs = 1", "[books]\ninterval_secs = 2").replace("level = \"info\"", "level = \"debug\"")).unwrap();
+    d.signal(SIGHUP);
+    eventually(10, "reloaded", || async { d.log.count("configuration reloaded") == 1 }).await;
+    let log = d.log.text();
+    assert!(log.contains("applied [log.level]"), "{log}");
+    assert!(log.contains("needs a restart to apply: [books.interval_secs]"), "{log}");
+    eventually(10, "debug records after the reload", || async { d.log.count(" DEBUG ") >= 1 }).await;
+    assert!(d.notes.has("RELOADING=1"), "{:?}", d.notes.all());
+    // A bad file: refused, every problem listed, still running.
+    std::fs::write(&config, "[books]\ninterval_secs = \"often\"\nmystery = 1\n").unwrap();
+    d.signal(SIGHUP);
+    eventually(10, "refused", || async { d.log.count("reload refused") == 1 }).await;
+    let log = d.log.text();
+    assert!(log.contains("books.interval_secs: expected an integer") && log.contains("books.mystery: unknown key"), "{log}");
+    assert_eq!(d.status(false).await.0, 0, "still running");
+    d.signal(SIGTERM);
+    assert_eq!(d.exit_code(30).await, 0, "{}", d.log.text());
 }
