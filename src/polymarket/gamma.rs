@@ -265,18 +265,18 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(odd.is_empty(), "{odd:?}");
-        assert_eq!(m.id, "559652");
-        assert_eq!(m.volume.unwrap().to_string(), "25814545.294374414");
-        assert_eq!(m.liquidity.unwrap().to_string(), "230438.22824");
+        assert_eq!(m.id, "612408");
+        assert_eq!(m.volume.unwrap().to_string(), "18814545.294374414");
+        assert_eq!(m.liquidity.unwrap().to_string(), "190438.22824");
         assert_eq!(m.tick_size.unwrap().to_string(), "0.001");
-        assert_eq!(m.event_id.as_deref(), Some("30829"));
+        assert_eq!(m.event_id.as_deref(), Some("41077"));
         assert_eq!(m.tokens.len(), 2);
         assert_eq!(
             m.tokens[0].token_id,
-            "54533043819946592547517511176940999955633860128497669742211153063842200957669"
+            "71093358244715600382916450012873346690018225563791045520917733608412097705531"
         );
         assert_eq!(m.tokens[1].outcome.as_deref(), Some("No"));
-        assert_eq!(m.outcome_prices[0].unwrap().to_string(), "0.2325");
+        assert_eq!(m.outcome_prices[0].unwrap().to_string(), "0.1875");
         assert_eq!(m.winning_outcome_index(), None);
     }
 

@@ -10,12 +10,13 @@ pub mod gamma;
 pub mod retry;
 pub mod ws;
 
-/// The shared Polymarket fixtures (`../shared/fixtures/polymarket/`), for unit tests.
+/// The project's Polymarket fixtures (`tests/fixtures/polymarket/`, written from the documented
+/// upstream shapes), for unit tests.
 #[cfg(test)]
 pub(crate) mod fixtures {
     pub fn text(rel: &str) -> String {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/");
-        std::fs::read_to_string(format!("{path}{rel}")).expect("shared fixtures beside the repository")
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/polymarket/");
+        std::fs::read_to_string(format!("{path}{rel}")).expect("fixture under tests/fixtures")
     }
 
     pub fn json(rel: &str) -> serde_json::Value {

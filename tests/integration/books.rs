@@ -60,7 +60,7 @@ async fn books_are_stored_once_per_token_timestamp_and_hash() {
     assert_eq!(row.get::<_, String>(1), "0.35", "best ask is the lowest, wherever it stood");
     assert_eq!(
         row.get::<_, String>(2),
-        r#"[["0.34", "2210.17"], ["0.33", "980"], ["0.31", "420.5"], ["0.2", "1500"], ["0.01", "125000"]]"#,
+        r#"[["0.34", "1980.42"], ["0.32", "760"], ["0.3", "505.25"], ["0.25", "1320"], ["0.02", "90000"]]"#,
         "full depth, best first, text exactly as sent"
     );
     assert_eq!(row.get::<_, String>(3), "118000");

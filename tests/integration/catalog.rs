@@ -25,7 +25,7 @@ async fn populated_fake() -> Fake {
     fake.with(|s| {
         s.events = (0..30).map(|e| fake::event(e, 2)).collect();
         let mut live_event = fake::event(1000, 0);
-        let live = fake::shared_fixture("captured/gamma_market_live.json");
+        let live = fake::fixture("captured/gamma_market_live.json");
         let no_condition = json!({"id": "900001", "conditionId": "", "question": "broken",
             "clobTokenIds": "[\"1\", \"2\"]", "outcomes": "[\"Yes\", \"No\"]", "closed": false});
         let three = json!({"id": "900002", "conditionId": format!("0x{:064x}", 77),
@@ -65,17 +65,17 @@ async fn full_sweep_stores_exactly_the_fakes_catalog() {
     let row = client
         .query_one(
             "SELECT volume::text, liquidity::text, tick_size::text, outcome_prices::text, event_id, condition_id
-             FROM markets WHERE id = '559652'",
+             FROM markets WHERE id = '612408'",
             &[],
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "25814545.294374414");
-    assert_eq!(row.get::<_, String>(1), "230438.22824");
+    assert_eq!(row.get::<_, String>(0), "18814545.294374414");
+    assert_eq!(row.get::<_, String>(1), "190438.22824");
     assert_eq!(row.get::<_, String>(2), "0.001");
-    assert_eq!(row.get::<_, String>(3), "{0.2325,0.7675}");
+    assert_eq!(row.get::<_, String>(3), "{0.1875,0.8125}");
     assert_eq!(row.get::<_, String>(4), "91000");
-    assert_eq!(row.get::<_, String>(5), "0x0f49db97f71c68b1e42a6d16e3de93d85dbf7d4148e3f018eb79e88554be9f75");
+    assert_eq!(row.get::<_, String>(5), "0x5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f");
     let v: String = client
         .query_one("SELECT volume::text FROM markets WHERE id = '700005'", &[])
         .await
@@ -85,12 +85,12 @@ async fn full_sweep_stores_exactly_the_fakes_catalog() {
     let t = client
         .query_one(
             "SELECT outcome, outcome_index, market_id FROM tokens
-             WHERE token_id = '87854174148074652060467921081181402357467303721471806610111179101805869578687'",
+             WHERE token_id = '19847702268351190846628314559907462311105599873240021946674358801126630044472'",
             &[],
         )
         .await
         .unwrap();
-    assert_eq!((t.get::<_, String>(0), t.get::<_, i32>(1), t.get::<_, String>(2)), ("No".into(), 1, "559652".into()));
+    assert_eq!((t.get::<_, String>(0), t.get::<_, i32>(1), t.get::<_, String>(2)), ("No".into(), 1, "612408".into()));
     let broken: Option<String> = client
         .query_one("SELECT condition_id FROM markets WHERE id = '900001'", &[])
         .await
@@ -233,7 +233,7 @@ async fn resolutions_pass_captures_a_closed_and_resolved_market() {
 async fn schema_doc_example_queries_run() {
     let db = pg::fresh_db().await;
     let fake = Fake::start().await;
-    let mut ev = fake::shared_fixture("gamma_event.json");
+    let mut ev = fake::fixture("gamma_event.json");
     for m in ev["markets"].as_array_mut().unwrap() {
         m["closed"] = json!(false);
     }

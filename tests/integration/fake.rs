@@ -337,9 +337,11 @@ pub fn data_trade(asset: &str, condition: &str, price: &str, size: &str, side: &
 
 // ---- data builders -------------------------------------------------------------------------
 
-pub fn shared_fixture(rel: &str) -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/");
-    let text = std::fs::read_to_string(format!("{path}{rel}")).expect("shared fixtures beside the repo");
+/// One of the project's fixtures (`tests/fixtures/polymarket/`, written from the documented
+/// upstream shapes).
+pub fn fixture(rel: &str) -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/polymarket/");
+    let text = std::fs::read_to_string(format!("{path}{rel}")).expect("fixture under tests/fixtures");
     serde_json::from_str(&text).unwrap()
 }
 
@@ -350,7 +352,7 @@ pub fn token_id(market: u64, outcome: u64) -> String {
 
 /// Market `n`, shaped like the keyset fixture, with exact decimals that `f64` would spoil.
 pub fn market(n: u64) -> Value {
-    let mut m = shared_fixture("gamma_markets_keyset_page.json")["markets"][0].clone();
+    let mut m = fixture("gamma_markets_keyset_page.json")["markets"][0].clone();
     m["id"] = json!(format!("{}", 700_000 + n));
     m["conditionId"] = json!(format!("0x{:064x}", n + 1));
     m["slug"] = json!(format!("market-{n}"));
@@ -365,7 +367,7 @@ pub fn market(n: u64) -> Value {
 
 /// Event `e` holding markets `e*per .. e*per+per`.
 pub fn event(e: u64, per: u64) -> Value {
-    let mut ev = shared_fixture("gamma_event.json");
+    let mut ev = fixture("gamma_event.json");
     ev["id"] = json!(format!("{}", 90_000 + e));
     ev["slug"] = json!(format!("event-{e}"));
     ev["title"] = json!(format!("Event {e}"));
@@ -375,7 +377,7 @@ pub fn event(e: u64, per: u64) -> Value {
 
 /// A book for `token` shaped like the REST fixture (bids ascending, asks descending).
 pub fn book(token: &str, ts_ms: u64, hash: &str) -> Value {
-    let mut b = shared_fixture("clob_book.json");
+    let mut b = fixture("clob_book.json");
     b["asset_id"] = json!(token);
     b["timestamp"] = json!(ts_ms.to_string());
     b["hash"] = json!(hash);

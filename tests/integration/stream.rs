@@ -162,7 +162,7 @@ async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarant
     }).await;
 
     // A new market on the stream is subscribed at once; a resolved one is dropped.
-    let mut nm: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/polymarket/ws_other_events.json")).unwrap()).unwrap();
+    let mut nm: serde_json::Value = fake::fixture("ws_other_events.json");
     let new_market = nm["new_market"].take();
     let new_assets: Vec<String> = new_market["assets_ids"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
     h.ws.broadcast(&new_market.to_string());
