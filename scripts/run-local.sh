@@ -34,7 +34,8 @@ if [ -z "${COLLECTOR_DATABASE_URL:-}" ]; then
   fi
   pw=$(cat .local/db-password)
   echo "==> ensuring role and database 'collector'"
-  as_postgres psql -q -p "$port" -v ON_ERROR_STOP=1 -v pw="$pw" <<'SQL'
+  # The password goes in on stdin, never in a command line (visible in the process list).
+  { printf "\\set pw '%s'\n" "$pw"; cat <<'SQL'; } | as_postgres psql -q -p "$port" -v ON_ERROR_STOP=1
 SELECT format('CREATE ROLE collector LOGIN PASSWORD %L', :'pw')
   WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'collector') \gexec
 ALTER ROLE collector PASSWORD :'pw';
@@ -49,6 +50,8 @@ else
 fi
 
 if [ ! -f .local/collector.toml ]; then
+  # Owner-only: a COLLECTOR_DATABASE_URL may carry a password.
+  umask 077
   sed -e "s|^url = \"postgresql://.*|url = \"$db_url\"|" \
       -e "s|^# password_file = .*|$password_line|" \
       -e "s|^# status_socket = .*|status_socket = \"$PWD/.local/status.sock\"|" \

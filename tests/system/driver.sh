@@ -71,11 +71,11 @@ check upgrade dpkg -i --force-confold /pkg/collector.deb
 check upgrade_keeps_conffile grep -q '^log_interval_secs = 3' /etc/collector/collector.toml
 check running_after_upgrade wait_for 30 systemctl is-active collector
 
-# Remove stops it; purge leaves nothing of the package (the database stays).
+# Remove stops it; purge removes the configuration and spool (the database and the system user stay).
 check remove dpkg -r collector
 check removed_stopped bash -c '! systemctl is-active -q collector && [ ! -e /usr/bin/collector ] && [ -e /etc/collector/collector.toml ]'
 check purge dpkg -P collector
-check purged_clean bash -c '[ ! -e /etc/collector ] && [ ! -e /var/lib/collector ] && ! getent passwd collector'
+check purged_clean bash -c '[ ! -e /etc/collector ] && [ ! -e /var/lib/collector ] && getent passwd collector >/dev/null'
 check database_kept bash -c '[ "$(runuser -u postgres -- psql -tAc "SELECT count(*) FROM markets" collector)" = 3 ]'
 log DONE
 systemctl poweroff
