@@ -14,7 +14,8 @@ echo "==> built $deb"
 echo "==> package contents"
 contents=$(dpkg-deb -c "$deb")
 for f in ./usr/bin/collector ./etc/collector/collector.toml ./usr/lib/systemd/system/collector.service \
-         ./usr/lib/sysusers.d/collector.conf ./usr/share/man/man1/collector.1.gz ./usr/share/doc/collector/copyright; do
+         ./usr/lib/sysusers.d/collector.conf ./usr/share/man/man1/collector.1.gz ./usr/share/doc/collector/copyright \
+         ./usr/lib/systemd/catalog/collector.catalog ./usr/share/doc/collector/changelog.Debian.gz; do
   grep -q " $f\$" <<<"$contents" || grep -q " $f -> " <<<"$contents" || { echo "missing $f in $deb"; echo "$contents"; exit 1; }
 done
 info=$(dpkg-deb -I "$deb")

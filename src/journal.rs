@@ -17,3 +17,24 @@ pub const BACKFILL: &str = "6f1c9a3e2b7d4c0e9a8b5d3f1e2c4a65";
 pub const SPOOL: &str = "6f1c9a3e2b7d4c0e9a8b5d3f1e2c4a66";
 /// Lifecycle: started, ready, stopping, stopped.
 pub const LIFECYCLE: &str = "6f1c9a3e2b7d4c0e9a8b5d3f1e2c4a67";
+
+/// Every id, for the catalog check.
+pub const ALL: [&str; 8] = [HEALTH, RESTART, RECONNECT, GAP_OPENED, GAP_CLOSED, BACKFILL, SPOOL, LIFECYCLE];
+
+#[cfg(test)]
+mod tests {
+    /// The packaged journald catalog explains every message id, and only those.
+    #[test]
+    fn the_catalog_has_an_entry_per_message_id() {
+        let catalog = include_str!("../packaging/collector.catalog");
+        let ids: Vec<&str> = catalog.lines().filter_map(|l| l.strip_prefix("-- ")).collect();
+        let mut want = super::ALL.to_vec();
+        want.sort_unstable();
+        let mut got = ids.clone();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        for block in catalog.split("\n-- ").skip(1) {
+            assert!(block.contains("\nSubject: ") && block.contains("\nDefined-By: collector"), "{block}");
+        }
+    }
+}
