@@ -159,6 +159,9 @@ pub struct StreamConfig {
     pub spool_dir: PathBuf,
     /// Spool size bound; past it rows are dropped with an ERROR. Default 1 GiB.
     pub spool_max_bytes: u64,
+    /// Days of level changes kept: older daily partitions are dropped (hourly check). Default
+    /// 0: keep everything.
+    pub retention_days: u32,
     /// Backfill trades of gaps from the Data API. Default true.
     pub backfill: bool,
     /// Planned gaps (a clean stop and start) up to this long are backfilled too; longer ones
@@ -381,6 +384,7 @@ impl Config {
             flush_interval: s.millis("flush_interval_ms", 50, 1, 60_000),
             spool_dir: PathBuf::from(s.string("spool_dir", &default_spool.display().to_string())),
             spool_max_bytes: s.int("spool_max_bytes", 1 << 30, 1024, u64::MAX / 2),
+            retention_days: s.int("retention_days", 0, 0, 36_500) as u32,
             backfill: s.bool("backfill", true),
             backfill_planned_max: s.secs("backfill_planned_max_secs", 86_400, 0, 365 * 86_400),
             backfill_max_pages: s.int("backfill_max_pages", 200, 1, 100_000) as usize,

@@ -5,6 +5,7 @@ pub mod books;
 pub mod catalog;
 pub mod migrate;
 pub mod gaps;
+pub mod partitions;
 pub mod stream;
 pub mod url;
 

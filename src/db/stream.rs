@@ -27,8 +27,12 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use super::books::{self, BookSource};
 use super::{DbError, Pool};
+use crate::polymarket::decode::Side;
 use crate::polymarket::clob::Book;
 use crate::polymarket::ws::{Lifecycle, LifecycleKind, LevelChange, Quote, TickSizeChange, Trade};
 
@@ -81,7 +85,7 @@ impl Row {
 /// came between), or a previous attempt at this batch failed without a clear answer — so
 /// every table takes its idempotent path; a stream trade then also replaces a backfilled
 /// copy of the same fill.
-pub async fn write_batch(pool: &Pool, rows: &[Row], replay: bool) -> Result<u64, DbError> {
+pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -> Result<u64, DbError> {
     let mut trades = Vec::new();
     let mut changes = Vec::new();
     let mut books_ = Vec::new();
@@ -100,28 +104,31 @@ pub async fn write_batch(pool: &Pool, rows: &[Row], replay: bool) -> Result<u64,
             Row::Quarantine { .. } => quarantine.push(r),
         }
     }
+    if !changes.is_empty() && !replay {
+        keys.resolve(pool, &changes).await?;
+    }
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
     let mut new_trades = 0;
     if !trades.is_empty() {
         let all_live = trades.iter().all(|r| matches!(r, Row::Trade { source: TradeSource::Ws, .. }));
-        new_trades = write_unique(&tx, &TRADES, &trades, replay || !all_live).await?;
+        new_trades = write_unique(&tx, keys, &TRADES, &trades, replay || !all_live).await?;
     }
     if !changes.is_empty() {
         if replay {
             idempotent(&tx, &PRICE_CHANGES, &changes).await?;
         } else {
-            copy_direct(&tx, &PRICE_CHANGES, &changes).await?;
+            copy_direct(&tx, keys, &PRICE_CHANGES, &changes).await?;
         }
     }
     if !quotes.is_empty() {
-        write_unique(&tx, &QUOTES, &quotes, replay).await?;
+        write_unique(&tx, keys, &QUOTES, &quotes, replay).await?;
     }
     if !ticks.is_empty() {
-        write_unique(&tx, &TICKS, &ticks, replay).await?;
+        write_unique(&tx, keys, &TICKS, &ticks, replay).await?;
     }
     if !quarantine.is_empty() {
-        copy_direct(&tx, &QUARANTINE, &quarantine).await?;
+        copy_direct(&tx, keys, &QUARANTINE, &quarantine).await?;
     }
     if !lifecycle.is_empty() {
         idempotent(&tx, &LIFECYCLE, &lifecycle).await?;
@@ -141,18 +148,18 @@ struct Table {
     types: &'static [Type],
     /// One row as a JSON object for `jsonb_to_recordset` (column name → value).
     json_row: fn(&Row) -> Value,
-    /// Run before `insert` on the idempotent path (empty: nothing); `$1` is the rows.
-    before_insert: &'static str,
+    /// Run before `insert` on the idempotent path; `$1` is the rows.
+    before_insert: &'static [&'static str],
     /// `INSERT … SELECT … FROM jsonb_to_recordset($1) AS n(…) …` storing what is new.
     insert: &'static str,
 }
 
 /// Rows of a table with a unique identity: a direct COPY under a savepoint, falling back to
 /// the idempotent path on a unique violation; `idempotent_only` goes there at once.
-async fn write_unique(tx: &Transaction<'_>, table: &Table, rows: &[&Row], idempotent_only: bool) -> Result<u64, tokio_postgres::Error> {
+async fn write_unique(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&Row], idempotent_only: bool) -> Result<u64, tokio_postgres::Error> {
     if !idempotent_only {
         tx.batch_execute("SAVEPOINT direct_copy").await?;
-        match copy_direct(tx, table, rows).await {
+        match copy_direct(tx, keys, table, rows).await {
             Ok(n) => {
                 tx.batch_execute("RELEASE SAVEPOINT direct_copy").await?;
                 return Ok(n);
@@ -168,7 +175,7 @@ async fn write_unique(tx: &Transaction<'_>, table: &Table, rows: &[&Row], idempo
 
 /// Binary COPY straight into the table; fields borrowed from the rows (no allocation per
 /// row on the hot tables).
-async fn copy_direct(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
+async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
     let sink = tx.copy_in(&format!("COPY {} ({}) FROM STDIN (FORMAT binary)", table.name, table.columns)).await?;
     let writer = BinaryCopyInWriter::new(sink, table.types);
     pin_mut!(writer);
@@ -179,8 +186,13 @@ async fn copy_direct(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Resu
                 writer.as_mut().write(&[&t.asset_id, &t.condition_id, &t.price, &t.size, &side, &t.source_ts, received_at, &src, &t.tx_hash, &t.fee_rate_bps]).await?
             }
             Row::PriceChange { change: c, condition_id, source_ts, received_at } => {
-                let side = c.side.as_str();
-                writer.as_mut().write(&[&c.asset_id, condition_id, &c.price, &c.size, &side, &c.hash, &c.best_bid, &c.best_ask, source_ts, received_at]).await?
+                let (token, condition) = (keys.token(&c.asset_id), keys.condition(condition_id.as_deref()));
+                let buy = c.side == Side::Buy;
+                let (hash_hex, hash_text) = split_hash(c.hash.as_deref());
+                writer
+                    .as_mut()
+                    .write(&[&token, source_ts, received_at, &condition, &buy, &c.price, &c.size, &c.best_bid, &c.best_ask, &hash_hex, &hash_text])
+                    .await?
             }
             Row::Quote { quote: q, received_at } => {
                 writer.as_mut().write(&[&q.asset_id, &q.condition_id, &q.best_bid, &q.best_ask, &q.spread, &q.source_ts, received_at]).await?
@@ -200,8 +212,8 @@ async fn copy_direct(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Resu
 /// The idempotent path: the rows as one `jsonb` parameter, inserted where not yet stored.
 async fn idempotent(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
     let data = Value::Array(rows.iter().map(|r| (table.json_row)(r)).collect());
-    if !table.before_insert.is_empty() {
-        tx.execute(table.before_insert, &[&data]).await?;
+    for statement in table.before_insert {
+        tx.execute(*statement, &[&data]).await?;
     }
     tx.execute(table.insert, &[&data]).await
 }
@@ -213,7 +225,7 @@ const TRADES: Table = Table {
     json_row: |r| match r {
         Row::Trade { trade: t, received_at, source } => json!({
             "asset_id": t.asset_id, "condition_id": t.condition_id, "price": t.price, "size": t.size,
-            "side": t.side.as_str(), "source_ts": t.source_ts, "received_at": received_at, "source": source.as_str(),
+            "side": t.side.as_str(), "source_ts": us(t.source_ts), "received_at": us(received_at), "source": source.as_str(),
             "tx_hash": t.tx_hash, "fee_rate_bps": t.fee_rate_bps,
         }),
         _ => unreachable!("grouped by kind"),
@@ -225,12 +237,12 @@ const TRADES: Table = Table {
     // second, a price within half the finest tick (0.0001), and the same transaction hash
     // when both have one. The stream's copy wins: it replaces a backfilled copy, and a
     // backfilled row is not inserted where any copy exists.
-    before_insert: "DELETE FROM trades b USING jsonb_to_recordset($1::jsonb) AS n(asset_id text, price numeric, size numeric,
+    before_insert: &["DELETE FROM trades b USING jsonb_to_recordset($1::jsonb) AS n(asset_id text, price numeric, size numeric,
             side text, source_ts timestamptz, source text, tx_hash text)
         WHERE n.source = 'ws' AND b.source = 'backfill' AND b.asset_id = n.asset_id
           AND b.source_ts = date_trunc('second', n.source_ts) AND b.side = n.side AND b.size = n.size
           AND abs(b.price - n.price) < 0.00005
-          AND (b.tx_hash IS NULL OR n.tx_hash IS NULL OR b.tx_hash = n.tx_hash)",
+          AND (b.tx_hash IS NULL OR n.tx_hash IS NULL OR b.tx_hash = n.tx_hash)"],
     insert: "INSERT INTO trades (asset_id, condition_id, price, size, side, source_ts, received_at, source, tx_hash, fee_rate_bps)
         SELECT DISTINCT ON (n.asset_id, n.source_ts, n.side, n.price, n.size, COALESCE(n.tx_hash, ''))
             n.asset_id, n.condition_id, n.price, n.size, n.side, n.source_ts, n.received_at, n.source, n.tx_hash, n.fee_rate_bps
@@ -245,28 +257,116 @@ const TRADES: Table = Table {
         ON CONFLICT DO NOTHING",
 };
 
+/// `price_changes` is a view over `price_changes_compact` (migration 5): integer keys from
+/// the `stream_tokens` / `stream_conditions` dictionaries, the side as a boolean, upstream's
+/// 40-hex-digit hash as 20 bytes (any other hash as text).
 const PRICE_CHANGES: Table = Table {
-    name: "price_changes",
-    columns: "asset_id, condition_id, price, size, side, hash, best_bid, best_ask, source_ts, received_at",
-    types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
+    name: "price_changes_compact",
+    columns: "token_key, source_ts, received_at, condition_key, buy, price, size, best_bid, best_ask, hash_hex, hash_text",
+    types: &[Type::INT4, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::INT4, Type::BOOL, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::BYTEA, Type::TEXT],
     json_row: |r| match r {
         Row::PriceChange { change: c, condition_id, source_ts, received_at } => json!({
             "asset_id": c.asset_id, "condition_id": condition_id, "price": c.price, "size": c.size, "side": c.side.as_str(),
-            "hash": c.hash, "best_bid": c.best_bid, "best_ask": c.best_ask, "source_ts": source_ts, "received_at": received_at,
+            "hash": c.hash, "best_bid": c.best_bid, "best_ask": c.best_ask, "source_ts": us(source_ts), "received_at": us(received_at),
         }),
         _ => unreachable!("grouped by kind"),
     },
-    before_insert: "",
-    // Identity: (asset_id, source_ts, side, price, size, hash); the lookup uses the
-    // (asset_id, source_ts) index.
-    insert: "INSERT INTO price_changes (asset_id, condition_id, price, size, side, hash, best_bid, best_ask, source_ts, received_at)
-        SELECT DISTINCT ON (n.asset_id, n.source_ts, n.side, n.price, n.size, COALESCE(n.hash, ''))
-            n.asset_id, n.condition_id, n.price, n.size, n.side, n.hash, n.best_bid, n.best_ask, n.source_ts, n.received_at
+    before_insert: &[
+        "INSERT INTO stream_tokens (token_id) SELECT DISTINCT n.asset_id FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text)
+         ON CONFLICT DO NOTHING",
+        "INSERT INTO stream_conditions (condition_id) SELECT DISTINCT n.condition_id FROM jsonb_to_recordset($1::jsonb) AS n(condition_id text)
+         WHERE n.condition_id IS NOT NULL ON CONFLICT DO NOTHING",
+    ],
+    // Identity: (token, source_ts, side, price, size, hash); the lookup uses the
+    // (token_key, source_ts) index.
+    insert: "INSERT INTO price_changes_compact (token_key, source_ts, received_at, condition_key, buy, price, size, best_bid, best_ask, hash_hex, hash_text)
+        SELECT DISTINCT ON (t.token_key, n.source_ts, n.side, n.price, n.size, COALESCE(n.hash, ''))
+            t.token_key, n.source_ts, n.received_at, c.condition_key, n.side = 'BUY', n.price, n.size, n.best_bid, n.best_ask,
+            CASE WHEN n.hash ~ '^[0-9a-f]{40}$' THEN decode(n.hash, 'hex') END,
+            CASE WHEN n.hash !~ '^[0-9a-f]{40}$' THEN n.hash END
         FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text, condition_id text, price numeric, size numeric, side text,
             hash text, best_bid numeric, best_ask numeric, source_ts timestamptz, received_at timestamptz)
-        WHERE NOT EXISTS (SELECT 1 FROM price_changes o WHERE o.asset_id = n.asset_id AND o.source_ts = n.source_ts
-            AND o.side = n.side AND o.price = n.price AND o.size = n.size AND o.hash IS NOT DISTINCT FROM n.hash)",
+        JOIN stream_tokens t ON t.token_id = n.asset_id
+        LEFT JOIN stream_conditions c ON c.condition_id = n.condition_id
+        WHERE NOT EXISTS (SELECT 1 FROM price_changes_compact o WHERE o.token_key = t.token_key AND o.source_ts = n.source_ts
+            AND o.buy = (n.side = 'BUY') AND o.price = n.price AND o.size = n.size
+            AND COALESCE(encode(o.hash_hex, 'hex'), o.hash_text) IS NOT DISTINCT FROM n.hash)",
 };
+
+/// A time as PostgreSQL stores it (microseconds, truncated as the binary COPY does), so the
+/// idempotent path compares equal to what the COPY stored.
+fn us(t: impl std::borrow::Borrow<DateTime<Utc>>) -> String {
+    t.borrow().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Upstream's hash: 40 lowercase hex digits as 20 bytes, anything else as text.
+fn split_hash(hash: Option<&str>) -> (Option<Vec<u8>>, Option<&str>) {
+    let Some(h) = hash else { return (None, None) };
+    let hex = h.len() == 40 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex {
+        return (None, Some(h));
+    }
+    let nibble = |b: u8| if b.is_ascii_digit() { b - b'0' } else { b - b'a' + 10 };
+    (Some(h.as_bytes().chunks(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])).collect()), None)
+}
+
+/// The dictionaries' keys this process knows (`stream_tokens`, `stream_conditions`), so the
+/// hot path copies integers. Unknown ids are added in their own committed statement before the
+/// batch's transaction (`ON CONFLICT DO NOTHING`: safe with concurrent writers), never inside
+/// it: a key is cached only once its dictionary row is durable. One per database.
+#[derive(Debug, Default)]
+pub struct Keys {
+    tokens: Mutex<HashMap<String, i32>>,
+    conditions: Mutex<HashMap<String, i32>>,
+}
+
+impl Keys {
+    fn token(&self, id: &str) -> i32 {
+        *self.tokens.lock().expect("keys lock").get(id).expect("resolved before the copy")
+    }
+
+    fn condition(&self, id: Option<&str>) -> Option<i32> {
+        id.map(|c| *self.conditions.lock().expect("keys lock").get(c).expect("resolved before the copy"))
+    }
+
+    /// Makes sure every token and condition of these level changes has a cached key.
+    async fn resolve(&self, pool: &Pool, rows: &[&Row]) -> Result<(), DbError> {
+        let (mut tokens, mut conditions) = (Vec::new(), Vec::new());
+        {
+            let (known_t, known_c) = (self.tokens.lock().expect("keys lock"), self.conditions.lock().expect("keys lock"));
+            for r in rows {
+                let Row::PriceChange { change, condition_id, .. } = r else { continue };
+                if !known_t.contains_key(&change.asset_id) && !tokens.contains(&change.asset_id) {
+                    tokens.push(change.asset_id.clone());
+                }
+                if let Some(c) = condition_id.as_ref().filter(|c| !known_c.contains_key(*c) && !conditions.contains(*c)) {
+                    conditions.push(c.clone());
+                }
+            }
+        }
+        if tokens.is_empty() && conditions.is_empty() {
+            return Ok(());
+        }
+        let db = pool.get().await?;
+        if !tokens.is_empty() {
+            db.execute("INSERT INTO stream_tokens (token_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&tokens]).await?;
+            let rows = db.query("SELECT token_id, token_key FROM stream_tokens WHERE token_id = ANY($1)", &[&tokens]).await?;
+            let mut known = self.tokens.lock().expect("keys lock");
+            for r in rows {
+                known.insert(r.get(0), r.get(1));
+            }
+        }
+        if !conditions.is_empty() {
+            db.execute("INSERT INTO stream_conditions (condition_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&conditions]).await?;
+            let rows = db.query("SELECT condition_id, condition_key FROM stream_conditions WHERE condition_id = ANY($1)", &[&conditions]).await?;
+            let mut known = self.conditions.lock().expect("keys lock");
+            for r in rows {
+                known.insert(r.get(0), r.get(1));
+            }
+        }
+        Ok(())
+    }
+}
 
 const QUOTES: Table = Table {
     name: "quotes",
@@ -275,11 +375,11 @@ const QUOTES: Table = Table {
     json_row: |r| match r {
         Row::Quote { quote: q, received_at } => json!({
             "asset_id": q.asset_id, "condition_id": q.condition_id, "best_bid": q.best_bid, "best_ask": q.best_ask,
-            "spread": q.spread, "source_ts": q.source_ts, "received_at": received_at,
+            "spread": q.spread, "source_ts": us(q.source_ts), "received_at": us(received_at),
         }),
         _ => unreachable!("grouped by kind"),
     },
-    before_insert: "",
+    before_insert: &[],
     insert: "INSERT INTO quotes (asset_id, condition_id, best_bid, best_ask, spread, source_ts, received_at)
         SELECT n.asset_id, n.condition_id, n.best_bid, n.best_ask, n.spread, n.source_ts, n.received_at
         FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text, condition_id text, best_bid numeric, best_ask numeric,
@@ -294,11 +394,11 @@ const TICKS: Table = Table {
     json_row: |r| match r {
         Row::TickSize { change: c, received_at } => json!({
             "asset_id": c.asset_id, "condition_id": c.condition_id, "old_tick_size": c.old_tick_size,
-            "new_tick_size": c.new_tick_size, "source_ts": c.source_ts, "received_at": received_at,
+            "new_tick_size": c.new_tick_size, "source_ts": us(c.source_ts), "received_at": us(received_at),
         }),
         _ => unreachable!("grouped by kind"),
     },
-    before_insert: "",
+    before_insert: &[],
     insert: "INSERT INTO tick_size_changes (asset_id, condition_id, old_tick_size, new_tick_size, source_ts, received_at)
         SELECT n.asset_id, n.condition_id, n.old_tick_size, n.new_tick_size, n.source_ts, n.received_at
         FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text, condition_id text, old_tick_size numeric,
@@ -313,11 +413,11 @@ const LIFECYCLE: Table = Table {
     json_row: |r| match r {
         Row::Lifecycle { event: e, received_at } => json!({
             "kind": e.kind.as_str(), "condition_id": e.condition_id, "market_id": e.market_id,
-            "source_ts": e.source_ts, "received_at": received_at, "payload": e.payload,
+            "source_ts": us(e.source_ts), "received_at": us(received_at), "payload": e.payload,
         }),
         _ => unreachable!("grouped by kind"),
     },
-    before_insert: "",
+    before_insert: &[],
     insert: "INSERT INTO market_events (kind, condition_id, market_id, source_ts, received_at, payload)
         SELECT DISTINCT ON (n.kind, n.condition_id, n.source_ts) n.kind, n.condition_id, n.market_id, n.source_ts, n.received_at, n.payload
         FROM jsonb_to_recordset($1::jsonb) AS n(kind text, condition_id text, market_id text, source_ts timestamptz,
@@ -332,11 +432,11 @@ const QUARANTINE: Table = Table {
     types: &[Type::TIMESTAMPTZ, Type::INT4, Type::TEXT, Type::TEXT],
     json_row: |r| match r {
         Row::Quarantine { connection, reason, frame, received_at } => json!({
-            "received_at": received_at, "connection": connection, "reason": reason, "frame": frame,
+            "received_at": us(received_at), "connection": connection, "reason": reason, "frame": frame,
         }),
         _ => unreachable!("grouped by kind"),
     },
-    before_insert: "",
+    before_insert: &[],
     insert: "INSERT INTO stream_quarantine (received_at, connection, reason, frame)
         SELECT n.received_at, n.connection, n.reason, n.frame
         FROM jsonb_to_recordset($1::jsonb) AS n(received_at timestamptz, connection int4, reason text, frame text)",

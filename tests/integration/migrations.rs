@@ -67,3 +67,102 @@ async fn tls_to_a_server_with_a_self_signed_certificate() {
     let err = collector::db::connect(&cfg.database).await.err().expect("an untrusted certificate is refused");
     assert!(err.to_string().contains("certificate"), "{err}");
 }
+
+/// A database of the previous release (migrations 1–4) holding level changes is converted
+/// in place: the `price_changes` view answers exactly what the table held.
+#[tokio::test]
+async fn the_previous_release_is_converted_in_place_to_compact_partitioned_level_changes() {
+    let db = pg::fresh_db().await;
+    let mut client = db.client().await;
+    migrate::run_to(&mut client, 4).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO price_changes (asset_id, condition_id, price, size, side, hash, best_bid, best_ask, source_ts, received_at) VALUES
+             ('84417201957632105529310086432218840511209736675081273397001256649120375528161', '0xaa', 0.34, 2710.17, 'BUY',
+              'e0a71c3b9d2f4e6a8b0c1d2e3f4a5b6c7d8e9f01', 0.34, 0.35, '2026-11-27 10:00:00.123+00', '2026-11-27 10:00:00.2+00'),
+             ('84417201957632105529310086432218840511209736675081273397001256649120375528161', '0xaa', 0.5, 0, 'SELL',
+              'not-a-hex-hash', NULL, NULL, '2026-11-28 23:59:59.999+00', '2026-11-29 00:00:00.01+00'),
+             ('29041767350298712648890443219501120378874553109275648113086250047715329904432', NULL, 0.660, 12.500, 'SELL',
+              NULL, 0.65, 0.66, '2026-11-29 00:00:00+00', '2026-11-29 00:00:00.5+00')",
+        )
+        .await
+        .unwrap();
+    let snapshot = "SELECT asset_id, condition_id, price::text, size::text, side, hash, best_bid::text, best_ask::text,
+                    source_ts::text, received_at::text FROM price_changes ORDER BY source_ts";
+    let rows_text = |rows: Vec<tokio_postgres::Row>| -> Vec<Vec<Option<String>>> {
+        rows.iter().map(|r| (0..10).map(|i| r.get::<_, Option<String>>(i)).collect()).collect()
+    };
+    let before = rows_text(client.query(snapshot, &[]).await.unwrap());
+    let applied = migrate::run(&mut client).await.unwrap();
+    assert!(applied.iter().any(|(v, _)| *v == 5), "{applied:?}");
+    let after = rows_text(client.query(snapshot, &[]).await.unwrap());
+    assert_eq!(after, before, "the view answers exactly what the table held");
+    assert_eq!(db.count("SELECT count(*) FROM price_changes_compact").await, 3);
+    assert_eq!(db.count("SELECT count(*) FROM stream_tokens").await, 2);
+    let parts: Vec<String> = client
+        .query("SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'price_changes_compact' ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for day in ["price_changes_p20261127", "price_changes_p20261128", "price_changes_p20261129"] {
+        assert!(parts.iter().any(|p| p == day), "{day} in {parts:?}");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM price_changes_p20261128").await, 1, "rows land in their day");
+}
+
+/// The shapes a distributed PostgreSQL (Citus) needs later, read from the catalog: the hot
+/// table partitioned by the time in its identity, the token key first in every index, no
+/// foreign keys on it, single-level partitions.
+#[tokio::test]
+async fn the_compact_tables_have_the_shapes_a_distributed_database_needs() {
+    let db = pg::fresh_db().await;
+    let pool = db.pool().await;
+    collector::db::partitions::maintain(&pool, 0).await.unwrap();
+    let client = db.client().await;
+    let key: String = client
+        .query_one("SELECT a.attname::text FROM pg_partitioned_table pt JOIN pg_class c ON c.oid = pt.partrelid
+                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = pt.partattrs[0]
+                    WHERE c.relname = 'price_changes_compact' AND pt.partstrat = 'r'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(key, "source_ts");
+    let first_columns: Vec<String> = client
+        .query("SELECT a.attname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+                WHERE c.relname = 'price_changes_compact'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!first_columns.is_empty() && first_columns.iter().all(|c| c == "token_key"), "{first_columns:?}");
+    assert_eq!(db.count("SELECT count(*) FROM pg_constraint WHERE conrelid = 'price_changes_compact'::regclass AND contype = 'f'").await, 0);
+    assert_eq!(db.count("SELECT count(*) FROM pg_partitioned_table pt JOIN pg_inherits i ON i.inhparent = pt.partrelid
+                         JOIN pg_partitioned_table sub ON sub.partrelid = i.inhrelid").await, 0, "single level");
+}
+
+/// The daemon's partition maintenance: days ahead exist; with a retention, older days go.
+#[tokio::test]
+async fn partitions_are_made_ahead_and_dropped_past_the_retention() {
+    use chrono::{Duration, Utc};
+    use collector::db::partitions;
+    let db = pg::fresh_db().await;
+    let pool = db.pool().await;
+    let today = Utc::now().date_naive();
+    partitions::ensure(&pool, today - Duration::days(40), today - Duration::days(38)).await.unwrap();
+    let (made, dropped) = partitions::maintain(&pool, 0).await.unwrap();
+    assert!(dropped.is_empty(), "retention 0 keeps everything");
+    let days = partitions::days(&pool, "price_changes_compact").await.unwrap();
+    for d in -1..=2 {
+        assert!(days.contains(&(today + Duration::days(d))), "day {d} ahead: {days:?} (made {made})");
+    }
+    let (_, dropped) = partitions::maintain(&pool, 30).await.unwrap();
+    assert_eq!(dropped.len(), 3, "{dropped:?}");
+    let days = partitions::days(&pool, "price_changes_compact").await.unwrap();
+    assert!(days.iter().all(|d| *d >= today - Duration::days(30)), "{days:?}");
+    assert!(days.contains(&today));
+}

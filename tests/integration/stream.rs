@@ -12,7 +12,7 @@ use collector::collectors::stream::sink::Sink;
 use collector::collectors::stream::{self, StreamDeps, StreamHandle, StreamStats};
 use collector::config::{Config, Env};
 use collector::daemon::supervisor::Supervisor;
-use collector::db::stream::{Row, TradeSource, write_batch};
+use collector::db::stream::{Keys, Row, TradeSource, write_batch};
 use collector::polymarket::decode::Side;
 use collector::polymarket::ws::Trade;
 use collector::polymarket::client::PolymarketClient;
@@ -406,25 +406,26 @@ fn trade_row(asset: &str, price: &str, size: &str, ts: chrono::DateTime<chrono::
 async fn a_fill_is_stored_once_whether_the_stream_or_the_backfill_came_first() {
     let db = pg::fresh_db().await;
     let pool = db.pool().await;
+    let keys = Keys::default();
     let ms = chrono::DateTime::parse_from_rfc3339("2026-11-30T10:00:07.481Z").unwrap().to_utc();
     let second = chrono::DateTime::parse_from_rfc3339("2026-11-30T10:00:07Z").unwrap().to_utc();
     // Backfill first (whole second, float price), then the spooled stream copy (replay).
     let backfill = trade_row("a", "0.709999959", "1.464786", second, Some("0xfeed"), TradeSource::Backfill);
     let stream = trade_row("a", "0.71", "1.464786", ms, Some("0xfeed"), TradeSource::Ws);
-    write_batch(&pool, &[backfill.clone()], false).await.unwrap();
-    write_batch(&pool, &[stream.clone()], true).await.unwrap();
+    write_batch(&pool, &keys, &[backfill.clone()], false).await.unwrap();
+    write_batch(&pool, &keys, &[stream.clone()], true).await.unwrap();
     let rows = db.client().await.query("SELECT price::text, source FROM trades", &[]).await.unwrap();
     let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(got, vec![("0.71".to_string(), "ws".to_string())], "the stream's exact copy replaced the backfilled one");
     // And the other order: the backfill finds the stream's copy (no tx hash on the stream side).
     let stream = trade_row("b", "0.42", "5", ms, None, TradeSource::Ws);
     let backfill = trade_row("b", "0.4200000001", "5", second, Some("0xbeef"), TradeSource::Backfill);
-    write_batch(&pool, &[stream], false).await.unwrap();
-    write_batch(&pool, &[backfill], false).await.unwrap();
+    write_batch(&pool, &keys, &[stream], false).await.unwrap();
+    write_batch(&pool, &keys, &[backfill], false).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM trades WHERE asset_id = 'b'").await, Some(1));
     // Two genuinely different fills in one second stay two.
     let other = trade_row("b", "0.43", "5", second, Some("0xbeef"), TradeSource::Backfill);
-    write_batch(&pool, &[other], false).await.unwrap();
+    write_batch(&pool, &keys, &[other], false).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM trades WHERE asset_id = 'b'").await, Some(2));
 }
 
@@ -555,6 +556,8 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     use collector::polymarket::ws::{LevelChange, Quote};
     let db = pg::fresh_db().await;
     let pool = db.pool().await;
+    collector::db::partitions::maintain(&pool, 0).await.unwrap();
+    let keys = Keys::default();
     let ts = chrono::Utc::now();
     let change = |price: &str, hash: Option<&str>| Row::PriceChange {
         change: LevelChange {
@@ -565,14 +568,14 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     };
     let quote = Row::Quote { quote: Quote { asset_id: "a".into(), condition_id: None, best_bid: None, best_ask: None, spread: None, source_ts: ts }, received_at: ts };
     let batch = vec![change("0.41", Some("h1")), change("0.42", None), quote, trade_row("a", "0.4", "1", ts, Some("0x1"), TradeSource::Ws)];
-    write_batch(&pool, &batch, false).await.unwrap();
-    write_batch(&pool, &batch, true).await.unwrap();
+    write_batch(&pool, &keys, &batch, false).await.unwrap();
+    write_batch(&pool, &keys, &batch, true).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM price_changes").await, Some(2));
     assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
     // Live again (not a replay): quotes and trades fall back on their unique identity.
     let again = vec![batch[2].clone(), batch[3].clone()];
-    write_batch(&pool, &again, false).await.unwrap();
+    write_batch(&pool, &keys, &again, false).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
     let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes", &[]).await.unwrap().get(0);

@@ -323,7 +323,8 @@ pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow, max_
         if trades.is_empty() {
             continue;
         }
-        inserted += stream::write_batch(pool, &trades, false).await?;
+        // Trades only: no dictionary keys needed.
+        inserted += stream::write_batch(pool, &stream::Keys::default(), &trades, false).await?;
     }
     Ok(Backfilled { inserted, covered_from: covered_from.filter(|c| *c > gap.started_at) })
 }

@@ -48,6 +48,7 @@ use self::writer::{Stop, Writer};
 use super::Restarts;
 use crate::config::StreamConfig;
 use crate::db::catalog::{self, StreamScope};
+use crate::db::partitions;
 use crate::db::{DbError, Pool};
 use crate::fault::{self, Fault};
 use crate::polymarket::client::PolymarketClient;
@@ -237,6 +238,8 @@ pub enum StartError {
 /// shards and helpers.
 pub async fn spawn(deps: StreamDeps) -> Result<StreamHandle, StartError> {
     let database = crate::db::identity(&deps.pool).await?;
+    // Today's partitions (and the days around) exist before the first row.
+    partitions::maintain(&deps.pool, deps.cfg.retention_days).await?;
     let spool = Spool::open(&deps.cfg.spool_dir, deps.cfg.spool_max_bytes, &database)?;
     let (sink, rx) = Sink::new(deps.cfg.queue_capacity, spool);
     let stats = Arc::new(StreamStats::default());
@@ -249,6 +252,7 @@ pub async fn spawn(deps: StreamDeps) -> Result<StreamHandle, StartError> {
         batch_size: deps.cfg.batch_size,
         flush_interval: deps.cfg.flush_interval,
         poison_file: deps.cfg.spool_dir.join("poison.jsonl"),
+        keys: Arc::default(),
     };
     let (grace, ws) = (deps.drain_grace, writer_stop.clone());
     let writer = tokio::spawn(supervised("writer", deps.restarts.clone(), stats.clone(), writer_stop.cancel.clone(), move || {
@@ -470,6 +474,8 @@ impl Manager {
         // first minutes.
         let mut first_fill = tokio::time::interval(Duration::from_secs(1));
         let first_fill_until = Instant::now() + Duration::from_secs(600);
+        // Partitions ahead, and retention: hourly.
+        let mut maintenance = tokio::time::interval_at(Instant::now() + Duration::from_secs(3600), Duration::from_secs(3600));
         let scope_is_everything = cfg.token_ids.is_empty() && cfg.tag_slugs.is_empty() && cfg.min_volume_24h == 0 && cfg.min_liquidity == 0;
         loop {
             tokio::select! {
@@ -478,6 +484,13 @@ impl Manager {
                     let _ = ready.take().expect("guarded").send(());
                 }
                 _ = refresh.tick() => self.refresh(&ctx, &shard_cancel).await,
+                _ = maintenance.tick() => match partitions::maintain(&pool, cfg.retention_days).await {
+                    Ok((made, dropped)) if made > 0 || !dropped.is_empty() => {
+                        tracing::info!(created = made, dropped = %dropped.join(", "), "partitions maintained: {made} created, dropped [{}]", dropped.join(", "));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "partition maintenance failed, retrying in an hour: {e}"),
+                },
                 _ = first_fill.tick(), if self.owner.is_empty() && Instant::now() < first_fill_until => self.refresh(&ctx, &shard_cancel).await,
                 Some(done) = self.running.join_next_with_id(), if !self.running.is_empty() => match done {
                     Ok((id, ())) => {

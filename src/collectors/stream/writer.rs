@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::domain::printable;
 use super::sink::{LatencyHistogram, Sink};
 use crate::backoff::Backoff;
-use crate::db::stream::{Row, write_batch};
+use crate::db::stream::{Keys, Row, write_batch};
 use crate::db::{DbError, Pool};
 use crate::errors::error_chain;
 use crate::journal;
@@ -62,6 +62,8 @@ pub struct Writer {
     pub flush_interval: Duration,
     /// Where rows go that neither the tables nor `stream_quarantine` take.
     pub poison_file: PathBuf,
+    /// The dictionary keys known for this database.
+    pub keys: Arc<Keys>,
 }
 
 impl Writer {
@@ -155,7 +157,7 @@ impl Writer {
     /// that may pass (the database away, busy, …): the caller retries the whole batch, which
     /// is idempotent.
     async fn store(&self, rows: &[Row], replay: bool) -> Result<u64, DbError> {
-        match write_batch(&self.pool, rows, replay).await {
+        match write_batch(&self.pool, &self.keys, rows, replay).await {
             Err(e) if e.is_content_error() => self.isolate(rows, replay).await,
             other => other,
         }
@@ -166,7 +168,7 @@ impl Writer {
         // Halves, first half on top: rows keep their order.
         let mut stack: Vec<&[Row]> = vec![rows];
         while let Some(part) = stack.pop() {
-            match write_batch(&self.pool, part, replay).await {
+            match write_batch(&self.pool, &self.keys, part, replay).await {
                 Ok(n) => stored += n,
                 Err(e) if e.is_content_error() && part.len() == 1 => self.poison(&part[0], &e).await,
                 Err(e) if e.is_content_error() => {
@@ -189,7 +191,7 @@ impl Writer {
         let frame = printable(&serde_json::to_string(row).unwrap_or_default());
         tracing::error!(message_id = journal::SPOOL, sqlstate, reason = %reason, "a stream row was refused by the database; quarantined: {reason}");
         let q = Row::Quarantine { connection: None, reason: reason.clone(), frame: frame.clone(), received_at: row.received_at() };
-        if let Err(qe) = write_batch(&self.pool, std::slice::from_ref(&q), false).await {
+        if let Err(qe) = write_batch(&self.pool, &self.keys, std::slice::from_ref(&q), false).await {
             let line = serde_json::json!({"reason": reason, "row": frame, "quarantine_error": qe.to_string()});
             let written = std::fs::OpenOptions::new()
                 .create(true)
