@@ -32,6 +32,18 @@ pub struct HealthSnapshot {
     pub upstream: UpstreamHealth,
     /// Open markets in the catalog (as of the last health tick).
     pub open_markets: Option<i64>,
+    /// The database's size in bytes, and its growth projected to a day from the last
+    /// health reports (so an operator sees the disk filling before it is full).
+    #[serde(default)]
+    pub disk: Option<DiskUse>,
+}
+
+/// The database's disk use.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct DiskUse {
+    pub database_bytes: u64,
+    /// Growth over the last report interval, projected to 24 h; `None` until two samples.
+    pub projected_bytes_per_day: Option<u64>,
 }
 
 /// One polling collector (DESIGN §2 stats plus supervision).
@@ -70,6 +82,8 @@ pub struct Health {
     pub stream: Option<Arc<StreamMonitor>>,
     pub pool: Pool,
     open_markets: Arc<std::sync::Mutex<Option<i64>>>,
+    /// The first and the latest database-size sample `(when, bytes)`, and the projection.
+    disk: Arc<std::sync::Mutex<(Option<(Instant, u64)>, Option<DiskUse>)>>,
 }
 
 impl Health {
@@ -81,6 +95,7 @@ impl Health {
             stream: None,
             pool,
             open_markets: Arc::default(),
+            disk: Arc::default(),
         }
     }
 
@@ -126,6 +141,7 @@ impl Health {
                 gave_up: get(&c.gave_up),
             },
             open_markets: *self.open_markets.lock().expect("health lock"),
+            disk: self.disk.lock().expect("health lock").1,
         }
     }
 
@@ -146,10 +162,19 @@ impl Health {
     async fn refresh_open_markets(&self) {
         let query = async {
             let conn = self.pool.get().await.ok()?;
-            catalog::open_market_count(&*conn).await.ok()
+            let markets = catalog::open_market_count(&*conn).await.ok()?;
+            let size = catalog::database_bytes(&*conn).await.ok()?;
+            Some((markets, size))
         };
-        if let Ok(Some(n)) = tokio::time::timeout(Duration::from_secs(5), query).await {
+        if let Ok(Some((n, size))) = tokio::time::timeout(Duration::from_secs(5), query).await {
             *self.open_markets.lock().expect("health lock") = Some(n);
+            let mut disk = self.disk.lock().expect("health lock");
+            let now = Instant::now();
+            let first = *disk.0.get_or_insert((now, size));
+            let elapsed = now.duration_since(first.0).as_secs_f64();
+            // Growth since the first sample of this run (smooths the noise of one interval).
+            let per_day = (elapsed >= 1.0).then(|| (size.saturating_sub(first.1) as f64 * 86_400.0 / elapsed) as u64);
+            disk.1 = Some(DiskUse { database_bytes: size, projected_bytes_per_day: per_day });
         }
     }
 }
@@ -202,6 +227,12 @@ pub fn status_line(h: &HealthSnapshot, trades_per_min: Option<u64>) -> String {
     }
     if let Some(b) = h.collectors.get("books") {
         parts.push(format!("books {}", b.total_items));
+    }
+    if let Some(d) = &h.disk {
+        match d.projected_bytes_per_day {
+            Some(per_day) => parts.push(format!("disk {:.1} GB (+{:.1} GB/day)", d.database_bytes as f64 / 1e9, per_day as f64 / 1e9)),
+            None => parts.push(format!("disk {:.1} GB", d.database_bytes as f64 / 1e9)),
+        }
     }
     let errors: u64 = h.collectors.values().map(|c| c.error_count).sum();
     parts.push(format!("errors {errors}"));
@@ -276,6 +307,8 @@ fn log_report(h: &HealthSnapshot) {
         tasks_dead = h.tasks_dead,
         restarts = h.total_restarts,
         open_markets = h.open_markets.unwrap_or(-1),
+        database_bytes = h.disk.map_or(0, |d| d.database_bytes),
+        projected_bytes_per_day = h.disk.and_then(|d| d.projected_bytes_per_day).unwrap_or(0),
         trades_received = t.trades_received,
         trades_inserted = t.trades_inserted,
         connections = t.connections_active,
@@ -334,6 +367,7 @@ mod tests {
             }),
             upstream: UpstreamHealth::default(),
             open_markets: Some(15234),
+            disk: None,
         }
     }
 

@@ -118,6 +118,10 @@ pub fn render(h: &HealthSnapshot) -> String {
     if let Some(m) = h.open_markets {
         out.push_str(&format!("  catalog: open markets={m}\n"));
     }
+    if let Some(d) = &h.disk {
+        let per_day = d.projected_bytes_per_day.map_or("(measuring)".to_string(), |b| format!("{b} bytes/day projected"));
+        out.push_str(&format!("  disk: database={} bytes, growth {per_day}\n", d.database_bytes));
+    }
     let u = &h.upstream;
     out.push_str(&format!(
         "  upstream: requests={} retries={} rate_limited={} server_errors={} html_pages={} transport_errors={} gave_up={}\n",

@@ -320,3 +320,9 @@ pub async fn conditions_of<C: GenericClient>(db: &C, token_ids: &[String]) -> Re
 pub async fn open_market_count<C: GenericClient>(db: &C) -> Result<i64, tokio_postgres::Error> {
     Ok(db.query_one("SELECT count(*) FROM markets WHERE closed IS NOT TRUE", &[]).await?.get(0))
 }
+
+/// The database's size on disk, bytes.
+pub async fn database_bytes<C: GenericClient>(db: &C) -> Result<u64, tokio_postgres::Error> {
+    let n: i64 = db.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
+    Ok(n.max(0) as u64)
+}

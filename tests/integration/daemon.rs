@@ -201,6 +201,10 @@ async fn ready_after_migrations_then_status_watchdog_health_and_clean_stop() {
     assert!(h["uptime_seconds"].as_u64().is_some());
     assert!(h["collectors"]["books"]["total_items"].as_u64().unwrap() >= 12, "{json}");
     assert!(h["collectors"]["catalog"]["last_collect_ts"].is_string(), "{json}");
+    // Disk use and its projection per day, from the health reports' samples.
+    assert!(h["disk"]["database_bytes"].as_u64().unwrap() > 1_000_000, "{json}");
+    assert!(h["disk"]["projected_bytes_per_day"].is_u64(), "{json}");
+    assert!(status_lines.last().unwrap().contains("| disk "), "{status_lines:?}");
     let (code, human) = d.status(false).await;
     assert_eq!(code, 0);
     assert!(human.starts_with("=== Daemon Health === uptime: "), "{human}");
