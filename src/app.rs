@@ -12,7 +12,7 @@ use crate::collectors::stream::{self, StreamDeps, StreamHandle};
 use crate::config::{Config, ConfigError};
 use crate::daemon::health::{self, Health};
 use crate::daemon::supervisor::{Supervisor, TaskKind};
-use crate::daemon::{status, systemd};
+use crate::daemon::{metrics, status, systemd};
 use crate::fault;
 use crate::journal;
 use crate::db::{self, DbError, migrate};
@@ -113,6 +113,7 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
     // 4. Health (log, STATUS=, WATCHDOG=1) and the status socket.
     let mut health = Health::new(supervisor.clone(), client.stats.clone(), pool.clone());
     health.stream = stream.as_ref().map(|s| s.monitor());
+    health.projection_window = cfg.health.log_interval * 2;
     let daemon_cancel = CancellationToken::new();
     let health_task = tokio::spawn(health::run(health.clone(), cfg.health.log_interval, cfg.daemon.stall_timeout, daemon_cancel.clone()));
     let health_watch = tokio::spawn(async move {
@@ -122,6 +123,20 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
     });
     let status_task = status::bind(&cfg.daemon.status_socket)
         .map(|l| tokio::spawn(status::serve(l, cfg.daemon.status_socket.clone(), health.clone(), daemon_cancel.clone())));
+    let metrics_task = match cfg.metrics.listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                let local = l.local_addr().map_or(addr.to_string(), |a| a.to_string());
+                tracing::info!(listen = %local, "metrics endpoint listening on http://{local}/metrics");
+                Some(tokio::spawn(metrics::serve(l, health.clone(), daemon_cancel.clone())))
+            }
+            Err(e) => {
+                tracing::error!(listen = %addr, error = %e, "cannot listen for metrics on {addr}: {e}; running without the endpoint");
+                None
+            }
+        },
+        None => None,
+    };
     // 5. READY once the stream's first connections are up (bounded).
     let early_stop = match stream.as_mut() {
         Some(s) => tokio::select! {
@@ -148,7 +163,7 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
     drain(&cfg, &stop, stream, &supervisor, &mut signals).await?;
     daemon_cancel.cancel();
     let _ = health_watch.await;
-    if let Some(t) = status_task {
+    for t in status_task.into_iter().chain(metrics_task) {
         let _ = t.await;
     }
     drop(pool);

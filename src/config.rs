@@ -36,6 +36,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub daemon: DaemonConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Clone)]
@@ -204,6 +205,13 @@ pub struct DaemonConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint (`GET /metrics`), e.g. `127.0.0.1:9464`. Default:
+    /// none (off).
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `collector=debug,info`). `RUST_LOG` overrides it. Default `info`.
     pub level: String,
@@ -254,6 +262,7 @@ impl Config {
         let stream_t = root.table("stream");
         let log_t = root.table("log");
         let daemon_t = root.table("daemon");
+        let metrics_t = root.table("metrics");
         root.finish();
 
         let mut s = Section::new("database", database_t, &mut problems, &mut settings);
@@ -423,7 +432,20 @@ impl Config {
         s.finish();
         let log = LogConfig { level };
 
-        Ok((Config { settings, database, upstream, catalog, books, stream, health, daemon, log }, problems))
+        let mut s = Section::new("metrics", metrics_t, &mut problems, &mut settings);
+        let listen = s.opt_string("listen").filter(|l| !l.is_empty());
+        let listen = match listen.map(|l| l.parse::<std::net::SocketAddr>().map_err(|e| (l, e))) {
+            None => None,
+            Some(Ok(addr)) => Some(addr),
+            Some(Err((l, e))) => {
+                s.problem("listen", &format!("not an address:port ({e}): {l:?}"));
+                None
+            }
+        };
+        s.finish();
+        let metrics = MetricsConfig { listen };
+
+        Ok((Config { settings, database, upstream, catalog, books, stream, health, daemon, log, metrics }, problems))
     }
 
     /// The effective configuration as TOML, from the recorded settings: one line per key,

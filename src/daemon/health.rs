@@ -84,6 +84,9 @@ pub struct Health {
     open_markets: Arc<std::sync::Mutex<Option<i64>>>,
     /// The first and the latest database-size sample `(when, bytes)`, and the projection.
     disk: Arc<std::sync::Mutex<(Option<(Instant, u64)>, Option<DiskUse>)>>,
+    /// Growth is projected only over at least this much time (default: two report
+    /// intervals; the first seconds, schema and catalog, would say nothing of a day).
+    pub projection_window: Duration,
 }
 
 impl Health {
@@ -96,6 +99,7 @@ impl Health {
             pool,
             open_markets: Arc::default(),
             disk: Arc::default(),
+            projection_window: Duration::from_secs(120),
         }
     }
 
@@ -173,7 +177,8 @@ impl Health {
             let first = *disk.0.get_or_insert((now, size));
             let elapsed = now.duration_since(first.0).as_secs_f64();
             // Growth since the first sample of this run (smooths the noise of one interval).
-            let per_day = (elapsed >= 1.0).then(|| (size.saturating_sub(first.1) as f64 * 86_400.0 / elapsed) as u64);
+            let per_day = (elapsed >= self.projection_window.as_secs_f64().max(1.0))
+                .then(|| (size.saturating_sub(first.1) as f64 * 86_400.0 / elapsed) as u64);
             disk.1 = Some(DiskUse { database_bytes: size, projected_bytes_per_day: per_day });
         }
     }

@@ -4,6 +4,7 @@
 //! `collector status` socket.
 
 pub mod health;
+pub mod metrics;
 pub mod poll;
 pub mod status;
 pub mod supervisor;

@@ -771,3 +771,69 @@ async fn sighup_reloads_the_configuration_and_a_bad_file_is_refused() {
     d.signal(SIGTERM);
     assert_eq!(d.exit_code(30).await, 0, "{}", d.log.text());
 }
+
+/// The opt-in Prometheus endpoint: a scrape answers what `get_health()` knows, in the
+/// OpenMetrics text format; anything but /metrics is a 404. The port is the OS's choice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_scrape_shows_collectors_stream_and_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let ws = crate::fake_ws::FakeWs::start().await;
+    let stream = "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n";
+    let extra = format!("{FAST}{stream}[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(30, "streaming and polled", || async { ws.live_assets().len() == 12 && d.log.count("  books: items=") >= 1 }).await;
+    let line = d.log.text().lines().find(|l| l.contains("metrics endpoint listening on http://")).map(str::to_owned)
+        .unwrap_or_else(|| panic!("no metrics line: {}", d.log.text()));
+    let addr = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_string();
+    let get = |path: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    let books_items = |scrape: &str| -> f64 {
+        scrape.lines().find(|l| l.starts_with("collector_items_total{collector=\"books\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+    };
+    eventually(20, "books stored, as the scrape says", || async { books_items(&get("/metrics").await) >= 12.0 }).await;
+    let scrape = get("/metrics").await;
+    if std::env::var_os("SHOW_SCRAPE").is_some() {
+        println!("{scrape}");
+    }
+    assert!(scrape.starts_with("HTTP/1.1 200 OK\r\n") && scrape.contains("application/openmetrics-text"), "{scrape}");
+    for needle in [
+        "collector_uptime_seconds ",
+        "collector_tasks{state=\"alive\"} 5",
+        "collector_items_total{collector=\"books\"} ",
+        "collector_last_success_timestamp_seconds{collector=\"catalog\"} ",
+        "collector_stream_connections{state=\"active\"} 1",
+        "collector_stream_assets_subscribed 12",
+        "collector_stream_queue_depth 0",
+        "collector_stream_spool_bytes 0",
+        "collector_stream_gaps_total ",
+        "collector_http_requests_total ",
+        "collector_database_bytes ",
+        "# EOF",
+    ] {
+        assert!(scrape.contains(needle), "missing {needle:?} in:\n{scrape}");
+    }
+    assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+    // Every metric the packaged Grafana dashboard plots exists in a scrape.
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/grafana-dashboard.json")).unwrap()).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("collector_")) {
+                assert!(scrape.lines().any(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])),
+                    "dashboard panel {:?} plots {name}, absent from the scrape", panel["title"]);
+            }
+        }
+    }
+}

@@ -170,6 +170,7 @@ pub async fn backfill_loop(
     rx: Arc<Mutex<mpsc::Receiver<GapRow>>>,
     retry_tx: mpsc::WeakSender<GapRow>,
     max_pages: usize,
+    stats: Arc<StreamStats>,
     cancel: CancellationToken,
 ) {
     let mut rx = rx.lock_owned().await;
@@ -199,6 +200,9 @@ pub async fn backfill_loop(
             Err(e) if e.is_final() => BackfillOutcome::Failed(e.to_string()),
             Err(e) => BackfillOutcome::Retrying(e.to_string()),
         };
+        if matches!(outcome, BackfillOutcome::Done(_) | BackfillOutcome::Partial(..)) {
+            stats.gaps_backfilled.fetch_add(1, Ordering::Relaxed);
+        }
         match &outcome {
             BackfillOutcome::Done(n) => tracing::info!(message_id = journal::BACKFILL, gap_id = gap.id, trades = n, "gap backfilled"),
             BackfillOutcome::Partial(n, from) => tracing::warn!(message_id = journal::BACKFILL, gap_id = gap.id, trades = n, covered_from = %from,

@@ -76,6 +76,8 @@ pub struct StreamStats {
     pub book_divergences: AtomicU64,
     /// Stream tasks (shards, writer, gap recorder, backfill) restarted after a panic.
     pub task_restarts: AtomicU64,
+    /// Gaps whose backfill completed (done or partial).
+    pub gaps_backfilled: AtomicU64,
 }
 
 /// The stream's health at one instant (`trade_listener` in `collector status --json`).
@@ -116,6 +118,14 @@ pub struct TradeListenerHealth {
     /// Rows the database refused for their content, quarantined instead.
     #[serde(default)]
     pub poisoned_rows: u64,
+    /// Gaps whose backfill completed (done or partial).
+    #[serde(default)]
+    pub gaps_backfilled: u64,
+    /// Frame received → row committed, median and 99th percentile since start (ms).
+    #[serde(default)]
+    pub commit_latency_p50_ms: Option<u64>,
+    #[serde(default)]
+    pub commit_latency_p99_ms: Option<u64>,
 }
 
 /// A market listed or resolved, seen on the stream.
@@ -184,6 +194,9 @@ impl StreamMonitor {
             replayed_rows: g(&self.sink.stats.replayed_rows),
             write_failures_in_a_row: g(&self.sink.stats.write_failures_in_a_row),
             poisoned_rows: g(&self.sink.stats.poisoned_rows),
+            gaps_backfilled: g(&s.gaps_backfilled),
+            commit_latency_p50_ms: self.sink.stats.commit_latency.quantile(0.5),
+            commit_latency_p99_ms: self.sink.stats.commit_latency.quantile(0.99),
         }
     }
 
@@ -424,9 +437,9 @@ impl Manager {
             let (tx, rx) = mpsc::channel(10_000);
             let rx = Arc::new(Mutex::new(rx));
             let (p, client, c, sink) = (pool.clone(), self.deps.client.clone(), helpers_cancel.clone(), self.sink.clone());
-            let (retry, pages) = (tx.downgrade(), cfg.backfill_max_pages);
+            let (retry, pages, s2) = (tx.downgrade(), cfg.backfill_max_pages, stats.clone());
             helpers.spawn(supervised("backfill", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
-                gaps::backfill_loop(p.clone(), client.clone(), sink.clone(), rx.clone(), retry.clone(), pages, c.clone())
+                gaps::backfill_loop(p.clone(), client.clone(), sink.clone(), rx.clone(), retry.clone(), pages, s2.clone(), c.clone())
             }));
             Some(tx)
         } else {
