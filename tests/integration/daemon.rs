@@ -801,7 +801,10 @@ async fn a_metrics_scrape_shows_collectors_stream_and_upstream() {
         scrape.lines().find(|l| l.starts_with("collector_items_total{collector=\"books\"}"))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
     };
-    eventually(20, "books stored, as the scrape says", || async { books_items(&get("/metrics").await) >= 12.0 }).await;
+    eventually(20, "books stored and disk growth projected, as the scrape says", || async {
+        let scrape = get("/metrics").await;
+        books_items(&scrape) >= 12.0 && scrape.contains("collector_database_growth_bytes_per_day ")
+    }).await;
     let scrape = get("/metrics").await;
     if std::env::var_os("SHOW_SCRAPE").is_some() {
         println!("{scrape}");
