@@ -38,6 +38,9 @@ pub struct HealthSnapshot {
     pub disk: Option<DiskUse>,
 }
 
+/// The first database-size sample of this run `(when, bytes)`, and the latest figures.
+type DiskSamples = (Option<(Instant, u64)>, Option<DiskUse>);
+
 /// The database's disk use.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct DiskUse {
@@ -82,8 +85,8 @@ pub struct Health {
     pub stream: Option<Arc<StreamMonitor>>,
     pub pool: Pool,
     open_markets: Arc<std::sync::Mutex<Option<i64>>>,
-    /// The first and the latest database-size sample `(when, bytes)`, and the projection.
-    disk: Arc<std::sync::Mutex<(Option<(Instant, u64)>, Option<DiskUse>)>>,
+    /// The first database-size sample `(when, bytes)`, and the latest use and projection.
+    disk: Arc<std::sync::Mutex<DiskSamples>>,
     /// Growth is projected only over at least this much time (default: two report
     /// intervals; the first seconds, schema and catalog, would say nothing of a day).
     pub projection_window: Duration,

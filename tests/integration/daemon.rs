@@ -160,6 +160,9 @@ async fn small_fake() -> Fake {
     fake
 }
 
+/// The stream with fast test cadences.
+const FAST_STREAM: &str = "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n";
+
 const FAST: &str = "[catalog]\nfull_sweep_interval_secs = 1\nnew_markets_interval_secs = 1\nresolutions_interval_secs = 1\n\
                     [books]\ninterval_secs = 1\n[health]\nlog_interval_secs = 1\n";
 
@@ -415,8 +418,7 @@ async fn the_stream_daemon_commits_what_it_received_and_records_planned_and_uncl
     let db = pg::fresh_db().await;
     let fake = small_fake().await;
     let ws = crate::fake_ws::FakeWs::start().await;
-    let stream = "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n";
-    let extra = format!("{FAST}{stream}");
+    let extra = format!("{FAST}{FAST_STREAM}");
     let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(30, "all 12 assets streamed", || async { ws.live_assets().len() == 12 }).await;
     let asset = fake::token_id(2, 1);
@@ -472,9 +474,8 @@ async fn a_panicking_stream_shard_is_restarted_counted_and_its_assets_covered_by
     let db = pg::fresh_db().await;
     let fake = small_fake().await;
     let ws = crate::fake_ws::FakeWs::start().await;
-    let stream = "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n";
     // The first lines land in the harness's [daemon] section.
-    let extra = format!("restart_backoff_base_ms = 200\n{FAST}{stream}");
+    let extra = format!("restart_backoff_base_ms = 200\n{FAST}{FAST_STREAM}");
     let d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[("COLLECTOR_FAULT_INJECT", "panic-once:shard")]).await;
     let restarted = tokio::time::timeout(Duration::from_secs(30), eventually(30, "restart", || async {
         ws.live_assets().len() == 12 && ws.with(|s| s.conns.len()) >= 2 && d.log.count("collector task died, restarting") >= 1
@@ -545,8 +546,7 @@ async fn trades_while_the_daemon_was_killed_are_backfilled_at_the_restart() {
     let db = pg::fresh_db().await;
     let fake = small_fake().await;
     let ws = crate::fake_ws::FakeWs::start().await;
-    let stream = "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n";
-    let extra = format!("{FAST}{stream}");
+    let extra = format!("{FAST}{FAST_STREAM}");
     let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(30, "streaming", || async { ws.live_assets().len() == 12 && d.notes.has("READY=1") }).await;
     let asset = fake::token_id(1, 0);
@@ -780,8 +780,7 @@ async fn a_metrics_scrape_shows_collectors_stream_and_upstream() {
     let db = pg::fresh_db().await;
     let fake = small_fake().await;
     let ws = crate::fake_ws::FakeWs::start().await;
-    let stream = "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n";
-    let extra = format!("{FAST}{stream}[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let extra = format!("{FAST}{FAST_STREAM}[metrics]\nlisten = \"127.0.0.1:0\"\n");
     let d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(30, "streaming and polled", || async { ws.live_assets().len() == 12 && d.log.count("  books: items=") >= 1 }).await;
     let line = d.log.text().lines().find(|l| l.contains("metrics endpoint listening on http://")).map(str::to_owned)

@@ -158,21 +158,24 @@ pub async fn on_stop(pool: &Pool, assets: &[String], now: DateTime<Utc>) -> Resu
 /// Delays between attempts at one gap's backfill (Data API away, database away).
 const BACKFILL_RETRY: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(600));
 
+/// What the backfill works with.
+#[derive(Clone)]
+pub struct Backfiller {
+    pub pool: Pool,
+    pub client: Arc<PolymarketClient>,
+    pub sink: Arc<Sink>,
+    pub stats: Arc<StreamStats>,
+    /// Data API pages per group of markets before a backfill stops short (partial).
+    pub max_pages: usize,
+}
+
 /// Backfills gaps one at a time, within the Data API budget, each only once the writer has
 /// committed every row received before the gap's end (so the stream's own copy of a trade is
 /// always stored first). A failed attempt is retried with backoff (`retry_tx` puts the gap
 /// back on the queue later); the attempts and the outcome are on the gap's row, so a restart
 /// picks up what is still owed ([`db_gaps::owed`]). Restartable like [`record`].
-pub async fn backfill_loop(
-    pool: Pool,
-    client: Arc<PolymarketClient>,
-    sink: Arc<Sink>,
-    rx: Arc<Mutex<mpsc::Receiver<GapRow>>>,
-    retry_tx: mpsc::WeakSender<GapRow>,
-    max_pages: usize,
-    stats: Arc<StreamStats>,
-    cancel: CancellationToken,
-) {
+pub async fn backfill_loop(b: Backfiller, rx: Arc<Mutex<mpsc::Receiver<GapRow>>>, retry_tx: mpsc::WeakSender<GapRow>, cancel: CancellationToken) {
+    let Backfiller { pool, client, sink, stats, max_pages } = b;
     let mut rx = rx.lock_owned().await;
     loop {
         let gap = tokio::select! {

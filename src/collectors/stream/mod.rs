@@ -436,10 +436,16 @@ impl Manager {
         let backfill_tx = if cfg.backfill {
             let (tx, rx) = mpsc::channel(10_000);
             let rx = Arc::new(Mutex::new(rx));
-            let (p, client, c, sink) = (pool.clone(), self.deps.client.clone(), helpers_cancel.clone(), self.sink.clone());
-            let (retry, pages, s2) = (tx.downgrade(), cfg.backfill_max_pages, stats.clone());
+            let backfiller = gaps::Backfiller {
+                pool: pool.clone(),
+                client: self.deps.client.clone(),
+                sink: self.sink.clone(),
+                stats: stats.clone(),
+                max_pages: cfg.backfill_max_pages,
+            };
+            let (retry, c) = (tx.downgrade(), helpers_cancel.clone());
             helpers.spawn(supervised("backfill", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
-                gaps::backfill_loop(p.clone(), client.clone(), sink.clone(), rx.clone(), retry.clone(), pages, s2.clone(), c.clone())
+                gaps::backfill_loop(backfiller.clone(), rx.clone(), retry.clone(), c.clone())
             }));
             Some(tx)
         } else {

@@ -61,7 +61,7 @@ impl Spool {
         let owner = std::fs::read_to_string(&meta).ok().map(|s| s.trim().to_string());
         let legacy = dir.join("spool.jsonl");
         if legacy.metadata().is_ok_and(|m| m.len() > 0) {
-            set_aside(dir, &[legacy.clone()], "a spool of a release without a database binding");
+            set_aside(dir, std::slice::from_ref(&legacy), "a spool of a release without a database binding");
         } else {
             let _ = std::fs::remove_file(&legacy);
         }
