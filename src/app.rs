@@ -7,7 +7,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::collectors::books::BooksCollector;
-use crate::collectors::catalog::{CatalogCtx, CatalogState, FullSweep, NewMarkets, Resolutions};
+use crate::collectors::catalog::{CatalogCtx, CatalogState, FullSweep, History, NewMarkets, Resolutions};
 use crate::collectors::stream::{self, StreamDeps, StreamHandle};
 use crate::config::{Config, ConfigError};
 use crate::daemon::health::{self, Health};
@@ -324,6 +324,10 @@ fn spawn_polling(supervisor: &Supervisor, cfg: &Config, client: &Arc<PolymarketC
         supervisor.spawn_polling(move || FullSweep(c.clone()));
         let c = ctx.clone();
         supervisor.spawn_polling(move || NewMarkets(c.clone()));
+        if cfg.catalog.history {
+            let c = ctx.clone();
+            supervisor.spawn_polling(move || History(c.clone()));
+        }
         supervisor.spawn_polling(move || Resolutions(ctx.clone()));
     }
     if cfg.books.enabled {

@@ -112,6 +112,14 @@ pub struct CatalogConfig {
     pub resolution_watch: Duration,
     /// Page size of keyset listings. Default 100 (the reported markets cap).
     pub page_size: u32,
+    /// Sweep the closed part of the catalog once (closed events and markets with their
+    /// outcome and tokens), resumable. Default true.
+    pub history: bool,
+    /// Time between two history passes while the sweep runs. Default 10 s.
+    pub history_interval: Duration,
+    /// Pages (of `page_size` events) per history pass: the sweep shares Gamma's budget with
+    /// the other passes. Default 20.
+    pub history_pages_per_pass: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -359,6 +367,9 @@ impl Config {
                 s.int("resolution_watch_days", 14, 0, 3650) * 86_400,
             ),
             page_size: s.int("page_size", 100, 1, 500) as u32,
+            history: s.bool("history", true),
+            history_interval: s.secs("history_interval_secs", 10, 1, 86_400),
+            history_pages_per_pass: s.int("history_pages_per_pass", 20, 1, 10_000) as u32,
         };
         s.finish();
 

@@ -6,6 +6,9 @@
 //! - [`Resolutions`] (`resolutions`): re-reads, by id, markets that passed their end date,
 //!   vanished from the open list, or closed without a resolution yet, so closes and
 //!   resolutions are captured.
+//! - [`History`] (`history`): once, every closed event with its markets and tokens
+//!   (`/events/keyset?closed=true`), a few pages per pass, resumable after a restart; from
+//!   then on the other passes keep the catalog current.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -252,6 +255,75 @@ impl Collector for Resolutions {
                 if !cursor.advance(next)? {
                     break;
                 }
+            }
+        }
+        Ok(stored)
+    }
+}
+
+/// `history`: the closed part of the catalog, swept once.
+pub struct History(pub CatalogCtx);
+
+impl Collector for History {
+    fn name(&self) -> &'static str {
+        "history"
+    }
+
+    fn interval(&self) -> Duration {
+        self.0.cfg.history_interval
+    }
+
+    /// Up to `catalog.history_pages_per_pass` pages from where the sweep stands; 0 once done.
+    async fn collect_once(&mut self) -> Result<u64, CollectError> {
+        let ctx = &self.0;
+        let progress = {
+            let conn = ctx.pool.get().await?;
+            db::catalog::history_progress(&*conn).await?
+        };
+        if progress.finished {
+            return Ok(0);
+        }
+        let params = [("closed", "true".to_string()), ("limit", ctx.cfg.page_size.to_string())];
+        let mut cursor = Cursor::new();
+        cursor.next = progress.next_cursor.clone();
+        let mut stored = 0;
+        for _ in 0..ctx.cfg.history_pages_per_pass {
+            let body = match ctx.page("events/keyset", &params, cursor.next.as_deref()).await {
+                Ok(b) => b,
+                // A stored cursor upstream no longer knows: start over (storing is idempotent).
+                Err(CollectError::Upstream(e)) if cursor.next.is_some() && matches!(e.status(), Some(400 | 410 | 422)) => {
+                    tracing::warn!(collector = "history", error = %e, "history cursor refused; the sweep starts over");
+                    let conn = ctx.pool.get().await?;
+                    db::catalog::history_restart(&*conn).await?;
+                    return Ok(stored);
+                }
+                Err(e) => return Err(e),
+            };
+            let (items, next) = gamma::keyset_page(&body, "events")?;
+            let mut odd = Vec::new();
+            let (mut events, mut markets) = (Vec::with_capacity(items.len()), Vec::new());
+            for item in &items {
+                match gamma::decode_event(item, &mut odd) {
+                    Ok((e, ms)) => {
+                        events.push(e);
+                        markets.extend(ms);
+                    }
+                    Err(e) => odd.push(Oddity { market_id: String::new(), what: format!("event skipped: {e}") }),
+                }
+            }
+            ctx.note_oddities(odd);
+            let n = ctx.store(&events, &[], &markets).await?;
+            stored += n;
+            let more = cursor.advance(next.clone())?;
+            {
+                let conn = ctx.pool.get().await?;
+                db::catalog::history_page_done(&*conn, next.as_deref().filter(|_| more), n as i64).await?;
+            }
+            if !more {
+                let conn = ctx.pool.get().await?;
+                let p = db::catalog::history_progress(&*conn).await?;
+                tracing::info!(collector = "history", pages = p.pages, markets = p.markets, "catalog history complete: every closed event and market stored");
+                break;
             }
         }
         Ok(stored)

@@ -326,3 +326,37 @@ pub async fn database_bytes<C: GenericClient>(db: &C) -> Result<u64, tokio_postg
     let n: i64 = db.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
     Ok(n.max(0) as u64)
 }
+
+/// Where the catalog history sweep stands.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryProgress {
+    pub next_cursor: Option<String>,
+    pub pages: i64,
+    pub markets: i64,
+    pub finished: bool,
+}
+
+/// The history sweep's progress (a fresh one when it never ran).
+pub async fn history_progress<C: GenericClient>(db: &C) -> Result<HistoryProgress, tokio_postgres::Error> {
+    let row = db.query_opt("SELECT next_cursor, pages, markets, finished_at IS NOT NULL FROM catalog_history WHERE id = 1", &[]).await?;
+    Ok(row.map_or_else(HistoryProgress::default, |r| HistoryProgress { next_cursor: r.get(0), pages: r.get(1), markets: r.get(2), finished: r.get(3) }))
+}
+
+/// Records one more page of the history sweep: the cursor of the next page (`None`: done).
+pub async fn history_page_done<C: GenericClient>(db: &C, next_cursor: Option<&str>, markets: i64) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "INSERT INTO catalog_history (id, next_cursor, pages, markets, finished_at) VALUES (1, $1, 1, $2, CASE WHEN $1::text IS NULL THEN now() END)
+         ON CONFLICT (id) DO UPDATE SET next_cursor = $1, pages = catalog_history.pages + 1,
+            markets = catalog_history.markets + $2, updated_at = now(),
+            finished_at = CASE WHEN $1::text IS NULL THEN now() END",
+        &[&next_cursor, &markets],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Forgets a stored cursor upstream no longer accepts: the sweep starts over (idempotent).
+pub async fn history_restart<C: GenericClient>(db: &C) -> Result<(), tokio_postgres::Error> {
+    db.execute("UPDATE catalog_history SET next_cursor = NULL, pages = 0, markets = 0, started_at = now() WHERE id = 1", &[]).await?;
+    Ok(())
+}

@@ -248,3 +248,48 @@ async fn schema_doc_example_queries_run() {
     }
     assert_eq!(client.query(queries[0], &[]).await.unwrap().len(), 4, "2 markets × 2 outcomes");
 }
+
+/// The history sweep stores every closed event once — markets with how they resolved, and
+/// their tokens — a page per pass here, resuming from the stored cursor after a restart.
+#[tokio::test]
+async fn the_history_sweep_stores_closed_markets_once_and_resumes_after_a_restart() {
+    use collector::collectors::catalog::History;
+    let db = pg::fresh_db().await;
+    let fake = Fake::start().await;
+    fake.with(|s| {
+        s.events = (0..4).map(|e| fake::event(e, 2)).collect();
+        for e in 100..112 {
+            let mut ev = fake::event(e, 2);
+            ev["closed"] = json!(true);
+            for m in ev["markets"].as_array_mut().unwrap() {
+                m["closed"] = json!(true);
+                m["active"] = json!(false);
+                m["outcomePrices"] = json!("[\"0\", \"1\"]");
+                m["closedTime"] = json!("2025-03-01 12:00:00+00");
+            }
+            s.events.push(ev);
+        }
+    });
+    let mut c = ctx(&db, &fake).await;
+    c.cfg.page_size = 5;
+    c.cfg.history_pages_per_pass = 1;
+    assert_eq!(History(c.clone()).collect_once().await.unwrap(), 10, "one page: 5 events × 2 markets");
+    // A restart: a new collector (and context) resumes from the stored cursor.
+    let mut c2 = ctx(&db, &fake).await;
+    c2.cfg.page_size = 5;
+    c2.cfg.history_pages_per_pass = 1;
+    let mut h = History(c2);
+    let mut total = 10;
+    for _ in 0..10 {
+        total += h.collect_once().await.unwrap();
+    }
+    assert_eq!(total, 24, "12 closed events × 2 markets, each once");
+    let queries = fake.with(|s| s.queries["events/keyset"].clone());
+    assert!(queries.iter().all(|q| q.contains("closed=true")), "{queries:?}");
+    assert!(queries[1].contains("after_cursor=ks1.5"), "the restart resumed: {queries:?}");
+    assert_eq!(queries.len(), 3, "three pages, none twice, then nothing: {queries:?}");
+    assert_eq!(db.count("SELECT count(*) FROM markets WHERE closed AND winning_outcome_index = 1").await, 24);
+    assert_eq!(db.count("SELECT count(*) FROM tokens t JOIN markets m ON m.id = t.market_id WHERE m.closed").await, 48);
+    assert_eq!(db.count("SELECT count(*) FROM markets WHERE NOT closed").await, 0, "open markets are the other passes' job");
+    assert_eq!(db.count("SELECT count(*) FROM catalog_history WHERE finished_at IS NOT NULL AND markets = 24").await, 1);
+}

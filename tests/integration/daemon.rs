@@ -198,7 +198,7 @@ async fn ready_after_migrations_then_status_watchdog_health_and_clean_stop() {
     let (code, json) = d.status(true).await;
     assert_eq!(code, 0);
     let h: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(h["tasks_alive"], 4, "{json}");
+    assert_eq!(h["tasks_alive"], 5, "{json}");
     assert_eq!(h["tasks_dead"], 0);
     assert_eq!(h["total_restarts"], 0);
     assert!(h["uptime_seconds"].as_u64().is_some());
@@ -385,7 +385,7 @@ async fn health_records_reach_journald_with_fields_and_message_ids() {
     for k in ["UPTIME_SECS", "TASKS_ALIVE", "TASKS_DEAD", "RESTARTS", "TRADES_INSERTED", "QUEUE_DEPTH", "GAPS"] {
         assert!(field(header, k).is_some(), "health record lacks {k}: {header:?}");
     }
-    assert_eq!(field(header, "TASKS_ALIVE").as_deref(), Some("4"));
+    assert_eq!(field(header, "TASKS_ALIVE").as_deref(), Some("5"));
     let books = records
         .iter()
         .find(|r| field(r, "COLLECTOR").as_deref() == Some("books") && field(r, "ITEMS").is_some())
@@ -811,7 +811,7 @@ async fn a_metrics_scrape_shows_collectors_stream_and_upstream() {
     assert!(scrape.starts_with("HTTP/1.1 200 OK\r\n") && scrape.contains("application/openmetrics-text"), "{scrape}");
     for needle in [
         "collector_uptime_seconds ",
-        "collector_tasks{state=\"alive\"} 5",
+        "collector_tasks{state=\"alive\"} 6",
         "collector_items_total{collector=\"books\"} ",
         "collector_last_success_timestamp_seconds{collector=\"catalog\"} ",
         "collector_stream_connections{state=\"active\"} 1",
