@@ -153,7 +153,7 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
         tokio::select! {
             request = signals.next() => match request {
                 Some(signal) => break Ok(signal),
-                None => reload(path, &mut running),
+                None => reload(path, &mut running, stream.as_ref()),
             },
             reason = supervisor.gave_up() => break Err(reason.to_string()),
             reason = async { stream.as_mut().expect("guarded").failed().await }, if stream.is_some() => break Err(reason),
@@ -214,11 +214,14 @@ impl Signals {
     }
 }
 
+/// Keys a reload applies to the running stream.
+const LIVE_STREAM_KEYS: [&str; 5] = ["token_ids", "tag_slugs", "min_volume_24h", "min_liquidity", "retention_days"];
+
 /// A reload (SIGHUP): re-reads the configuration file. A file with problems is refused, every
 /// problem logged, and the running configuration kept. Otherwise what can change live is
-/// applied — today the log level — and every other changed key is logged as needing a
-/// restart (`systemctl restart collector`).
-fn reload(path: &std::path::Path, running: &mut Config) {
+/// applied — the log level, the stream's scope and retention — and every other changed key is
+/// logged as needing a restart (`systemctl restart collector`).
+fn reload(path: &std::path::Path, running: &mut Config, stream: Option<&StreamHandle>) {
     systemd::reloading();
     match load_config(path) {
         Err(e) => {
@@ -234,8 +237,14 @@ fn reload(path: &std::path::Path, running: &mut Config) {
                 .map(|s| format!("{}.{}", s.section, s.key))
                 .collect();
             let (mut applied, mut pending) = (Vec::new(), Vec::new());
+            let live_stream = |k: &str| k.strip_prefix("stream.").is_some_and(|k| LIVE_STREAM_KEYS.contains(&k));
+            if let Some(s) = stream.filter(|_| changed.iter().any(|k| live_stream(k))) {
+                s.reconfigure(&new.stream);
+            }
             for key in changed {
-                if key == "log.level" {
+                if live_stream(&key) && stream.is_some() {
+                    applied.push(key);
+                } else if key == "log.level" {
                     match crate::logging::set_level(&new.log.level) {
                         Ok(()) => {
                             running.log.level = new.log.level.clone();
@@ -247,8 +256,10 @@ fn reload(path: &std::path::Path, running: &mut Config) {
                     pending.push(key);
                 }
             }
-            running.settings.retain(|s| !(s.section == "log" && s.key == "level"));
-            running.settings.extend(new.settings.iter().filter(|s| s.section == "log" && s.key == "level").cloned());
+            // What was applied is now the running configuration.
+            let applied_now = |s: &crate::config::Setting| applied.contains(&format!("{}.{}", s.section, s.key));
+            running.settings.retain(|s| !applied_now(s));
+            running.settings.extend(new.settings.iter().filter(|s| applied_now(s)).cloned());
             tracing::info!(message_id = journal::LIFECYCLE, applied = %applied.join(", "), needs_restart = %pending.join(", "),
                 "configuration reloaded: applied [{}]; needs a restart to apply: [{}]", applied.join(", "), pending.join(", "));
         }

@@ -839,3 +839,24 @@ async fn a_metrics_scrape_shows_collectors_stream_and_upstream() {
         }
     }
 }
+
+/// A reload applies the stream's scope at once: assets of a newly included tag are
+/// subscribed without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_the_stream_scope_live() {
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let ws = crate::fake_ws::FakeWs::start().await;
+    let extra = format!("{FAST}{FAST_STREAM}tag_slugs = [\"no-such-tag\"]\n");
+    let d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
+    eventually(20, "catalog stored, nothing in scope", || async {
+        db.try_count("SELECT count(*) FROM tokens").await == Some(12) && d.notes.has("READY=1")
+    }).await;
+    assert!(ws.live_assets().is_empty());
+    let config = d._dir.path().join("collector.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("tag_slugs = [\"no-such-tag\"]", "tag_slugs = [\"economy\"]")).unwrap();
+    d.signal(SIGHUP);
+    eventually(20, "the new scope streamed", || async { ws.live_assets().len() == 12 }).await;
+    assert!(d.log.text().contains("applied [stream.tag_slugs]"), "{}", d.log.text());
+}

@@ -231,6 +231,8 @@ pub struct StreamDeps {
 /// The running stream. Dropping it ends every task.
 pub struct StreamHandle {
     monitor: Arc<StreamMonitor>,
+    /// The settings that apply live (scope, retention): see [`StreamHandle::reconfigure`].
+    live: tokio::sync::watch::Sender<StreamConfig>,
     ready: Option<oneshot::Receiver<()>>,
     manager_cancel: CancellationToken,
     writer_stop: Stop,
@@ -273,7 +275,9 @@ pub async fn spawn(deps: StreamDeps) -> Result<StreamHandle, StartError> {
     }));
     let manager_cancel = CancellationToken::new();
     let (ready_tx, ready_rx) = oneshot::channel();
+    let (live_tx, live_rx) = tokio::sync::watch::channel(deps.cfg.clone());
     let manager = Manager {
+        live: live_rx,
         fault: fault::for_task(deps.fault_spec.as_deref(), "shard"),
         deps,
         sink,
@@ -286,6 +290,7 @@ pub async fn spawn(deps: StreamDeps) -> Result<StreamHandle, StartError> {
     let manager = tokio::spawn(manager.run(manager_cancel.clone(), ready_tx));
     Ok(StreamHandle {
         monitor,
+        live: live_tx,
         ready: Some(ready_rx),
         manager_cancel,
         writer_stop,
@@ -301,6 +306,19 @@ impl StreamHandle {
         if let Some(r) = self.ready.take() {
             let _ = r.await;
         }
+    }
+
+    /// Applies the settings that can change live — the scope (`token_ids`, `tag_slugs`,
+    /// `min_volume_24h`, `min_liquidity`) and `retention_days` — at once (the subscription
+    /// set is recomputed now). Other stream settings need a restart.
+    pub fn reconfigure(&self, cfg: &StreamConfig) {
+        self.live.send_modify(|live| {
+            live.token_ids = cfg.token_ids.clone();
+            live.tag_slugs = cfg.tag_slugs.clone();
+            live.min_volume_24h = cfg.min_volume_24h;
+            live.min_liquidity = cfg.min_liquidity;
+            live.retention_days = cfg.retention_days;
+        });
     }
 
     pub fn monitor(&self) -> Arc<StreamMonitor> {
@@ -403,6 +421,8 @@ struct ShardHandle {
 /// The pool manager: owns the shards and the helper tasks.
 struct Manager {
     deps: StreamDeps,
+    /// The live settings (scope, retention), changed by a reload.
+    live: tokio::sync::watch::Receiver<StreamConfig>,
     sink: Arc<Sink>,
     stats: Arc<StreamStats>,
     fault: Option<Fault>,
@@ -503,7 +523,15 @@ impl Manager {
                     let _ = ready.take().expect("guarded").send(());
                 }
                 _ = refresh.tick() => self.refresh(&ctx, &shard_cancel).await,
-                _ = maintenance.tick() => match partitions::maintain(&pool, cfg.retention_days).await {
+                Ok(()) = self.live.changed() => {
+                    tracing::info!("stream scope or retention reloaded: recomputing the subscription set");
+                    self.refresh(&ctx, &shard_cancel).await;
+                    let retention = self.live.borrow().retention_days;
+                    if let Err(e) = partitions::maintain(&pool, retention).await {
+                        tracing::warn!(error = %e, "partition maintenance failed, retrying in an hour: {e}");
+                    }
+                }
+                _ = maintenance.tick() => match { let retention = self.live.borrow().retention_days; partitions::maintain(&pool, retention).await } {
                     Ok((made, dropped)) if made > 0 || !dropped.is_empty() => {
                         tracing::info!(created = made, dropped = %dropped.join(", "), "partitions maintained: {made} created, dropped [{}]", dropped.join(", "));
                     }
@@ -729,7 +757,8 @@ impl Manager {
     /// The subscription set: the explicit token list, or every token of every open market in
     /// scope (volume, liquidity, tags).
     async fn desired(&self) -> Result<Vec<Vec<String>>, DbError> {
-        desired(&self.deps.cfg, &self.deps.pool).await
+        let cfg = self.live.borrow().clone();
+        desired(&cfg, &self.deps.pool).await
     }
 }
 
