@@ -17,7 +17,7 @@ use crate::collectors::stream::StreamMonitor;
 pub use crate::collectors::stream::TradeListenerHealth;
 use crate::db::{Pool, catalog};
 use crate::journal;
-use crate::polymarket::client::ClientStats;
+use crate::polymarket::client::{ClientStats, Route};
 
 /// The whole daemon's health at one instant (`collector status --json` prints it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -74,6 +74,16 @@ pub struct UpstreamHealth {
     pub malformed_bodies: u64,
     pub client_errors: u64,
     pub gave_up: u64,
+    /// Requests and retries per endpoint (budget route).
+    #[serde(default)]
+    pub by_endpoint: BTreeMap<String, EndpointHealth>,
+}
+
+/// One endpoint's requests and retries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EndpointHealth {
+    pub requests: u64,
+    pub retries: u64,
 }
 
 /// What health is computed from.
@@ -146,6 +156,11 @@ impl Health {
                 malformed_bodies: get(&c.malformed_bodies),
                 client_errors: get(&c.client_errors),
                 gave_up: get(&c.gave_up),
+                by_endpoint: Route::ALL
+                    .iter()
+                    .zip(&c.by_route)
+                    .map(|(r, s)| (r.name().to_string(), EndpointHealth { requests: get(&s.requests), retries: get(&s.retries) }))
+                    .collect(),
             },
             open_markets: *self.open_markets.lock().expect("health lock"),
             disk: self.disk.lock().expect("health lock").1,

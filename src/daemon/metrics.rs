@@ -111,8 +111,14 @@ pub fn render(h: &HealthSnapshot) -> String {
         http.get_or_create(&labels(&[("outcome", outcome)])).inc_by(n);
     }
     r.register("http_failures", "Upstream HTTP failures by kind", http);
-    counter(&mut r, "http_requests", "Upstream HTTP requests sent", u.requests);
-    counter(&mut r, "http_retries", "Upstream HTTP requests retried", u.retries);
+    let (requests, retries) = (Family::<Labels, Counter>::default(), Family::<Labels, Counter>::default());
+    for (endpoint, e) in &u.by_endpoint {
+        let l = labels(&[("endpoint", endpoint)]);
+        requests.get_or_create(&l).inc_by(e.requests);
+        retries.get_or_create(&l).inc_by(e.retries);
+    }
+    r.register("http_requests", "Upstream HTTP requests sent, by endpoint", requests);
+    r.register("http_retries", "Upstream HTTP requests retried, by endpoint", retries);
     counter(&mut r, "http_gave_up", "Upstream HTTP requests given up after the retries", u.gave_up);
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String");

@@ -40,6 +40,32 @@ pub struct ClientStats {
     pub malformed_bodies: AtomicU64,
     pub client_errors: AtomicU64,
     pub gave_up: AtomicU64,
+    /// Requests and retries per budget route, in [`Route::ALL`] order.
+    pub by_route: [RouteStats; 3],
+}
+
+/// One route's request counters.
+#[derive(Debug, Default, Serialize)]
+pub struct RouteStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+impl Route {
+    pub const ALL: [Route; 3] = [Route::GammaListing, Route::ClobBooks, Route::DataTrades];
+
+    /// The route's name in health and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::GammaListing => "gamma_listing",
+            Route::ClobBooks => "clob_books",
+            Route::DataTrades => "data_trades",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl ClientStats {
@@ -145,6 +171,7 @@ impl PolymarketClient {
         loop {
             self.budget(route).acquire().await;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            self.stats.by_route[route.index()].requests.fetch_add(1, Ordering::Relaxed);
             let request = match body {
                 Some(b) => self.http.post(url.clone()).json(b),
                 None => self.http.get(url.clone()),
@@ -179,6 +206,7 @@ impl PolymarketClient {
                 delay_ms = delay.as_millis() as u64, "upstream request failed, retrying: {url}: {outcome:?} {detail}"
             );
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            self.stats.by_route[route.index()].retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(delay).await;
             attempt += 1;
         }

@@ -819,7 +819,8 @@ async fn a_metrics_scrape_shows_collectors_stream_and_upstream() {
         "collector_stream_queue_depth 0",
         "collector_stream_spool_bytes 0",
         "collector_stream_gaps_total ",
-        "collector_http_requests_total ",
+        "collector_http_requests_total{endpoint=\"gamma_listing\"} ",
+        "collector_http_requests_total{endpoint=\"clob_books\"} ",
         "collector_database_bytes ",
         "# EOF",
     ] {
