@@ -53,6 +53,18 @@ check journal_health_fields wait_for 30 bash -c 'journalctl -u collector -o json
 check journal_lifecycle bash -c 'journalctl -u collector -o json MESSAGE_ID=6f1c9a3e2b7d4c0e9a8b5d3f1e2c4a67 | grep -q "collector running"'
 check status_command bash -c 'collector status | grep -q "=== Daemon Health ==="'
 
+# Reload through systemd (ExecReload: SIGHUP; RELOADING=1 … READY=1): applied live, and a bad
+# file is refused while the service runs on.
+sed -i 's/^level = "info"/level = "debug"/' /etc/collector/collector.toml
+check reload systemctl reload collector
+check reload_applied wait_for 20 bash -c 'journalctl -u collector --no-pager | grep -q "configuration reloaded: applied \[log.level\]"'
+cp /etc/collector/collector.toml /tmp/collector.toml.good
+echo 'mystery = 1' >> /etc/collector/collector.toml
+systemctl reload collector >> /results/detail 2>&1
+check reload_bad_refused wait_for 20 bash -c 'journalctl -u collector --no-pager | grep -q "reload refused"'
+check reload_kept_running bash -c 'systemctl is-active -q collector && [ "$(systemctl show -p NRestarts --value collector)" = 0 ]'
+cp /tmp/collector.toml.good /etc/collector/collector.toml
+
 # A wedged process (SIGSTOP) stops pinging; systemd's watchdog kills and restarts it.
 pid=$(prop MainPID)
 kill -STOP "$pid"
