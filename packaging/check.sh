@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
+echo "==> packaging/copyright names every statically linked crate (regenerate with packaging/gen-copyright.py)"
+diff -u packaging/copyright <(python3 packaging/gen-copyright.py) || { echo "packaging/copyright is stale"; exit 1; }
 cargo build --release --locked
 deb=$(cargo deb --no-build 2>/dev/null | tail -1)
 echo "==> built $deb"
