@@ -25,7 +25,7 @@ async fn system_package_under_real_systemd() {
         loop {
             for a in w.live_assets() {
                 n += 1;
-                w.send_to_asset(&a, &trade_frame(&a, n, 1_795_683_700_000 + n));
+                w.send_to_asset(&a, &trade_frame(&a, n, crate::now_ms()));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
