@@ -373,3 +373,30 @@ async fn bench_stream_real_mix_vs_copy() {
         println!("BENCH   {table:<22}: {n} rows, {heap:.0} B/row heap, {total:.0} B/row with indexes");
     }
 }
+
+/// Receive → commit latency on the real mix at 20,000 events/s (5 frames of 20 events every
+/// 5 ms for 10 s), from the writer's per-row histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_stream_real_mix_latency_at_20k_per_second() {
+    const EVENTS: u64 = 200_000;
+    let mut h = stream_harness(100, "").await;
+    let (frames, rows) = real_mix_frames(100, EVENTS, crate::now_ms());
+    h.sink.stats.commit_latency.reset();
+    let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let t = Instant::now();
+    for chunk in frames.chunks(5) {
+        tick.tick().await;
+        for (asset, frame) in chunk {
+            assert!(h.ws.send_to_asset(asset, frame));
+        }
+    }
+    let sent_in = t.elapsed();
+    crate::eventually(120, "all committed", || async { h.sink.stats.rows_written.load(Ordering::Relaxed) - before >= rows }).await;
+    let l = &h.sink.stats.commit_latency;
+    println!("BENCH stream latency, real mix, {EVENTS} events at {:.0} events/s, frame received → row committed:", EVENTS as f64 / sent_in.as_secs_f64());
+    println!("BENCH   p50 {} ms, p99 {} ms, max {} ms", l.quantile(0.5).unwrap(), l.quantile(0.99).unwrap(), l.quantile(1.0).unwrap());
+    h.stop().await;
+}
