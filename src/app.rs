@@ -272,6 +272,8 @@ async fn spawn_stream(cfg: &Config, supervisor: &Supervisor, client: &Arc<Polyma
     if !cfg.stream.enabled {
         return Ok(None);
     }
+    // Registered before its tasks start, so a death in the first moments counts here.
+    supervisor.register(stream::TASK_NAME, TaskKind::Stream);
     let handle = stream::spawn(StreamDeps {
         cfg: cfg.stream.clone(),
         ws_url: cfg.upstream.ws_url.clone(),
@@ -284,7 +286,6 @@ async fn spawn_stream(cfg: &Config, supervisor: &Supervisor, client: &Arc<Polyma
         fault_spec: supervisor.fault_spec().map(str::to_owned),
     })
     .await?;
-    supervisor.register(stream::TASK_NAME, TaskKind::Stream);
     Ok(Some(handle))
 }
 
