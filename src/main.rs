@@ -84,10 +84,10 @@ fn status(args: Status) -> ExitCode {
         // The packaged configuration when present (and readable), else the default place.
         (None, None) => match app::load_config(std::path::Path::new(config::DEFAULT_PATH)) {
             Ok(cfg) => cfg.daemon.status_socket,
-            Err(_) => match config::Env::from_process().runtime_directory {
-                Some(dir) => PathBuf::from(dir).join("status.sock"),
-                None => PathBuf::from("/run/collector/status.sock"),
-            },
+            // The default the daemon itself would use (one place: the configuration reader).
+            Err(_) => config::Config::parse("", &config::Env::from_process())
+                .map(|c| c.daemon.status_socket)
+                .unwrap_or_else(|_| PathBuf::from("/run/collector/status.sock")),
         },
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

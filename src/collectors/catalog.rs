@@ -61,6 +61,24 @@ impl CatalogCtx {
         Ok(n)
     }
 
+    /// Decodes a page of events (from `/events/keyset`, markets embedded) and stores it;
+    /// returns markets written.
+    async fn store_events(&self, items: &[Value]) -> Result<u64, CollectError> {
+        let mut odd = Vec::new();
+        let (mut events, mut markets) = (Vec::with_capacity(items.len()), Vec::new());
+        for item in items {
+            match gamma::decode_event(item, &mut odd) {
+                Ok((e, ms)) => {
+                    events.push(e);
+                    markets.extend(ms);
+                }
+                Err(e) => odd.push(Oddity { market_id: String::new(), what: format!("event skipped: {e}") }),
+            }
+        }
+        self.note_oddities(odd);
+        self.store(&events, &[], &markets).await
+    }
+
     /// Fetches one keyset page of `path` with `params` (resent identically on every page).
     async fn page(&self, path: &str, params: &[(&str, String)], cursor: Option<&str>) -> Result<Value, CollectError> {
         let mut url = self.client.gamma_url.join(path).expect("static path");
@@ -146,20 +164,7 @@ impl Collector for FullSweep {
         loop {
             let body = ctx.page("events/keyset", &params, cursor.next.as_deref()).await?;
             let (items, next) = gamma::keyset_page(&body, "events")?;
-            let mut odd = Vec::new();
-            let mut events = Vec::with_capacity(items.len());
-            let mut markets = Vec::new();
-            for item in &items {
-                match gamma::decode_event(item, &mut odd) {
-                    Ok((e, ms)) => {
-                        events.push(e);
-                        markets.extend(ms);
-                    }
-                    Err(e) => odd.push(Oddity { market_id: String::new(), what: format!("event skipped: {e}") }),
-                }
-            }
-            ctx.note_oddities(odd);
-            stored += ctx.store(&events, &[], &markets).await?;
+            stored += ctx.store_events(&items).await?;
             pages += 1;
             if !cursor.advance(next)? {
                 break;
@@ -300,19 +305,7 @@ impl Collector for History {
                 Err(e) => return Err(e),
             };
             let (items, next) = gamma::keyset_page(&body, "events")?;
-            let mut odd = Vec::new();
-            let (mut events, mut markets) = (Vec::with_capacity(items.len()), Vec::new());
-            for item in &items {
-                match gamma::decode_event(item, &mut odd) {
-                    Ok((e, ms)) => {
-                        events.push(e);
-                        markets.extend(ms);
-                    }
-                    Err(e) => odd.push(Oddity { market_id: String::new(), what: format!("event skipped: {e}") }),
-                }
-            }
-            ctx.note_oddities(odd);
-            let n = ctx.store(&events, &[], &markets).await?;
+            let n = ctx.store_events(&items).await?;
             stored += n;
             let more = cursor.advance(next.clone())?;
             {

@@ -526,18 +526,9 @@ impl Manager {
                 Ok(()) = self.live.changed() => {
                     tracing::info!("stream scope or retention reloaded: recomputing the subscription set");
                     self.refresh(&ctx, &shard_cancel).await;
-                    let retention = self.live.borrow().retention_days;
-                    if let Err(e) = partitions::maintain(&pool, retention).await {
-                        tracing::warn!(error = %e, "partition maintenance failed, retrying in an hour: {e}");
-                    }
+                    self.maintain_partitions().await;
                 }
-                _ = maintenance.tick() => match { let retention = self.live.borrow().retention_days; partitions::maintain(&pool, retention).await } {
-                    Ok((made, dropped)) if made > 0 || !dropped.is_empty() => {
-                        tracing::info!(created = made, dropped = %dropped.join(", "), "partitions maintained: {made} created, dropped [{}]", dropped.join(", "));
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "partition maintenance failed, retrying in an hour: {e}"),
-                },
+                _ = maintenance.tick() => self.maintain_partitions().await,
                 _ = first_fill.tick(), if self.owner.is_empty() && Instant::now() < first_fill_until => self.refresh(&ctx, &shard_cancel).await,
                 Some(done) = self.running.join_next_with_id(), if !self.running.is_empty() => match done {
                     Ok((id, ())) => {
@@ -585,6 +576,18 @@ impl Manager {
         drop(ctx);
         drop(backfill_tx);
         let _ = tokio::time::timeout(Duration::from_secs(5), recorder).await;
+    }
+
+    /// Partitions ahead, and the retention in force (hourly, and after a reload).
+    async fn maintain_partitions(&self) {
+        let retention = self.live.borrow().retention_days;
+        match partitions::maintain(&self.deps.pool, retention).await {
+            Ok((made, dropped)) if made > 0 || !dropped.is_empty() => {
+                tracing::info!(created = made, dropped = %dropped.join(", "), "partitions maintained: {made} created, dropped [{}]", dropped.join(", "));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "partition maintenance failed, retrying in an hour: {e}"),
+        }
     }
 
     /// Recomputes the subscription set: subscribes what is new, unsubscribes what is gone.
