@@ -215,7 +215,8 @@ impl Signals {
 }
 
 /// Keys a reload applies to the running stream.
-const LIVE_STREAM_KEYS: [&str; 5] = ["token_ids", "tag_slugs", "min_volume_24h", "min_liquidity", "retention_days"];
+const LIVE_STREAM_KEYS: [&str; 7] =
+    ["token_ids", "tag_slugs", "min_volume_24h", "min_liquidity", "retention_days", "trades_retention_days", "quotes_retention_days"];
 
 /// A reload (SIGHUP): re-reads the configuration file. A file with problems is refused, every
 /// problem logged, and the running configuration kept. Otherwise what can change live is

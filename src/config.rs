@@ -171,6 +171,10 @@ pub struct StreamConfig {
     /// Days of level changes kept: older daily partitions are dropped (hourly check). Default
     /// 0: keep everything.
     pub retention_days: u32,
+    /// Days of trades kept, the same way. Default 0: keep everything.
+    pub trades_retention_days: u32,
+    /// Days of quotes (best bid/ask) kept, the same way. Default 0: keep everything.
+    pub quotes_retention_days: u32,
     /// Backfill trades of gaps from the Data API. Default true.
     pub backfill: bool,
     /// Planned gaps (a clean stop and start) up to this long are backfilled too; longer ones
@@ -405,6 +409,8 @@ impl Config {
             spool_dir: PathBuf::from(s.string("spool_dir", &default_spool.display().to_string())),
             spool_max_bytes: s.int("spool_max_bytes", 1 << 30, 1024, u64::MAX / 2),
             retention_days: s.int("retention_days", 0, 0, 36_500) as u32,
+            trades_retention_days: s.int("trades_retention_days", 0, 0, 36_500) as u32,
+            quotes_retention_days: s.int("quotes_retention_days", 0, 0, 36_500) as u32,
             backfill: s.bool("backfill", true),
             backfill_planned_max: s.secs("backfill_planned_max_secs", 86_400, 0, 365 * 86_400),
             backfill_max_pages: s.int("backfill_max_pages", 200, 1, 100_000) as usize,

@@ -6,10 +6,30 @@ use chrono::{Duration, NaiveDate, Utc};
 
 use super::{DbError, Pool};
 
-/// The partitioned tables.
-pub const TABLES: &[&str] = &["price_changes_compact"];
+/// The partitioned tables: level changes, trades, quotes.
+pub const TABLES: &[&str] = &["price_changes_compact", "trades_compact", "quotes_compact"];
 
-/// `price_changes_compact` on 2026-11-30 → `price_changes_p20261130`.
+/// Days kept of each partitioned table (`stream.retention_days`,
+/// `stream.trades_retention_days`, `stream.quotes_retention_days`); 0 keeps everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub level_changes: u32,
+    pub trades: u32,
+    pub quotes: u32,
+}
+
+impl Retention {
+    fn days(&self, table: &str) -> u32 {
+        match table {
+            "price_changes_compact" => self.level_changes,
+            "trades_compact" => self.trades,
+            "quotes_compact" => self.quotes,
+            _ => 0,
+        }
+    }
+}
+
+/// `price_changes_compact` on 2026-11-30 → `price_changes_p20261130` (`trades_p…`, `quotes_p…`).
 pub fn partition_name(table: &str, day: NaiveDate) -> String {
     format!("{}_p{}", table.trim_end_matches("_compact"), day.format("%Y%m%d"))
 }
@@ -63,26 +83,30 @@ pub async fn days(pool: &Pool, table: &str) -> Result<Vec<NaiveDate>, DbError> {
     Ok(days)
 }
 
-/// Drops the partitions of days before `keep_from`; returns their names.
-pub async fn drop_before(pool: &Pool, keep_from: NaiveDate) -> Result<Vec<String>, DbError> {
+/// Drops the partitions of `table` of days before `keep_from`; returns their names.
+pub async fn drop_before(pool: &Pool, table: &str, keep_from: NaiveDate) -> Result<Vec<String>, DbError> {
     let mut dropped = Vec::new();
-    for table in TABLES {
-        for day in days(pool, table).await? {
-            if day < keep_from {
-                let name = partition_name(table, day);
-                pool.get().await?.batch_execute(&format!("DROP TABLE IF EXISTS {name}")).await?;
-                dropped.push(name);
-            }
+    for day in days(pool, table).await? {
+        if day < keep_from {
+            let name = partition_name(table, day);
+            pool.get().await?.batch_execute(&format!("DROP TABLE IF EXISTS {name}")).await?;
+            dropped.push(name);
         }
     }
     Ok(dropped)
 }
 
-/// One maintenance pass: partitions from yesterday to two days ahead exist; with
-/// `retention_days` > 0, days older than that are dropped.
-pub async fn maintain(pool: &Pool, retention_days: u32) -> Result<(u32, Vec<String>), DbError> {
+/// One maintenance pass: partitions from yesterday to two days ahead exist; for each table
+/// with a retention, days older than it are dropped.
+pub async fn maintain(pool: &Pool, retention: Retention) -> Result<(u32, Vec<String>), DbError> {
     let today = Utc::now().date_naive();
     let made = ensure(pool, today - Duration::days(1), today + Duration::days(2)).await?;
-    let dropped = if retention_days > 0 { drop_before(pool, today - Duration::days(retention_days as i64)).await? } else { Vec::new() };
+    let mut dropped = Vec::new();
+    for table in TABLES {
+        let keep = retention.days(table);
+        if keep > 0 {
+            dropped.extend(drop_before(pool, table, today - Duration::days(keep as i64)).await?);
+        }
+    }
     Ok((made, dropped))
 }

@@ -2,8 +2,15 @@
 //! `market_events`, `stream_quarantine`, and `book_snapshots` for stream books): the rows they
 //! take ([`Row`]) and [`write_batch`], which stores one batch in one transaction.
 //!
+//! Trades, level changes, quotes and tick size changes are stored compact (migrations 5 and
+//! 7): tokens and markets as integer keys from the `stream_tokens` / `stream_conditions`
+//! dictionaries, which [`Keys`] fills and caches before a batch's transaction; the documented
+//! tables are views over them. Trades, level changes and quotes are partitioned by day: a
+//! day's partitions exist before a row of that day is written (made ahead by the daemon, or —
+//! for a replayed or backfilled row of an older day — by [`Keys`], before its batch).
+//!
 //! The common case is a direct binary `COPY` into each target table — no temporary table, no
-//! DDL on the write path. No row is stored twice:
+//! DDL in the transaction. No row is stored twice:
 //! - `trades`, `quotes`, `tick_size_changes` have a unique identity: the COPY runs under a
 //!   savepoint, and a unique violation (a replayed row) falls back to the idempotent path.
 //! - `price_changes` has no unique index (it is most of the volume, and a wide unique index
@@ -18,7 +25,7 @@
 //! Queueing, batching, spooling and retries are the stream collector's
 //! (`collectors::stream::{sink, writer}`); this module is SQL only.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::pin_mut;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -27,10 +34,11 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use super::books::{self, BookSource};
+use super::partitions;
 use super::{DbError, Pool};
 use crate::polymarket::decode::Side;
 use crate::polymarket::clob::Book;
@@ -104,9 +112,8 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
             Row::Quarantine { .. } => quarantine.push(r),
         }
     }
-    if !changes.is_empty() && !replay {
-        keys.resolve(pool, &changes).await?;
-    }
+    keys.resolve(pool, rows).await?;
+    keys.ensure_days(pool, rows).await?;
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
     let mut new_trades = 0;
@@ -116,7 +123,7 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
     }
     if !changes.is_empty() {
         if replay {
-            idempotent(&tx, &PRICE_CHANGES, &changes).await?;
+            idempotent(&tx, keys, &PRICE_CHANGES, &changes).await?;
         } else {
             copy_direct(&tx, keys, &PRICE_CHANGES, &changes).await?;
         }
@@ -131,7 +138,7 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
         copy_direct(&tx, keys, &QUARANTINE, &quarantine).await?;
     }
     if !lifecycle.is_empty() {
-        idempotent(&tx, &LIFECYCLE, &lifecycle).await?;
+        idempotent(&tx, keys, &LIFECYCLE, &lifecycle).await?;
         apply_lifecycle(&tx, &lifecycle).await?;
     }
     for chunk in books_.chunks(500) {
@@ -146,8 +153,8 @@ struct Table {
     name: &'static str,
     columns: &'static str,
     types: &'static [Type],
-    /// One row as a JSON object for `jsonb_to_recordset` (column name → value).
-    json_row: fn(&Row) -> Value,
+    /// One row as a JSON object for `jsonb_to_recordset` (column name → value), keys resolved.
+    json_row: fn(&Keys, &Row) -> Value,
     /// Run before `insert` on the idempotent path; `$1` is the rows.
     before_insert: &'static [&'static str],
     /// `INSERT … SELECT … FROM jsonb_to_recordset($1) AS n(…) …` storing what is new.
@@ -170,7 +177,7 @@ async fn write_unique(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[
             Err(e) => return Err(e),
         }
     }
-    idempotent(tx, table, rows).await
+    idempotent(tx, keys, table, rows).await
 }
 
 /// Binary COPY straight into the table; fields borrowed from the rows (no allocation per
@@ -182,8 +189,9 @@ async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&
     for r in rows {
         match r {
             Row::Trade { trade: t, received_at, source } => {
-                let (src, side) = (source.as_str(), t.side.as_str());
-                writer.as_mut().write(&[&t.asset_id, &t.condition_id, &t.price, &t.size, &side, &t.source_ts, received_at, &src, &t.tx_hash, &t.fee_rate_bps]).await?
+                let (token, buy, backfill) = (keys.token(&t.asset_id), t.side == Side::Buy, *source == TradeSource::Backfill);
+                let tx = tx_bytes(t.tx_hash.as_deref());
+                writer.as_mut().write(&[&token, &buy, &backfill, &t.source_ts, received_at, &t.price, &t.size, &tx, &t.fee_rate_bps]).await?
             }
             Row::PriceChange { change: c, condition_id, source_ts, received_at } => {
                 let (token, condition) = (keys.token(&c.asset_id), keys.condition(condition_id.as_deref()));
@@ -195,10 +203,12 @@ async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&
                     .await?
             }
             Row::Quote { quote: q, received_at } => {
-                writer.as_mut().write(&[&q.asset_id, &q.condition_id, &q.best_bid, &q.best_ask, &q.spread, &q.source_ts, received_at]).await?
+                let token = keys.token(&q.asset_id);
+                writer.as_mut().write(&[&token, &q.source_ts, received_at, &q.best_bid, &q.best_ask, &q.spread]).await?
             }
             Row::TickSize { change: c, received_at } => {
-                writer.as_mut().write(&[&c.asset_id, &c.condition_id, &c.old_tick_size, &c.new_tick_size, &c.source_ts, received_at]).await?
+                let token = keys.token(&c.asset_id);
+                writer.as_mut().write(&[&token, &c.source_ts, received_at, &c.old_tick_size, &c.new_tick_size]).await?
             }
             Row::Quarantine { connection, reason, frame, received_at } => {
                 writer.as_mut().write(&[received_at, connection, reason, frame]).await?
@@ -210,23 +220,26 @@ async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&
 }
 
 /// The idempotent path: the rows as one `jsonb` parameter, inserted where not yet stored.
-async fn idempotent(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
-    let data = Value::Array(rows.iter().map(|r| (table.json_row)(r)).collect());
+async fn idempotent(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
+    let data = Value::Array(rows.iter().map(|r| (table.json_row)(keys, r)).collect());
     for statement in table.before_insert {
         tx.execute(*statement, &[&data]).await?;
     }
     tx.execute(table.insert, &[&data]).await
 }
 
+/// `trades` is a view over `trades_compact` (migration 7): the token key, side and source as
+/// booleans, the transaction hash in [`tx_bytes`]' form; the identity is the unique index on
+/// `(token_key, source_ts, trade_identity(buy, price, size, tx))`.
 const TRADES: Table = Table {
-    name: "trades",
-    columns: "asset_id, condition_id, price, size, side, source_ts, received_at, source, tx_hash, fee_rate_bps",
-    types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT, Type::NUMERIC],
-    json_row: |r| match r {
+    name: "trades_compact",
+    columns: "token_key, buy, backfill, source_ts, received_at, price, size, tx, fee_rate_bps",
+    types: &[Type::INT4, Type::BOOL, Type::BOOL, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::NUMERIC, Type::NUMERIC, Type::BYTEA, Type::NUMERIC],
+    json_row: |keys, r| match r {
         Row::Trade { trade: t, received_at, source } => json!({
-            "asset_id": t.asset_id, "condition_id": t.condition_id, "price": t.price, "size": t.size,
-            "side": t.side.as_str(), "source_ts": us(t.source_ts), "received_at": us(received_at), "source": source.as_str(),
-            "tx_hash": t.tx_hash, "fee_rate_bps": t.fee_rate_bps,
+            "token_key": keys.token(&t.asset_id), "buy": t.side == Side::Buy, "backfill": *source == TradeSource::Backfill,
+            "source_ts": us(t.source_ts), "received_at": us(received_at), "price": t.price, "size": t.size,
+            "tx": tx_bytes(t.tx_hash.as_deref()).map(|b| bytea_literal(&b)), "fee_rate_bps": t.fee_rate_bps,
         }),
         _ => unreachable!("grouped by kind"),
     },
@@ -237,23 +250,23 @@ const TRADES: Table = Table {
     // second, a price within half the finest tick (0.0001), and the same transaction hash
     // when both have one. The stream's copy wins: it replaces a backfilled copy, and a
     // backfilled row is not inserted where any copy exists.
-    before_insert: &["DELETE FROM trades b USING jsonb_to_recordset($1::jsonb) AS n(asset_id text, price numeric, size numeric,
-            side text, source_ts timestamptz, source text, tx_hash text)
-        WHERE n.source = 'ws' AND b.source = 'backfill' AND b.asset_id = n.asset_id
-          AND b.source_ts = date_trunc('second', n.source_ts) AND b.side = n.side AND b.size = n.size
+    before_insert: &["DELETE FROM trades_compact b USING jsonb_to_recordset($1::jsonb) AS n(token_key int, buy bool, backfill bool,
+            source_ts timestamptz, price numeric, size numeric, tx bytea)
+        WHERE NOT n.backfill AND b.backfill AND b.token_key = n.token_key
+          AND b.source_ts = date_trunc('second', n.source_ts) AND b.buy = n.buy AND b.size = n.size
           AND abs(b.price - n.price) < 0.00005
-          AND (b.tx_hash IS NULL OR n.tx_hash IS NULL OR b.tx_hash = n.tx_hash)"],
-    insert: "INSERT INTO trades (asset_id, condition_id, price, size, side, source_ts, received_at, source, tx_hash, fee_rate_bps)
-        SELECT DISTINCT ON (n.asset_id, n.source_ts, n.side, n.price, n.size, COALESCE(n.tx_hash, ''))
-            n.asset_id, n.condition_id, n.price, n.size, n.side, n.source_ts, n.received_at, n.source, n.tx_hash, n.fee_rate_bps
-        FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text, condition_id text, price numeric, size numeric,
-            side text, source_ts timestamptz, received_at timestamptz, source text, tx_hash text, fee_rate_bps numeric)
-        WHERE n.source = 'ws' OR NOT EXISTS (
-            SELECT 1 FROM trades o WHERE o.asset_id = n.asset_id
+          AND (b.tx IS NULL OR n.tx IS NULL OR b.tx = n.tx)"],
+    insert: "INSERT INTO trades_compact (token_key, buy, backfill, source_ts, received_at, price, size, tx, fee_rate_bps)
+        SELECT DISTINCT ON (n.token_key, n.source_ts, trade_identity(n.buy, n.price, n.size, n.tx))
+            n.token_key, n.buy, n.backfill, n.source_ts, n.received_at, n.price, n.size, n.tx, n.fee_rate_bps
+        FROM jsonb_to_recordset($1::jsonb) AS n(token_key int, buy bool, backfill bool, source_ts timestamptz,
+            received_at timestamptz, price numeric, size numeric, tx bytea, fee_rate_bps numeric)
+        WHERE NOT n.backfill OR NOT EXISTS (
+            SELECT 1 FROM trades_compact o WHERE o.token_key = n.token_key
               AND o.source_ts >= date_trunc('second', n.source_ts)
               AND o.source_ts < date_trunc('second', n.source_ts) + interval '1 second'
-              AND o.side = n.side AND o.size = n.size AND abs(o.price - n.price) < 0.00005
-              AND (o.tx_hash IS NULL OR n.tx_hash IS NULL OR o.tx_hash = n.tx_hash))
+              AND o.buy = n.buy AND o.size = n.size AND abs(o.price - n.price) < 0.00005
+              AND (o.tx IS NULL OR n.tx IS NULL OR o.tx = n.tx))
         ON CONFLICT DO NOTHING",
 };
 
@@ -264,33 +277,29 @@ const PRICE_CHANGES: Table = Table {
     name: "price_changes_compact",
     columns: "token_key, source_ts, received_at, condition_key, buy, price, size, best_bid, best_ask, hash_hex, hash_text",
     types: &[Type::INT4, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::INT4, Type::BOOL, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::BYTEA, Type::TEXT],
-    json_row: |r| match r {
-        Row::PriceChange { change: c, condition_id, source_ts, received_at } => json!({
-            "asset_id": c.asset_id, "condition_id": condition_id, "price": c.price, "size": c.size, "side": c.side.as_str(),
-            "hash": c.hash, "best_bid": c.best_bid, "best_ask": c.best_ask, "source_ts": us(source_ts), "received_at": us(received_at),
-        }),
+    json_row: |keys, r| match r {
+        Row::PriceChange { change: c, condition_id, source_ts, received_at } => {
+            let (hash_hex, hash_text) = split_hash(c.hash.as_deref());
+            json!({
+                "token_key": keys.token(&c.asset_id), "condition_key": keys.condition(condition_id.as_deref()),
+                "buy": c.side == Side::Buy, "price": c.price, "size": c.size, "hash_hex": hash_hex.map(|b| bytea_literal(&b)),
+                "hash_text": hash_text, "best_bid": c.best_bid, "best_ask": c.best_ask,
+                "source_ts": us(source_ts), "received_at": us(received_at),
+            })
+        }
         _ => unreachable!("grouped by kind"),
     },
-    before_insert: &[
-        "INSERT INTO stream_tokens (token_id) SELECT DISTINCT n.asset_id FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text)
-         ON CONFLICT DO NOTHING",
-        "INSERT INTO stream_conditions (condition_id) SELECT DISTINCT n.condition_id FROM jsonb_to_recordset($1::jsonb) AS n(condition_id text)
-         WHERE n.condition_id IS NOT NULL ON CONFLICT DO NOTHING",
-    ],
+    before_insert: &[],
     // Identity: (token, source_ts, side, price, size, hash); the lookup uses the
     // (token_key, source_ts) index.
     insert: "INSERT INTO price_changes_compact (token_key, source_ts, received_at, condition_key, buy, price, size, best_bid, best_ask, hash_hex, hash_text)
-        SELECT DISTINCT ON (t.token_key, n.source_ts, n.side, n.price, n.size, COALESCE(n.hash, ''))
-            t.token_key, n.source_ts, n.received_at, c.condition_key, n.side = 'BUY', n.price, n.size, n.best_bid, n.best_ask,
-            CASE WHEN n.hash ~ '^[0-9a-f]{40}$' THEN decode(n.hash, 'hex') END,
-            CASE WHEN n.hash !~ '^[0-9a-f]{40}$' THEN n.hash END
-        FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text, condition_id text, price numeric, size numeric, side text,
-            hash text, best_bid numeric, best_ask numeric, source_ts timestamptz, received_at timestamptz)
-        JOIN stream_tokens t ON t.token_id = n.asset_id
-        LEFT JOIN stream_conditions c ON c.condition_id = n.condition_id
-        WHERE NOT EXISTS (SELECT 1 FROM price_changes_compact o WHERE o.token_key = t.token_key AND o.source_ts = n.source_ts
-            AND o.buy = (n.side = 'BUY') AND o.price = n.price AND o.size = n.size
-            AND COALESCE(encode(o.hash_hex, 'hex'), o.hash_text) IS NOT DISTINCT FROM n.hash)",
+        SELECT DISTINCT ON (n.token_key, n.source_ts, n.buy, n.price, n.size, n.hash_hex, n.hash_text)
+            n.token_key, n.source_ts, n.received_at, n.condition_key, n.buy, n.price, n.size, n.best_bid, n.best_ask, n.hash_hex, n.hash_text
+        FROM jsonb_to_recordset($1::jsonb) AS n(token_key int, condition_key int, buy bool, price numeric, size numeric,
+            hash_hex bytea, hash_text text, best_bid numeric, best_ask numeric, source_ts timestamptz, received_at timestamptz)
+        WHERE NOT EXISTS (SELECT 1 FROM price_changes_compact o WHERE o.token_key = n.token_key AND o.source_ts = n.source_ts
+            AND o.buy = n.buy AND o.price = n.price AND o.size = n.size
+            AND o.hash_hex IS NOT DISTINCT FROM n.hash_hex AND o.hash_text IS NOT DISTINCT FROM n.hash_text)",
 };
 
 /// A time as PostgreSQL stores it (microseconds, truncated as the binary COPY does), so the
@@ -299,48 +308,117 @@ fn us(t: impl std::borrow::Borrow<DateTime<Utc>>) -> String {
     t.borrow().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// Upstream's hash: 40 lowercase hex digits as 20 bytes, anything else as text.
+/// Upstream's level-change hash: 40 lowercase hex digits as 20 bytes, anything else as text.
 fn split_hash(hash: Option<&str>) -> (Option<Vec<u8>>, Option<&str>) {
-    let Some(h) = hash else { return (None, None) };
-    let hex = h.len() == 40 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !hex {
-        return (None, Some(h));
+    match hash {
+        None => (None, None),
+        Some(h) => match lower_hex(h, 40) {
+            Some(bytes) => (Some(bytes), None),
+            None => (None, Some(h)),
+        },
     }
-    let nibble = |b: u8| if b.is_ascii_digit() { b - b'0' } else { b - b'a' + 10 };
-    (Some(h.as_bytes().chunks(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])).collect()), None)
 }
 
-/// The dictionaries' keys this process knows (`stream_tokens`, `stream_conditions`), so the
-/// hot path copies integers. Unknown ids are added in their own committed statement before the
-/// batch's transaction (`ON CONFLICT DO NOTHING`: safe with concurrent writers), never inside
-/// it: a key is cached only once its dictionary row is durable. One per database.
+/// A trade's transaction hash as `trades_compact.tx` stores it (migration 7; its inverse is
+/// the SQL function `trade_tx_text`): `\x01` and 32 bytes for upstream's `0x` + 64 lowercase hex
+/// digits, `\x00` and the UTF-8 text of anything else.
+pub fn tx_bytes(tx: Option<&str>) -> Option<Vec<u8>> {
+    let tx = tx?;
+    let mut out = Vec::with_capacity(33);
+    match tx.strip_prefix("0x").and_then(|h| lower_hex(h, 64)) {
+        Some(bytes) => {
+            out.push(1);
+            out.extend_from_slice(&bytes);
+        }
+        None => {
+            out.push(0);
+            out.extend_from_slice(tx.as_bytes());
+        }
+    }
+    Some(out)
+}
+
+/// `text`, when it is exactly `digits` lowercase hex digits, as bytes.
+fn lower_hex(text: &str, digits: usize) -> Option<Vec<u8>> {
+    if text.len() != digits || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let nibble = |b: u8| if b.is_ascii_digit() { b - b'0' } else { b - b'a' + 10 };
+    Some(text.as_bytes().chunks(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])).collect())
+}
+
+/// Bytes as PostgreSQL's `bytea` input reads them (`\x` + hex), for the JSON of the idempotent path.
+fn bytea_literal(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(2 + 2 * bytes.len());
+    s.push_str("\\x");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+impl Row {
+    /// The token and market a keyed row belongs to.
+    fn token(&self) -> Option<(&str, Option<&str>)> {
+        match self {
+            Row::Trade { trade: t, .. } => Some((&t.asset_id, t.condition_id.as_deref())),
+            Row::PriceChange { change: c, condition_id, .. } => Some((&c.asset_id, condition_id.as_deref())),
+            Row::Quote { quote: q, .. } => Some((&q.asset_id, q.condition_id.as_deref())),
+            Row::TickSize { change: c, .. } => Some((&c.asset_id, c.condition_id.as_deref())),
+            Row::Book { .. } | Row::Lifecycle { .. } | Row::Quarantine { .. } => None,
+        }
+    }
+
+    /// The UTC day of the partition a row of a partitioned table goes to.
+    fn partition_day(&self) -> Option<NaiveDate> {
+        match self {
+            Row::Trade { trade: t, .. } => Some(t.source_ts.date_naive()),
+            Row::PriceChange { source_ts, .. } => Some(source_ts.date_naive()),
+            Row::Quote { quote: q, .. } => Some(q.source_ts.date_naive()),
+            _ => None,
+        }
+    }
+}
+
+/// What this process knows exists in the database, so the hot path copies integers and runs
+/// no DDL: the dictionaries' keys (`stream_tokens`, `stream_conditions`) and the days whose
+/// partitions exist. Unknown ids are added, and missing days made, in their own committed
+/// statements before the batch's transaction (`ON CONFLICT DO NOTHING` / `IF NOT EXISTS`:
+/// safe with concurrent writers), never inside it: a key is cached only once its dictionary
+/// row is durable. One per database.
 #[derive(Debug, Default)]
 pub struct Keys {
-    tokens: Mutex<HashMap<String, i32>>,
+    /// Token id → (token key, whether the dictionary knows its market).
+    tokens: Mutex<HashMap<String, (i32, bool)>>,
     conditions: Mutex<HashMap<String, i32>>,
+    days: Mutex<BTreeSet<NaiveDate>>,
 }
 
 impl Keys {
     fn token(&self, id: &str) -> i32 {
-        *self.tokens.lock().expect("keys lock").get(id).expect("resolved before the copy")
+        self.tokens.lock().expect("keys lock").get(id).expect("resolved before the copy").0
     }
 
     fn condition(&self, id: Option<&str>) -> Option<i32> {
         id.map(|c| *self.conditions.lock().expect("keys lock").get(c).expect("resolved before the copy"))
     }
 
-    /// Makes sure every token and condition of these level changes has a cached key.
-    async fn resolve(&self, pool: &Pool, rows: &[&Row]) -> Result<(), DbError> {
-        let (mut tokens, mut conditions) = (Vec::new(), Vec::new());
+    /// Makes sure every token and market of these rows has a cached key, and every token
+    /// whose row names its market has that market in the dictionary.
+    async fn resolve(&self, pool: &Pool, rows: &[Row]) -> Result<(), DbError> {
+        let (mut tokens, mut conditions): (Vec<(String, Option<String>)>, Vec<String>) = (Vec::new(), Vec::new());
         {
             let (known_t, known_c) = (self.tokens.lock().expect("keys lock"), self.conditions.lock().expect("keys lock"));
-            for r in rows {
-                let Row::PriceChange { change, condition_id, .. } = r else { continue };
-                if !known_t.contains_key(&change.asset_id) && !tokens.contains(&change.asset_id) {
-                    tokens.push(change.asset_id.clone());
+            for (token, condition) in rows.iter().filter_map(Row::token) {
+                let stale = match known_t.get(token) {
+                    None => true,
+                    Some((_, has_market)) => !has_market && condition.is_some(),
+                };
+                if stale && !tokens.iter().any(|(t, _)| t == token) {
+                    tokens.push((token.to_string(), condition.map(str::to_string)));
                 }
-                if let Some(c) = condition_id.as_ref().filter(|c| !known_c.contains_key(*c) && !conditions.contains(*c)) {
-                    conditions.push(c.clone());
+                if let Some(c) = condition.filter(|c| !known_c.contains_key(*c) && !conditions.iter().any(|k| k == c)) {
+                    conditions.push(c.to_string());
                 }
             }
         }
@@ -348,14 +426,6 @@ impl Keys {
             return Ok(());
         }
         let db = pool.get().await?;
-        if !tokens.is_empty() {
-            db.execute("INSERT INTO stream_tokens (token_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&tokens]).await?;
-            let rows = db.query("SELECT token_id, token_key FROM stream_tokens WHERE token_id = ANY($1)", &[&tokens]).await?;
-            let mut known = self.tokens.lock().expect("keys lock");
-            for r in rows {
-                known.insert(r.get(0), r.get(1));
-            }
-        }
         if !conditions.is_empty() {
             db.execute("INSERT INTO stream_conditions (condition_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&conditions]).await?;
             let rows = db.query("SELECT condition_id, condition_key FROM stream_conditions WHERE condition_id = ANY($1)", &[&conditions]).await?;
@@ -364,44 +434,82 @@ impl Keys {
                 known.insert(r.get(0), r.get(1));
             }
         }
+        if !tokens.is_empty() {
+            let ids: Vec<&str> = tokens.iter().map(|(t, _)| t.as_str()).collect();
+            let markets: Vec<Option<i32>> = tokens.iter().map(|(_, c)| self.condition(c.as_deref())).collect();
+            db.execute(
+                "INSERT INTO stream_tokens (token_id, condition_key) SELECT * FROM unnest($1::text[], $2::int4[])
+                 ON CONFLICT (token_id) DO UPDATE SET condition_key = EXCLUDED.condition_key
+                 WHERE stream_tokens.condition_key IS NULL AND EXCLUDED.condition_key IS NOT NULL",
+                &[&ids, &markets],
+            )
+            .await?;
+            let rows = db.query("SELECT token_id, token_key, condition_key IS NOT NULL FROM stream_tokens WHERE token_id = ANY($1)", &[&ids]).await?;
+            let mut known = self.tokens.lock().expect("keys lock");
+            for r in rows {
+                known.insert(r.get(0), (r.get(1), r.get(2)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the partitions of the days of these rows that this process has not seen yet
+    /// (today's are made ahead by the daemon; an older day comes with a replay or a backfill).
+    /// Only days from yesterday on are remembered: retention never drops those, while an
+    /// older day may be dropped (and is then made again for a late row, and dropped again by
+    /// the next maintenance).
+    async fn ensure_days(&self, pool: &Pool, rows: &[Row]) -> Result<(), DbError> {
+        let missing: BTreeSet<NaiveDate> = {
+            let known = self.days.lock().expect("keys lock");
+            rows.iter().filter_map(Row::partition_day).filter(|d| !known.contains(d)).collect()
+        };
+        let yesterday = Utc::now().date_naive() - chrono::Duration::days(1);
+        for day in missing {
+            partitions::ensure(pool, day, day).await?;
+            if day >= yesterday {
+                self.days.lock().expect("keys lock").insert(day);
+            }
+        }
         Ok(())
     }
 }
 
+/// `quotes` is a view over `quotes_compact` (migration 7); identity `(token_key, source_ts)`.
 const QUOTES: Table = Table {
-    name: "quotes",
-    columns: "asset_id, condition_id, best_bid, best_ask, spread, source_ts, received_at",
-    types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
-    json_row: |r| match r {
+    name: "quotes_compact",
+    columns: "token_key, source_ts, received_at, best_bid, best_ask, spread",
+    types: &[Type::INT4, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC],
+    json_row: |keys, r| match r {
         Row::Quote { quote: q, received_at } => json!({
-            "asset_id": q.asset_id, "condition_id": q.condition_id, "best_bid": q.best_bid, "best_ask": q.best_ask,
+            "token_key": keys.token(&q.asset_id), "best_bid": q.best_bid, "best_ask": q.best_ask,
             "spread": q.spread, "source_ts": us(q.source_ts), "received_at": us(received_at),
         }),
         _ => unreachable!("grouped by kind"),
     },
     before_insert: &[],
-    insert: "INSERT INTO quotes (asset_id, condition_id, best_bid, best_ask, spread, source_ts, received_at)
-        SELECT n.asset_id, n.condition_id, n.best_bid, n.best_ask, n.spread, n.source_ts, n.received_at
-        FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text, condition_id text, best_bid numeric, best_ask numeric,
+    insert: "INSERT INTO quotes_compact (token_key, source_ts, received_at, best_bid, best_ask, spread)
+        SELECT n.token_key, n.source_ts, n.received_at, n.best_bid, n.best_ask, n.spread
+        FROM jsonb_to_recordset($1::jsonb) AS n(token_key int, best_bid numeric, best_ask numeric,
             spread numeric, source_ts timestamptz, received_at timestamptz)
         ON CONFLICT DO NOTHING",
 };
 
+/// `tick_size_changes` is a view over `tick_size_changes_compact` (migration 7).
 const TICKS: Table = Table {
-    name: "tick_size_changes",
-    columns: "asset_id, condition_id, old_tick_size, new_tick_size, source_ts, received_at",
-    types: &[Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
-    json_row: |r| match r {
+    name: "tick_size_changes_compact",
+    columns: "token_key, source_ts, received_at, old_tick_size, new_tick_size",
+    types: &[Type::INT4, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::NUMERIC, Type::NUMERIC],
+    json_row: |keys, r| match r {
         Row::TickSize { change: c, received_at } => json!({
-            "asset_id": c.asset_id, "condition_id": c.condition_id, "old_tick_size": c.old_tick_size,
+            "token_key": keys.token(&c.asset_id), "old_tick_size": c.old_tick_size,
             "new_tick_size": c.new_tick_size, "source_ts": us(c.source_ts), "received_at": us(received_at),
         }),
         _ => unreachable!("grouped by kind"),
     },
     before_insert: &[],
-    insert: "INSERT INTO tick_size_changes (asset_id, condition_id, old_tick_size, new_tick_size, source_ts, received_at)
-        SELECT n.asset_id, n.condition_id, n.old_tick_size, n.new_tick_size, n.source_ts, n.received_at
-        FROM jsonb_to_recordset($1::jsonb) AS n(asset_id text, condition_id text, old_tick_size numeric,
+    insert: "INSERT INTO tick_size_changes_compact (token_key, source_ts, received_at, old_tick_size, new_tick_size)
+        SELECT n.token_key, n.source_ts, n.received_at, n.old_tick_size, n.new_tick_size
+        FROM jsonb_to_recordset($1::jsonb) AS n(token_key int, old_tick_size numeric,
             new_tick_size numeric, source_ts timestamptz, received_at timestamptz)
         ON CONFLICT DO NOTHING",
 };
@@ -410,7 +518,7 @@ const LIFECYCLE: Table = Table {
     name: "market_events",
     columns: "kind, condition_id, market_id, source_ts, received_at, payload",
     types: &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::JSONB],
-    json_row: |r| match r {
+    json_row: |_, r| match r {
         Row::Lifecycle { event: e, received_at } => json!({
             "kind": e.kind.as_str(), "condition_id": e.condition_id, "market_id": e.market_id,
             "source_ts": us(e.source_ts), "received_at": us(received_at), "payload": e.payload,
@@ -430,7 +538,7 @@ const QUARANTINE: Table = Table {
     name: "stream_quarantine",
     columns: "received_at, connection, reason, frame",
     types: &[Type::TIMESTAMPTZ, Type::INT4, Type::TEXT, Type::TEXT],
-    json_row: |r| match r {
+    json_row: |_, r| match r {
         Row::Quarantine { connection, reason, frame, received_at } => json!({
             "received_at": us(received_at), "connection": connection, "reason": reason, "frame": frame,
         }),

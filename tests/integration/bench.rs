@@ -218,6 +218,28 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU seconds used so far by the database's processes (every pid `pg_stat_activity` lists:
+/// client backends and the background processes), from `/proc/<pid>/stat` (utime + stime, in
+/// USER_HZ = 100 ticks per second on Linux).
+async fn pg_cpu(db: &pg::TestDb) -> std::collections::HashMap<i32, f64> {
+    let c = db.client().await;
+    let pids: Vec<i32> = c.query("SELECT pid FROM pg_stat_activity", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    pids.into_iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some((pid, ticks / 100.0))
+        })
+        .collect()
+}
+
+/// The database's CPU seconds between two [`pg_cpu`] readings (a process started in between
+/// counts from zero).
+fn pg_cpu_between(before: &std::collections::HashMap<i32, f64>, after: &std::collections::HashMap<i32, f64>) -> f64 {
+    after.iter().map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0)).sum()
+}
+
 /// The real binary holding 40,000 assets over 200 connections (books dumped and stored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark"]
@@ -317,13 +339,16 @@ async fn bytes_per_row(db: &pg::TestDb, table: &str) -> (i64, f64, f64) {
 async fn bench_stream_real_mix_vs_copy() {
     const EVENTS: u64 = 200_000;
     const MARKETS: u64 = 100;
-    // `price_changes` is a view over the compact, partitioned table since migration 5.
-    let tables = ["price_changes_compact", "trades", "quotes", "book_snapshots"];
+    // `price_changes`, `trades` and `quotes` are views over compact, partitioned tables
+    // (migrations 5 and 7).
+    let tables = ["price_changes_compact", "trades_compact", "quotes_compact", "book_snapshots"];
     let (mut ours, mut copy, mut last_sizes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_cpu, mut copy_cpu) = (Vec::new(), Vec::new());
     for run in 0..RUNS {
         let mut h = stream_harness(MARKETS, &format!("queue_capacity = 2000000\n{}", std::env::var("BENCH_STREAM_EXTRA").unwrap_or_default().replace(";", "\n"))).await;
         let (frames, rows) = real_mix_frames(MARKETS, EVENTS, crate::now_ms());
         let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
+        let cpu = pg_cpu(&h.db).await;
         let t = Instant::now();
         for (asset, frame) in &frames {
             assert!(h.ws.send_to_asset(asset, frame));
@@ -333,6 +358,7 @@ async fn bench_stream_real_mix_vs_copy() {
         })
         .await;
         ours.push(t.elapsed());
+        ours_cpu.push(Duration::from_secs_f64(pg_cpu_between(&cpu, &pg_cpu(&h.db).await)));
         println!("BENCH   run {run}: {:.2} s for {EVENTS} events ({rows} rows); withheld {}, quarantined {}", t.elapsed().as_secs_f64(),
             h.stats.withheld.load(Ordering::Relaxed), h.stats.quarantined.load(Ordering::Relaxed));
         h.stop().await;
@@ -354,6 +380,7 @@ async fn bench_stream_real_mix_vs_copy() {
             }
             data.push((table, bytes));
         }
+        let cpu = pg_cpu(&h.db).await;
         let t = Instant::now();
         for (table, bytes) in &data {
             let sink = c.copy_in(&format!("COPY {table}_baseline FROM STDIN (FORMAT binary)")).await.unwrap();
@@ -362,6 +389,7 @@ async fn bench_stream_real_mix_vs_copy() {
             sink.finish().await.unwrap();
         }
         copy.push(t.elapsed());
+        copy_cpu.push(Duration::from_secs_f64(pg_cpu_between(&cpu, &pg_cpu(&h.db).await)));
     }
     let (o, c) = (median(ours), median(copy));
     let rows = real_mix_frames(MARKETS, EVENTS, 0).1 as f64;
@@ -369,9 +397,15 @@ async fn bench_stream_real_mix_vs_copy() {
     println!("BENCH   collector           : median {:.2} s = {:.0} events/s ({:.0} rows/s)", o.as_secs_f64(), EVENTS as f64 / o.as_secs_f64(), rows / o.as_secs_f64());
     println!("BENCH   plain binary COPY   : median {:.2} s = {:.0} rows/s (same rows, same tables and indexes)", c.as_secs_f64(), rows / c.as_secs_f64());
     println!("BENCH   ratio collector/COPY: {:.2}", c.as_secs_f64() / o.as_secs_f64());
+    let (oc, cc) = (median(ours_cpu), median(copy_cpu));
+    println!("BENCH   PostgreSQL CPU per row: collector {:.1} µs, plain COPY {:.1} µs", oc.as_secs_f64() * 1e6 / rows, cc.as_secs_f64() * 1e6 / rows);
+    let mut per_day = 0.0;
     for (table, (n, heap, total)) in last_sizes {
         println!("BENCH   {table:<22}: {n} rows, {heap:.0} B/row heap, {total:.0} B/row with indexes");
+        // This mix at 30,000 events/s: the table's share of the rows at 1.8 rows per event.
+        per_day += total * n as f64 / rows * 30_000.0 * rows / EVENTS as f64 * 86_400.0;
     }
+    println!("BENCH   projected at 30,000 events/s of this mix: {:.0} GB/day", per_day / 1e9);
 }
 
 /// Receive → commit latency on the real mix at 20,000 events/s (5 frames of 20 events every

@@ -113,6 +113,78 @@ async fn the_previous_release_is_converted_in_place_to_compact_partitioned_level
     assert_eq!(db.count("SELECT count(*) FROM price_changes_p20261128").await, 1, "rows land in their day");
 }
 
+/// A database of the previous release (migrations 1–6) holding trades, quotes and tick size
+/// changes is converted in place: the views answer exactly what the tables held (the market of
+/// each row now comes from its token's dictionary entry, which the rows filled), and the rows
+/// sit in their days' partitions.
+#[tokio::test]
+async fn the_previous_release_is_converted_in_place_to_compact_trades_and_quotes() {
+    let db = pg::fresh_db().await;
+    let mut client = db.client().await;
+    migrate::run_to(&mut client, 6).await.unwrap();
+    let (a, b) = ("84417201957632105529310086432218840511209736675081273397001256649120375528161",
+                  "29041767350298712648890443219501120378874553109275648113086250047715329904432");
+    let tx = format!("0x{}", "5c2b9f0e".repeat(8));
+    client
+        .execute(
+            "INSERT INTO trades (asset_id, condition_id, price, size, side, source_ts, received_at, source, tx_hash, fee_rate_bps) VALUES
+             ($1, '0xaa', 0.340, 2710.17, 'BUY', '2026-11-27 10:00:00.123+00', '2026-11-27 10:00:00.2+00', 'ws', $3, 0),
+             ($1, '0xaa', 0.34, 2710.17, 'BUY', '2026-11-27 10:00:00+00', '2026-11-28 09:00:00+00', 'backfill', 'not-a-hash', NULL),
+             ($2, '0xaa', 0.66, 5, 'SELL', '2026-11-29 23:59:59.999+00', '2026-11-30 00:00:00.01+00', 'ws', NULL, 10)",
+            &[&a, &b, &tx],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO quotes (asset_id, condition_id, best_bid, best_ask, spread, source_ts, received_at) VALUES
+             ($1, '0xaa', 0.34, 0.35, 0.01, '2026-11-27 10:00:00.5+00', '2026-11-27 10:00:00.6+00'),
+             ($2, '0xaa', NULL, 0.66, NULL, '2026-11-28 00:00:00+00', '2026-11-28 00:00:01+00')",
+            &[&a, &b],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO tick_size_changes (asset_id, condition_id, old_tick_size, new_tick_size, source_ts, received_at) VALUES
+             ($1, '0xaa', 0.01, 0.001, '2026-11-27 11:00:00+00', '2026-11-27 11:00:00.1+00')",
+            &[&a],
+        )
+        .await
+        .unwrap();
+    let snapshots = [
+        "SELECT asset_id, condition_id, price::text, size::text, side, source_ts::text, received_at::text, source, tx_hash,
+                fee_rate_bps::text FROM trades ORDER BY source_ts, source",
+        "SELECT asset_id, condition_id, best_bid::text, best_ask::text, spread::text, source_ts::text, received_at::text,
+                NULL, NULL, NULL FROM quotes ORDER BY source_ts",
+        "SELECT asset_id, condition_id, old_tick_size::text, new_tick_size::text, source_ts::text, received_at::text,
+                NULL, NULL, NULL, NULL FROM tick_size_changes ORDER BY source_ts",
+    ];
+    let mut before = Vec::new();
+    for q in snapshots {
+        before.push(client.query(q, &[]).await.unwrap().iter().map(|r| (0..10).map(|i| r.get::<_, Option<String>>(i)).collect::<Vec<_>>()).collect::<Vec<_>>());
+    }
+    assert_eq!(before.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2, 1]);
+    let applied = migrate::run(&mut client).await.unwrap();
+    assert_eq!(applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [7], "{applied:?}");
+    for (q, was) in snapshots.iter().zip(&before) {
+        let now: Vec<Vec<Option<String>>> =
+            client.query(*q, &[]).await.unwrap().iter().map(|r| (0..10).map(|i| r.get::<_, Option<String>>(i)).collect()).collect();
+        assert_eq!(&now, was, "{q}");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM trades_p20261127").await, 2, "rows land in their day");
+    assert_eq!(db.count("SELECT count(*) FROM trades_p20261129").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM quotes_p20261128").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM stream_tokens WHERE condition_key IS NOT NULL").await, 2);
+    // The identity holds on the converted rows: the same fill again is refused.
+    let dup = client
+        .execute("INSERT INTO trades_compact (token_key, buy, backfill, source_ts, received_at, price, size, tx)
+                  SELECT token_key, true, false, '2026-11-27 10:00:00.123+00', now(), 0.34, 2710.170, trade_tx_bytes($1)
+                  FROM stream_tokens WHERE token_id = $2", &[&tx, &a])
+        .await;
+    assert!(dup.is_err_and(|e| e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)));
+}
+
 /// The shapes a distributed PostgreSQL (Citus) needs later, read from the catalog: the hot
 /// table partitioned by the time in its identity, the token key first in every index, no
 /// foreign keys on it, single-level partitions.
@@ -120,27 +192,38 @@ async fn the_previous_release_is_converted_in_place_to_compact_partitioned_level
 async fn the_compact_tables_have_the_shapes_a_distributed_database_needs() {
     let db = pg::fresh_db().await;
     let pool = db.pool().await;
-    collector::db::partitions::maintain(&pool, 0).await.unwrap();
+    collector::db::partitions::maintain(&pool, Default::default()).await.unwrap();
     let client = db.client().await;
-    let key: String = client
-        .query_one("SELECT a.attname::text FROM pg_partitioned_table pt JOIN pg_class c ON c.oid = pt.partrelid
-                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = pt.partattrs[0]
-                    WHERE c.relname = 'price_changes_compact' AND pt.partstrat = 'r'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(key, "source_ts");
-    let first_columns: Vec<String> = client
-        .query("SELECT a.attname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
-                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
-                WHERE c.relname = 'price_changes_compact'", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(!first_columns.is_empty() && first_columns.iter().all(|c| c == "token_key"), "{first_columns:?}");
-    assert_eq!(db.count("SELECT count(*) FROM pg_constraint WHERE conrelid = 'price_changes_compact'::regclass AND contype = 'f'").await, 0);
+    for table in collector::db::partitions::TABLES {
+        let key: String = client
+            .query_one("SELECT a.attname::text FROM pg_partitioned_table pt JOIN pg_class c ON c.oid = pt.partrelid
+                        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = pt.partattrs[0]
+                        WHERE c.relname = $1 AND pt.partstrat = 'r'", &[table])
+            .await
+            .unwrap_or_else(|e| panic!("{table} is range partitioned: {e}"))
+            .get(0);
+        assert_eq!(key, "source_ts", "{table}");
+    }
+    for table in ["price_changes_compact", "trades_compact", "quotes_compact", "tick_size_changes_compact"] {
+        // Every index leads with the token key; every unique one also holds the partition column.
+        let indexes = client
+            .query("SELECT a.attname::text, i.indisunique, 'source_ts' = ANY(ARRAY(SELECT b.attname::text FROM pg_attribute b
+                        WHERE b.attrelid = c.oid AND b.attnum = ANY(i.indkey)))
+                    FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+                    WHERE c.relname = $1", &[&table])
+            .await
+            .unwrap();
+        assert!(!indexes.is_empty(), "{table} has indexes");
+        for r in &indexes {
+            let (first, unique, has_ts): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
+            assert_eq!(first, "token_key", "{table}");
+            assert!(!unique || has_ts, "{table}: a unique index holds source_ts");
+        }
+        assert_eq!(db.count(&format!("SELECT count(*) FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'f'")).await, 0, "{table}");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+                         WHERE c.relname = 'trades_compact' AND i.indisunique").await, 1, "trades have a unique identity");
     assert_eq!(db.count("SELECT count(*) FROM pg_partitioned_table pt JOIN pg_inherits i ON i.inhparent = pt.partrelid
                          JOIN pg_partitioned_table sub ON sub.partrelid = i.inhrelid").await, 0, "single level");
 }
@@ -154,15 +237,27 @@ async fn partitions_are_made_ahead_and_dropped_past_the_retention() {
     let pool = db.pool().await;
     let today = Utc::now().date_naive();
     partitions::ensure(&pool, today - Duration::days(40), today - Duration::days(38)).await.unwrap();
-    let (made, dropped) = partitions::maintain(&pool, 0).await.unwrap();
+    let (made, dropped) = partitions::maintain(&pool, Default::default()).await.unwrap();
     assert!(dropped.is_empty(), "retention 0 keeps everything");
-    let days = partitions::days(&pool, "price_changes_compact").await.unwrap();
-    for d in -1..=2 {
-        assert!(days.contains(&(today + Duration::days(d))), "day {d} ahead: {days:?} (made {made})");
+    for table in partitions::TABLES {
+        let days = partitions::days(&pool, table).await.unwrap();
+        for d in -1..=2 {
+            assert!(days.contains(&(today + Duration::days(d))), "{table} day {d} ahead: {days:?} (made {made})");
+        }
     }
-    let (_, dropped) = partitions::maintain(&pool, 30).await.unwrap();
-    assert_eq!(dropped.len(), 3, "{dropped:?}");
+    // Each table keeps its own number of days: level changes 30, trades everything, quotes 39.
+    let retention = partitions::Retention { level_changes: 30, trades: 0, quotes: 39 };
+    let (_, dropped) = partitions::maintain(&pool, retention).await.unwrap();
+    let mut dropped_sorted = dropped.clone();
+    dropped_sorted.sort();
+    let day = |d: i64| (today - Duration::days(d)).format("%Y%m%d").to_string();
+    let expected = [format!("price_changes_p{}", day(40)), format!("price_changes_p{}", day(39)), format!("price_changes_p{}", day(38)),
+                    format!("quotes_p{}", day(40))];
+    let mut expected = expected.to_vec();
+    expected.sort();
+    assert_eq!(dropped_sorted, expected);
     let days = partitions::days(&pool, "price_changes_compact").await.unwrap();
     assert!(days.iter().all(|d| *d >= today - Duration::days(30)), "{days:?}");
     assert!(days.contains(&today));
+    assert!(partitions::days(&pool, "trades_compact").await.unwrap().contains(&(today - Duration::days(40))), "trades kept");
 }

@@ -12,6 +12,7 @@ use collector::collectors::stream::sink::Sink;
 use collector::collectors::stream::{self, StreamDeps, StreamHandle, StreamStats};
 use collector::config::{Config, Env};
 use collector::daemon::supervisor::Supervisor;
+use collector::db::partitions::partition_name;
 use collector::db::stream::{Keys, Row, TradeSource, write_batch};
 use collector::polymarket::decode::Side;
 use collector::polymarket::ws::Trade;
@@ -438,7 +439,8 @@ async fn poison_frames_are_quarantined_and_the_writer_keeps_writing() {
     let asset = fake::token_id(0, 0);
     eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
     let t0 = crate::now_ms();
-    // A lifecycle payload (stored as jsonb) with \u0000, and a trade whose tx hash holds a NUL.
+    // A lifecycle payload (stored as jsonb) with \u0000 (SQLSTATE 22P05), and a trade whose tx
+    // hash holds a NUL (refused by `trades_compact_tx_form`, 23514).
     let resolved = json!({"event_type": "market_resolved", "id": "999", "market": "0xdead", "assets_ids": [],
         "winning_asset_id": "1", "winning_outcome": "No\u{0}", "timestamp": t0.to_string()});
     h.ws.broadcast(&resolved.to_string());
@@ -450,7 +452,7 @@ async fn poison_frames_are_quarantined_and_the_writer_keeps_writing() {
     }
     eventually(20, "the good trades stored", || async { h.trades().await == 10 }).await;
     eventually(20, "both poison rows quarantined", || async {
-        h.db.try_count("SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'refused by the database (SQLSTATE 22%'").await == Some(2)
+        h.db.try_count("SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'refused by the database (SQLSTATE 2%'").await == Some(2)
     }).await;
     let frames: Vec<String> = h.db.client().await
         .query("SELECT frame FROM stream_quarantine WHERE reason LIKE 'refused%'", &[]).await.unwrap()
@@ -556,7 +558,7 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     use collector::polymarket::ws::{LevelChange, Quote};
     let db = pg::fresh_db().await;
     let pool = db.pool().await;
-    collector::db::partitions::maintain(&pool, 0).await.unwrap();
+    collector::db::partitions::maintain(&pool, Default::default()).await.unwrap();
     let keys = Keys::default();
     let ts = chrono::Utc::now();
     let change = |price: &str, hash: Option<&str>| Row::PriceChange {
@@ -580,4 +582,55 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
     let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes", &[]).await.unwrap().get(0);
     assert_eq!(exact, "0.41,0.42");
+}
+
+/// A trade reads back through the `trades` view exactly as received, by either write path:
+/// every transaction hash form (upstream's `0x` + 64 hex as 32 bytes, anything else as its
+/// text), the price's own digits, side and source; the Rust encoding of the hash is the SQL
+/// one the migration used; and a row of a day with no partition yet (a replay after days
+/// away, an old backfill) gets its partition made first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_read_back_exactly_through_the_view_by_either_path() {
+    let db = pg::fresh_db().await;
+    let pool = db.pool().await;
+    let keys = Keys::default();
+    let now = chrono::Utc::now();
+    let old = now - chrono::Duration::days(9);
+    let canonical = format!("0x{}", "0123456789abcdef".repeat(4));
+    let upper = format!("0x{}", "0123456789ABCDEF".repeat(4));
+    let hashes: Vec<Option<&str>> = vec![Some(&canonical), Some(&upper), Some("0xplanned-1"), Some(""), None];
+    let mut live = Vec::new();
+    let mut replayed = Vec::new();
+    for (i, h) in hashes.iter().enumerate() {
+        let size = format!("{}.10", i + 1);
+        live.push(trade_row("a", "0.50", &size, now, *h, TradeSource::Ws));
+        replayed.push(trade_row("b", "0.5", &size, old, *h, TradeSource::Backfill));
+    }
+    write_batch(&pool, &keys, &live, false).await.unwrap();
+    write_batch(&pool, &keys, &replayed, true).await.unwrap();
+    let client = db.client().await;
+    for (asset, source, price) in [("a", "ws", "0.50"), ("b", "backfill", "0.5")] {
+        let rows = client
+            .query("SELECT tx_hash, price::text, size::text, side, source FROM trades WHERE asset_id = $1 ORDER BY size", &[&asset])
+            .await
+            .unwrap();
+        let got: Vec<(Option<String>, String, String, String, String)> =
+            rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
+        let want: Vec<_> = hashes
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.map(str::to_string), price.to_string(), format!("{}.10", i + 1), "BUY".to_string(), source.to_string()))
+            .collect();
+        assert_eq!(got, want, "{asset}");
+    }
+    let old_day = partition_name("trades_compact", old.date_naive());
+    assert_eq!(db.try_count(&format!("SELECT count(*) FROM {old_day}")).await, Some(5), "the old day's partition was made");
+    for h in hashes.iter().flatten() {
+        let sql: Vec<u8> = client.query_one("SELECT trade_tx_bytes($1)", &[h]).await.unwrap().get(0);
+        assert_eq!(Some(sql), collector::db::stream::tx_bytes(Some(h)), "{h}");
+    }
+    // The same fills again, live: the identity (normalised price and size) keeps them once.
+    let again: Vec<Row> = hashes.iter().enumerate().map(|(i, h)| trade_row("a", "0.5", &format!("{}.1", i + 1), now, *h, TradeSource::Ws)).collect();
+    write_batch(&pool, &keys, &again, false).await.unwrap();
+    assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(10));
 }

@@ -249,12 +249,17 @@ pub enum StartError {
     Db(#[from] DbError),
 }
 
+/// The days kept of each partitioned stream table.
+fn retention(cfg: &StreamConfig) -> partitions::Retention {
+    partitions::Retention { level_changes: cfg.retention_days, trades: cfg.trades_retention_days, quotes: cfg.quotes_retention_days }
+}
+
 /// Starts the stream: the writer (with the spool, bound to this database), the manager, its
 /// shards and helpers.
 pub async fn spawn(deps: StreamDeps) -> Result<StreamHandle, StartError> {
     let database = crate::db::identity(&deps.pool).await?;
     // Today's partitions (and the days around) exist before the first row.
-    partitions::maintain(&deps.pool, deps.cfg.retention_days).await?;
+    partitions::maintain(&deps.pool, retention(&deps.cfg)).await?;
     let spool = Spool::open(&deps.cfg.spool_dir, deps.cfg.spool_max_bytes, &database)?;
     let (sink, rx) = Sink::new(deps.cfg.queue_capacity, spool);
     let stats = Arc::new(StreamStats::default());
@@ -309,7 +314,8 @@ impl StreamHandle {
     }
 
     /// Applies the settings that can change live — the scope (`token_ids`, `tag_slugs`,
-    /// `min_volume_24h`, `min_liquidity`) and `retention_days` — at once (the subscription
+    /// `min_volume_24h`, `min_liquidity`) and the retentions (`retention_days`,
+    /// `trades_retention_days`, `quotes_retention_days`) — at once (the subscription
     /// set is recomputed now). Other stream settings need a restart.
     pub fn reconfigure(&self, cfg: &StreamConfig) {
         self.live.send_modify(|live| {
@@ -318,6 +324,8 @@ impl StreamHandle {
             live.min_volume_24h = cfg.min_volume_24h;
             live.min_liquidity = cfg.min_liquidity;
             live.retention_days = cfg.retention_days;
+            live.trades_retention_days = cfg.trades_retention_days;
+            live.quotes_retention_days = cfg.quotes_retention_days;
         });
     }
 
@@ -580,7 +588,7 @@ impl Manager {
 
     /// Partitions ahead, and the retention in force (hourly, and after a reload).
     async fn maintain_partitions(&self) {
-        let retention = self.live.borrow().retention_days;
+        let retention = retention(&self.live.borrow());
         match partitions::maintain(&self.deps.pool, retention).await {
             Ok((made, dropped)) if made > 0 || !dropped.is_empty() => {
                 tracing::info!(created = made, dropped = %dropped.join(", "), "partitions maintained: {made} created, dropped [{}]", dropped.join(", "));
