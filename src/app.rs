@@ -153,7 +153,7 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
         tokio::select! {
             request = signals.next() => match request {
                 Some(signal) => break Ok(signal),
-                None => reload(path, &mut running, stream.as_ref()),
+                None => reload(path, &mut running, Live { stream: stream.as_ref(), supervisor: &supervisor, client: &client }),
             },
             reason = supervisor.gave_up() => break Err(reason.to_string()),
             reason = async { stream.as_mut().expect("guarded").failed().await }, if stream.is_some() => break Err(reason),
@@ -218,11 +218,34 @@ impl Signals {
 const LIVE_STREAM_KEYS: [&str; 7] =
     ["token_ids", "tag_slugs", "min_volume_24h", "min_liquidity", "retention_days", "trades_retention_days", "quotes_retention_days"];
 
+/// Polling intervals a reload applies: the key, the collector (by name) it paces, its value.
+type IntervalOf = fn(&Config) -> std::time::Duration;
+const LIVE_INTERVALS: [(&str, &str, IntervalOf); 5] = [
+    ("catalog.full_sweep_interval_secs", "catalog", |c| c.catalog.full_sweep_interval),
+    ("catalog.new_markets_interval_secs", "new_markets", |c| c.catalog.new_markets_interval),
+    ("catalog.resolutions_interval_secs", "resolutions", |c| c.catalog.resolutions_interval),
+    ("catalog.history_interval_secs", "history", |c| c.catalog.history_interval),
+    ("books.interval_secs", "books", |c| c.books.interval),
+];
+
+/// Request budgets a reload applies.
+const LIVE_BUDGETS: [&str; 3] = ["upstream.gamma_requests_per_10s", "upstream.clob_books_requests_per_10s", "upstream.data_requests_per_10s"];
+
+/// What a reload can change in the running daemon.
+struct Live<'a> {
+    stream: Option<&'a StreamHandle>,
+    supervisor: &'a Supervisor,
+    client: &'a PolymarketClient,
+}
+
 /// A reload (SIGHUP): re-reads the configuration file. A file with problems is refused, every
 /// problem logged, and the running configuration kept. Otherwise what can change live is
-/// applied — the log level, the stream's scope and retention — and every other changed key is
-/// logged as needing a restart (`systemctl restart collector`).
-fn reload(path: &std::path::Path, running: &mut Config, stream: Option<&StreamHandle>) {
+/// applied — the log level, the stream's scope and retentions, the polling intervals (a
+/// collector resting applies the new one from the end of its last pass), the request budgets
+/// — and every other changed key is logged as needing a restart (`systemctl restart
+/// collector`).
+fn reload(path: &std::path::Path, running: &mut Config, live: Live<'_>) {
+    let stream = live.stream;
     systemd::reloading();
     match load_config(path) {
         Err(e) => {
@@ -242,9 +265,18 @@ fn reload(path: &std::path::Path, running: &mut Config, stream: Option<&StreamHa
             if let Some(s) = stream.filter(|_| changed.iter().any(|k| live_stream(k))) {
                 s.reconfigure(&new.stream);
             }
+            if changed.iter().any(|k| LIVE_BUDGETS.contains(&k.as_str())) {
+                live.client.set_budgets(&new.upstream);
+            }
             for key in changed {
+                let interval = LIVE_INTERVALS.iter().find(|(k, ..)| *k == key);
                 if live_stream(&key) && stream.is_some() {
                     applied.push(key);
+                } else if LIVE_BUDGETS.contains(&key.as_str()) {
+                    applied.push(key);
+                } else if let Some((_, name, value)) = interval {
+                    // A collector that is not running (disabled) takes it at its next start.
+                    if live.supervisor.set_interval(name, value(&new)) { applied.push(key) } else { pending.push(key) }
                 } else if key == "log.level" {
                     match crate::logging::set_level(&new.log.level) {
                         Ok(()) => {

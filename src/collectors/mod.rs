@@ -36,7 +36,8 @@ pub trait Restarts: Send + Sync {
 pub trait Collector: Send + 'static {
     /// Stable name, used in logs, health lines and journald fields.
     fn name(&self) -> &'static str;
-    /// Time from the end of one `collect_once` to the start of the next.
+    /// Time from the end of one `collect_once` to the start of the next, as configured at
+    /// start (a reload may change it: the supervisor keeps the live value).
     fn interval(&self) -> Duration;
     /// One pass; returns how many items it stored.
     fn collect_once(&mut self) -> impl Future<Output = Result<u64, CollectError>> + Send;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -88,11 +89,13 @@ impl CollectorStats {
     }
 }
 
-/// Runs `collector` until `cancel` fires: `collect_once`, record, wait `interval`. A failed
-/// pass is logged and counted and the loop goes on; cancellation is honoured between passes
-/// and while waiting, and also interrupts a pass in progress (its transaction rolls back, and
-/// every pass is idempotent). `fault` is the test-only hook (see [`crate::fault`]).
-pub async fn run<C: Collector>(mut collector: C, stats: &CollectorStats, cancel: CancellationToken, fault: Option<Fault>) {
+/// Runs `collector` until `cancel` fires: `collect_once`, record, wait `interval` (the
+/// supervisor's live value, first the collector's own: when a reload changes it, the wait in
+/// progress becomes the new interval from the end of the last pass). A failed pass is logged
+/// and counted and the loop goes on; cancellation is honoured between passes and while
+/// waiting, and also interrupts a pass in progress (its transaction rolls back, and every pass
+/// is idempotent). `fault` is the test-only hook (see [`crate::fault`]).
+pub async fn run<C: Collector>(mut collector: C, stats: &CollectorStats, cancel: CancellationToken, fault: Option<Fault>, mut interval: watch::Receiver<Duration>) {
     let name = collector.name();
     let span = tracing::info_span!("collector", collector = name);
     async move {
@@ -127,9 +130,14 @@ pub async fn run<C: Collector>(mut collector: C, stats: &CollectorStats, cancel:
                     stats.record_error(text);
                 }
             }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(collector.interval()) => {}
+            let rest_from = Instant::now();
+            loop {
+                let until = rest_from + *interval.borrow_and_update();
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep_until(until) => break,
+                    Ok(()) = interval.changed() => {}
+                }
             }
         }
     }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,6 +61,8 @@ pub struct Supervisor {
     fatal: CancellationToken,
     fatal_reason: Arc<Mutex<Option<GaveUp>>>,
     tasks: Arc<Mutex<BTreeMap<&'static str, Arc<TaskEntry>>>>,
+    /// Each polling collector's interval, live: a reload changes it here.
+    intervals: Arc<Mutex<BTreeMap<&'static str, watch::Sender<Duration>>>>,
     backoff: Backoff,
     max_restarts: u32,
     restart_window: Duration,
@@ -74,6 +77,7 @@ impl Supervisor {
             fatal: CancellationToken::new(),
             fatal_reason: Arc::default(),
             tasks: Arc::default(),
+            intervals: Arc::default(),
             backoff: Backoff::new(cfg.restart_backoff_base, Duration::from_secs(60)),
             max_restarts: cfg.max_restarts,
             restart_window: cfg.restart_window,
@@ -103,6 +107,8 @@ impl Supervisor {
         let first = make();
         let name = first.name();
         let entry = self.register(name, TaskKind::Polling);
+        let (interval_tx, interval) = watch::channel(first.interval());
+        self.intervals.lock().expect("intervals lock").insert(name, interval_tx);
         let fault = fault::for_task(self.fault_spec.as_deref(), name);
         let this = self.clone();
         let e = entry.clone();
@@ -110,9 +116,9 @@ impl Supervisor {
             let mut collector = Some(first);
             loop {
                 let c = collector.take().unwrap_or_else(&mut make);
-                let (stats, token) = (e.stats.clone(), this.cancel.clone());
+                let (stats, token, interval) = (e.stats.clone(), this.cancel.clone(), interval.clone());
                 e.alive.store(true, Ordering::Relaxed);
-                let result = tokio::spawn(async move { poll::run(c, &stats, token, fault).await }).await;
+                let result = tokio::spawn(async move { poll::run(c, &stats, token, fault, interval).await }).await;
                 e.alive.store(false, Ordering::Relaxed);
                 let Err(err) = result else { return }; // cancelled: a clean stop
                 let Some(delay) = this.died(name, &err.to_string()) else { return };
@@ -123,6 +129,18 @@ impl Supervisor {
             }
         });
         entry
+    }
+
+    /// Sets polling collector `name`'s interval (a reload): a loop resting applies it at once
+    /// (from the end of its last pass). Returns whether `name` runs here.
+    pub fn set_interval(&self, name: &str, interval: Duration) -> bool {
+        match self.intervals.lock().expect("intervals lock").get(name) {
+            Some(tx) => {
+                tx.send_if_modified(|d| std::mem::replace(d, interval) != interval);
+                true
+            }
+            None => false,
+        }
     }
 
     /// A copy of the task table.

@@ -148,6 +148,13 @@ impl PolymarketClient {
         })
     }
 
+    /// Applies the request budgets of `cfg` (a reload) to the requests from now on.
+    pub fn set_budgets(&self, cfg: &UpstreamConfig) {
+        self.gamma_budget.set_limit(cfg.gamma_requests_per_10s, WINDOW);
+        self.books_budget.set_limit(cfg.clob_books_requests_per_10s, WINDOW);
+        self.data_budget.set_limit(cfg.data_requests_per_10s, WINDOW);
+    }
+
     fn budget(&self, route: Route) -> &Budget {
         match route {
             Route::GammaListing => &self.gamma_budget,

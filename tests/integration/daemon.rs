@@ -742,23 +742,36 @@ async fn status_finds_the_socket_from_the_configuration() {
 }
 
 /// SIGHUP (`systemctl reload`) re-reads the configuration instead of killing the daemon: the
-/// log level applies live, other changes are named as needing a restart, a bad file is
-/// refused with its problems and the daemon runs on; RELOADING=1 … READY=1 frame each reload.
+/// log level, a polling interval and a request budget apply live (the books loop, resting for
+/// an hour, wakes up and polls every second), other changes are named as needing a restart,
+/// a bad file is refused with its problems and the daemon runs on; RELOADING=1 … READY=1
+/// frame each reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_configuration_and_a_bad_file_is_refused() {
     let db = pg::fresh_db().await;
     let fake = small_fake().await;
     // The configured level, not RUST_LOG, decides (an empty RUST_LOG is unset).
-    let mut d = Daemon::start(&db, &fake, &format!("{FAST}[log]\nlevel = \"info\"\n"), &[("RUST_LOG", "")]).await;
+    let hourly = FAST.replace("[books]\ninterval_secs = 1", "[books]\ninterval_secs = 3600");
+    let mut d = Daemon::start(&db, &fake, &format!("{hourly}[log]\nlevel = \"info\"\n"), &[("RUST_LOG", "")]).await;
     eventually(20, "running", || async { d.notes.has("READY=1") && d.status(false).await.0 == 0 }).await;
+    // The books loop made its first pass at start (perhaps before the catalog had tokens, so
+    // perhaps without a request) and now rests for an hour.
+    let passes = fake.hits("books");
     let config = d._dir.path().join("collector.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("[books]\ninterval_secs = 1", "[books]\ninterval_secs = 2").replace("level = \"info\"", "level = \"debug\"")).unwrap();
+    assert!(text.contains("interval_secs = 3600"), "{text}");
+    let text = text
+        .replace("interval_secs = 3600", "interval_secs = 1")
+        .replace("level = \"info\"", "level = \"debug\"")
+        .replace("[books]", "[books]\nbatch_size = 50")
+        .replace("[upstream]", "[upstream]\ndata_requests_per_10s = 400");
+    std::fs::write(&config, &text).unwrap();
     d.signal(SIGHUP);
     eventually(10, "reloaded", || async { d.log.count("configuration reloaded") == 1 }).await;
     let log = d.log.text();
-    assert!(log.contains("applied [log.level]"), "{log}");
-    assert!(log.contains("needs a restart to apply: [books.interval_secs]"), "{log}");
+    assert!(log.contains("applied [upstream.data_requests_per_10s, books.interval_secs, log.level]"), "{log}");
+    assert!(log.contains("needs a restart to apply: [books.batch_size]"), "{log}");
+    eventually(10, "books polled again within seconds, not the hour", || async { fake.hits("books") >= passes + 2 }).await;
     eventually(10, "debug records after the reload", || async { d.log.count(" DEBUG ") >= 1 }).await;
     assert!(d.notes.has("RELOADING=1"), "{:?}", d.notes.all());
     // A bad file: refused, every problem listed, still running.
