@@ -121,3 +121,20 @@ fn the_checker_sees_an_upward_import() {
     assert_eq!(found, vec![vec!["daemon".to_string(), "health".into()], vec!["db".to_string()]]);
     assert!(floor("db") < floor("daemon"));
 }
+
+/// One crypto provider: rustls (the database, the REST and the WebSocket clients) runs on
+/// aws-lc-rs, and nothing the binary links pulls in ring beside it (`cargo tree` of the normal
+/// dependencies; Cargo.lock also lists optional dependencies that are never built).
+#[test]
+fn one_crypto_provider_is_linked() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["tree", "-e", "normal", "--prefix", "none", "--offline", "--locked"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tree = String::from_utf8(out.stdout).unwrap();
+    let crates: BTreeSet<&str> = tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert!(crates.contains("aws-lc-rs"), "aws-lc-rs is the provider: {crates:?}");
+    assert!(!crates.contains("ring"), "ring is linked beside aws-lc-rs");
+}
