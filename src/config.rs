@@ -155,7 +155,9 @@ pub struct StreamConfig {
     /// Scope: only markets of events carrying one of these tag slugs. Default empty (all).
     pub tag_slugs: Vec<String>,
     /// Scope: exactly these token ids, instead of the catalog. Default empty.
-    pub token_ids: Vec<String>,
+    /// Shared, not copied: the configuration is held in several places (the running copy, the
+    /// stream's live settings) and the list may be tens of thousands of ids.
+    pub token_ids: std::sync::Arc<[String]>,
     /// Store every `price_change` level update in `price_changes`. Default true.
     pub store_price_changes: bool,
     /// Rows the write queue holds before spilling to the spool. Default 100,000.
@@ -401,7 +403,7 @@ impl Config {
             min_volume_24h: s.int("min_volume_24h", 0, 0, u64::MAX / 2),
             min_liquidity: s.int("min_liquidity", 0, 0, u64::MAX / 2),
             tag_slugs: s.string_list("tag_slugs"),
-            token_ids: s.string_list("token_ids"),
+            token_ids: s.string_list("token_ids").into(),
             store_price_changes: s.bool("store_price_changes", true),
             queue_capacity: s.int("queue_capacity", 100_000, 1, 100_000_000) as usize,
             batch_size: s.int("batch_size", 5000, 1, 1_000_000) as usize,

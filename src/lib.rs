@@ -19,17 +19,13 @@
 //! 7. [`config`], [`logging`] — the TOML configuration (each key read in one place) and the
 //!    log output.
 //! 8. Leaves: [`journal`] (message ids), [`errors`] (error chains), [`backoff`] (the one
-//!    capped exponential backoff with full jitter), [`fault`] (test-only fault hook), [`exit`].
+//!    capped exponential backoff with full jitter), [`fault`] (test-only fault hook), [`exit`],
+//!    [`allocator`] (mimalloc, tuned for resident memory).
 //!
 //! Data flow: Gamma → catalog tables → subscription set → stream connections → sink (queue,
 //! spool) → writer → stream tables; active tokens → `POST /books` → `book_snapshots`.
 
-/// mimalloc for every binary that links this crate (the daemon, and the tests and benchmarks
-/// that run its stream in-process): the stream allocates and frees a short-lived JSON tree per
-/// frame, where glibc's malloc spent ~1/5 of the CPU and fragmented across connections.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
+pub mod allocator;
 pub mod app;
 pub mod backoff;
 pub mod collectors;

@@ -108,6 +108,7 @@ fn status(args: Status) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    collector::allocator::tune();
     let args: Vec<String> = std::env::args().collect();
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     let cli = match Cli::from_args(&strs[..1], &strs[1..]) {

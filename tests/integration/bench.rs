@@ -269,12 +269,33 @@ async fn bench_stream_memory_40k_assets() {
     crate::eventually(120, "every initial book stored", || async {
         db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws'").await == Some(40_000)
     }).await;
+    // BENCH_MEMORY_SETTLE_SECS: wait this long before measuring (does freed memory go back?).
+    let settle: u64 = std::env::var("BENCH_MEMORY_SETTLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let mut peak_rss = 0;
     for _ in 0..20 {
         peak_rss = peak_rss.max(rss_kib(pid).0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_, hwm) = rss_kib(pid);
+    // BENCH_SMAPS=1: the largest resident mappings (is it the heap, and how much).
+    if std::env::var("BENCH_SMAPS").is_ok() {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut maps: Vec<(u64, String)> = Vec::new();
+        let mut name = String::new();
+        for l in smaps.lines() {
+            let first = l.split_whitespace().next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                name = l.to_string();
+            } else if let Some(v) = l.strip_prefix("Rss:") {
+                maps.push((v.trim().trim_end_matches(" kB").parse().unwrap_or(0), name.clone()));
+            }
+        }
+        maps.sort_by(|a, b| b.0.cmp(&a.0));
+        for (kb, n) in maps.iter().take(12) {
+            println!("BENCH   smaps {kb} kB {n}");
+        }
+    }
     println!("BENCH stream memory: 40,000 assets over 200 connections (all connected in {:.1} s, 40,000 books stored):", connected.as_secs_f64());
     println!("BENCH   resident {:.1} MB (steady), high-water mark {:.1} MB", peak_rss as f64 / 1024.0, hwm as f64 / 1024.0);
     let _ = child.start_kill();

@@ -2,7 +2,7 @@
 //! level updates. After a reconnect every asset is unsynced: level changes are withheld until
 //! a fresh `book` arrives for it (a change applied to a stale book would be a lie).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use rust_decimal::Decimal;
 
@@ -10,11 +10,48 @@ use crate::polymarket::clob::Book;
 use crate::polymarket::decode::Side;
 use crate::polymarket::ws::LevelChange;
 
+/// One asset's book: each side's levels `(price, size)` sorted by price, ascending. A sorted
+/// vector, not a tree: books are tens of levels, held for tens of thousands of assets, and a
+/// vector is 32 bytes a level where a B-tree node is ~370 bytes however few levels it holds.
 #[derive(Debug, Default)]
 struct AssetBook {
     synced: bool,
-    bids: BTreeMap<Decimal, Decimal>,
-    asks: BTreeMap<Decimal, Decimal>,
+    bids: Levels,
+    asks: Levels,
+}
+
+#[derive(Debug, Default)]
+struct Levels(Vec<(Decimal, Decimal)>);
+
+impl Levels {
+    /// A snapshot's levels; of two levels at one price, the later one counts.
+    fn from_unsorted(mut levels: Vec<(Decimal, Decimal)>) -> Levels {
+        levels.reverse();
+        levels.sort_by_key(|(p, _)| *p); // stable: the later level first among equals
+        levels.dedup_by_key(|(p, _)| *p);
+        levels.shrink_to_fit();
+        Levels(levels)
+    }
+
+    /// Sets the level's size; zero removes it.
+    fn set(&mut self, price: Decimal, size: Decimal) {
+        match (self.0.binary_search_by_key(&price, |(p, _)| *p), size.is_zero()) {
+            (Ok(i), true) => {
+                self.0.remove(i);
+            }
+            (Ok(i), false) => self.0[i].1 = size,
+            (Err(_), true) => {}
+            (Err(i), false) => self.0.insert(i, (price, size)),
+        }
+    }
+
+    fn lowest(&self) -> Option<Decimal> {
+        self.0.first().map(|(p, _)| *p)
+    }
+
+    fn highest(&self) -> Option<Decimal> {
+        self.0.last().map(|(p, _)| *p)
+    }
 }
 
 /// What applying a level change did.
@@ -41,11 +78,11 @@ impl Books {
                 .iter()
                 .filter_map(|l| Some((l.price, crate::polymarket::decode::parse_decimal(&l.size_text)?)))
                 .filter(|(_, s)| !s.is_zero())
-                .collect::<BTreeMap<_, _>>()
+                .collect::<Vec<_>>()
         };
         let entry = self.assets.entry(book.token_id.clone()).or_default();
-        entry.bids = parse(&book.bids);
-        entry.asks = parse(&book.asks);
+        entry.bids = Levels::from_unsorted(parse(&book.bids));
+        entry.asks = Levels::from_unsorted(parse(&book.asks));
         entry.synced = true;
     }
 
@@ -58,13 +95,8 @@ impl Books {
             Side::Buy => &mut book.bids,
             Side::Sell => &mut book.asks,
         };
-        if c.size.is_zero() {
-            side.remove(&c.price);
-        } else {
-            side.insert(c.price, c.size);
-        }
-        let best_bid = book.bids.keys().next_back().copied();
-        let best_ask = book.asks.keys().next().copied();
+        side.set(c.price, c.size);
+        let (best_bid, best_ask) = (book.bids.highest(), book.asks.lowest());
         let agrees = |ours: Option<Decimal>, theirs: Option<Decimal>| theirs.is_none() || ours == theirs;
         if agrees(best_bid, c.best_bid) && agrees(best_ask, c.best_ask) { Applied::Ok } else { Applied::Diverged }
     }
@@ -119,5 +151,18 @@ mod tests {
         books.unsync_all();
         assert_eq!(books.apply(&change(&asset, &bid, "5", "BUY", &bid, &ask)), Applied::Withheld);
         assert!(!books.is_synced(&asset));
+    }
+
+    #[test]
+    fn levels_stay_sorted_and_zero_removes() {
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        let mut l = Levels::from_unsorted(vec![(d("0.5"), d("1")), (d("0.3"), d("2")), (d("0.50"), d("9"))]);
+        assert_eq!(l.0, vec![(d("0.3"), d("2")), (d("0.50"), d("9"))], "sorted, one level per price, the later one");
+        l.set(d("0.4"), d("3"));
+        l.set(d("0.5"), d("0"));
+        l.set(d("0.9"), d("0"));
+        l.set(d("0.3"), d("7"));
+        assert_eq!(l.0, vec![(d("0.3"), d("7")), (d("0.4"), d("3"))]);
+        assert_eq!((l.lowest(), l.highest()), (Some(d("0.3")), Some(d("0.4"))));
     }
 }
