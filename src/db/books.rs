@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
+use futures_util::pin_mut;
 use tokio_postgres::GenericClient;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
 
 use crate::polymarket::clob::Book;
 
@@ -62,4 +65,35 @@ pub async fn insert_snapshots<C: GenericClient>(
         ],
     )
     .await
+}
+
+/// Binary `COPY` of snapshots into `book_snapshots`: the stream's fast path. It fails as a whole
+/// with a unique violation when one of them is stored already (a re-dump after a reconnect);
+/// the caller then takes [`insert_snapshots`].
+pub async fn copy_snapshots(tx: &tokio_postgres::Transaction<'_>, books: &[(Book, DateTime<Utc>)], source: BookSource) -> Result<u64, tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(
+            "COPY book_snapshots (token_id, source_ts, hash, received_at, source, condition_id, best_bid, best_ask,
+                bids, asks, tick_size, min_order_size, last_trade_price, neg_risk) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let types = [
+        Type::TEXT, Type::TIMESTAMPTZ, Type::TEXT, Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC,
+        Type::JSONB, Type::JSONB, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::BOOL,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    let source = source.as_str();
+    for (b, received_at) in books {
+        let (bids, asks) = (Book::levels_json(&b.bids), Book::levels_json(&b.asks));
+        let (best_bid, best_ask) = (b.best_bid(), b.best_ask());
+        writer
+            .as_mut()
+            .write(&[
+                &b.token_id, &b.source_ts, &b.hash, received_at, &source, &b.condition_id, &best_bid, &best_ask, &bids, &asks,
+                &b.tick_size, &b.min_order_size, &b.last_trade_price, &b.neg_risk,
+            ])
+            .await?;
+    }
+    writer.finish().await
 }

@@ -11,8 +11,9 @@
 //!
 //! The common case is a direct binary `COPY` into each target table — no temporary table, no
 //! DDL in the transaction. No row is stored twice:
-//! - `trades`, `quotes`, `tick_size_changes` have a unique identity: the COPY runs under a
-//!   savepoint, and a unique violation (a replayed row) falls back to the idempotent path.
+//! - `trades`, `quotes`, `tick_size_changes` and `book_snapshots` have a unique identity: the
+//!   COPY runs under a savepoint, and a unique violation (a replayed row, a book re-dumped
+//!   after a reconnect) falls back to the idempotent path.
 //! - `price_changes` has no unique index (it is most of the volume, and a wide unique index
 //!   cost most of the write time): live rows cannot repeat (a shard carries whole markets, and
 //!   upstream does not re-send level changes), so they are copied directly; rows that may have
@@ -141,8 +142,8 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
         idempotent(&tx, keys, &LIFECYCLE, &lifecycle).await?;
         apply_lifecycle(&tx, &lifecycle).await?;
     }
-    for chunk in books_.chunks(500) {
-        books::insert_snapshots(&tx, chunk, BookSource::Ws).await?;
+    if !books_.is_empty() {
+        write_books(&tx, &books_, replay).await?;
     }
     tx.commit().await?;
     Ok(new_trades)
@@ -178,6 +179,23 @@ async fn write_unique(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[
         }
     }
     idempotent(tx, keys, table, rows).await
+}
+
+/// Stream books: a binary COPY under a savepoint, falling back to the idempotent insert when
+/// one of them is stored already (a re-dump after a reconnect) or on a replay.
+async fn write_books(tx: &Transaction<'_>, rows: &[(Book, DateTime<Utc>)], idempotent_only: bool) -> Result<(), tokio_postgres::Error> {
+    if !idempotent_only {
+        tx.batch_execute("SAVEPOINT direct_copy").await?;
+        match books::copy_snapshots(tx, rows, BookSource::Ws).await {
+            Ok(_) => return tx.batch_execute("RELEASE SAVEPOINT direct_copy").await,
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => tx.batch_execute("ROLLBACK TO SAVEPOINT direct_copy").await?,
+            Err(e) => return Err(e),
+        }
+    }
+    for chunk in rows.chunks(500) {
+        books::insert_snapshots(tx, chunk, BookSource::Ws).await?;
+    }
+    Ok(())
 }
 
 /// Binary COPY straight into the table; fields borrowed from the rows (no allocation per

@@ -552,7 +552,9 @@ async fn a_backfill_cut_by_the_page_cap_is_marked_partial_with_what_it_covered()
 }
 
 /// Level changes have no unique index: live rows are copied straight in, and a replay (or
-/// the retry of a batch whose commit went unanswered) stores none of them twice.
+/// the retry of a batch whose commit went unanswered) stores none of them twice; quotes,
+/// trades and books are copied under a savepoint and a repeat falls back to the idempotent
+/// path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     use collector::polymarket::ws::{LevelChange, Quote};
@@ -569,17 +571,22 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
         condition_id: Some("0xc".into()), source_ts: ts, received_at: ts,
     };
     let quote = Row::Quote { quote: Quote { asset_id: "a".into(), condition_id: None, best_bid: None, best_ask: None, spread: None, source_ts: ts }, received_at: ts };
-    let batch = vec![change("0.41", Some("h1")), change("0.42", None), quote, trade_row("a", "0.4", "1", ts, Some("0x1"), TradeSource::Ws)];
+    let book = collector::polymarket::clob::decode_book(&fake::book("a", crate::now_ms(), "b1")).unwrap();
+    let book = Row::Book { book, received_at: ts };
+    let batch = vec![change("0.41", Some("h1")), change("0.42", None), quote, trade_row("a", "0.4", "1", ts, Some("0x1"), TradeSource::Ws), book];
     write_batch(&pool, &keys, &batch, false).await.unwrap();
     write_batch(&pool, &keys, &batch, true).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM price_changes").await, Some(2));
     assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
-    // Live again (not a replay): quotes and trades fall back on their unique identity.
-    let again = vec![batch[2].clone(), batch[3].clone()];
+    assert_eq!(db.try_count("SELECT count(*) FROM book_snapshots").await, Some(1));
+    // Live again (not a replay, e.g. a book re-dumped after a reconnect): quotes, trades and
+    // books fall back on their unique identity.
+    let again = vec![batch[2].clone(), batch[3].clone(), batch[4].clone()];
     write_batch(&pool, &keys, &again, false).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
+    assert_eq!(db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws' AND bids <> '[]'").await, Some(1));
     let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes", &[]).await.unwrap().get(0);
     assert_eq!(exact, "0.41,0.42");
 }
