@@ -204,6 +204,24 @@ pub async fn upsert_markets<C: GenericClient>(db: &C, markets: &[MarketRecord]) 
             &[&token_ids, &conds, &market_ids, &outcomes, &idx],
         )
         .await?;
+        // The stream's dictionaries too, so every catalog token has its integer key and its
+        // market before the stream sees it. Sorted, like the writer's, so two writers never
+        // wait on each other in opposite orders.
+        db.execute(
+            "INSERT INTO stream_conditions (condition_id) SELECT DISTINCT c FROM unnest($1::text[]) AS c ORDER BY 1
+             ON CONFLICT DO NOTHING",
+            &[&conds],
+        )
+        .await?;
+        db.execute(
+            "INSERT INTO stream_tokens (token_id, condition_key)
+             SELECT u.t, c.condition_key FROM unnest($1::text[], $2::text[]) AS u(t, cond)
+             JOIN stream_conditions c ON c.condition_id = u.cond ORDER BY u.t
+             ON CONFLICT (token_id) DO UPDATE SET condition_key = EXCLUDED.condition_key
+             WHERE stream_tokens.condition_key IS NULL",
+            &[&token_ids, &conds],
+        )
+        .await?;
     }
     Ok(written)
 }

@@ -399,7 +399,8 @@ impl Row {
 }
 
 /// What this process knows exists in the database, so the hot path copies integers and runs
-/// no DDL: the dictionaries' keys (`stream_tokens`, `stream_conditions`) and the days whose
+/// no DDL: the dictionaries' keys (`stream_tokens`, `stream_conditions`: filled by the catalog
+/// for every token it stores, and here for any other the stream meets) and the days whose
 /// partitions exist. Unknown ids are added, and missing days made, in their own committed
 /// statements before the batch's transaction (`ON CONFLICT DO NOTHING` / `IF NOT EXISTS`:
 /// safe with concurrent writers), never inside it: a key is cached only once its dictionary
@@ -443,6 +444,10 @@ impl Keys {
         if tokens.is_empty() && conditions.is_empty() {
             return Ok(());
         }
+        // Sorted, like the catalog's inserts: concurrent writers never wait on each other in
+        // opposite orders.
+        tokens.sort();
+        conditions.sort();
         let db = pool.get().await?;
         if !conditions.is_empty() {
             db.execute("INSERT INTO stream_conditions (condition_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&conditions]).await?;

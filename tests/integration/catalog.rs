@@ -97,6 +97,12 @@ async fn full_sweep_stores_exactly_the_fakes_catalog() {
         .unwrap()
         .get(0);
     assert_eq!(broken, None, "an empty condition id is stored as NULL, without tokens");
+    // Every stored token has its stream dictionary key and, through it, its market.
+    assert_eq!(
+        db.count("SELECT count(*) FROM tokens k JOIN stream_tokens s ON s.token_id = k.token_id
+                  JOIN stream_conditions c ON c.condition_key = s.condition_key AND c.condition_id = k.condition_id").await,
+        60 * 2 + 2 + 3
+    );
 }
 
 #[tokio::test]
