@@ -1,5 +1,7 @@
 //! `book_snapshots`: one row per distinct `(token_id, source_ts, hash)`, whatever the source.
 
+use std::borrow::Borrow;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -26,12 +28,14 @@ impl BookSource {
     }
 }
 
-/// Inserts the snapshots not stored yet; returns how many were new.
-pub async fn insert_snapshots<C: GenericClient>(
+/// Inserts the snapshots not stored yet; returns how many were new. Takes books owned or
+/// borrowed (the stream's are borrowed from its rows).
+pub async fn insert_snapshots<C: GenericClient, B: Borrow<Book>>(
     db: &C,
-    books: &[(Book, DateTime<Utc>)],
+    books: &[(B, DateTime<Utc>)],
     source: BookSource,
 ) -> Result<u64, tokio_postgres::Error> {
+    let books: Vec<(&Book, DateTime<Utc>)> = books.iter().map(|(b, r)| (b.borrow(), *r)).collect();
     if books.is_empty() {
         return Ok(0);
     }
@@ -70,7 +74,7 @@ pub async fn insert_snapshots<C: GenericClient>(
 /// Binary `COPY` of snapshots into `book_snapshots`: the stream's fast path. It fails as a whole
 /// with a unique violation when one of them is stored already (a re-dump after a reconnect);
 /// the caller then takes [`insert_snapshots`].
-pub async fn copy_snapshots(tx: &tokio_postgres::Transaction<'_>, books: &[(Book, DateTime<Utc>)], source: BookSource) -> Result<u64, tokio_postgres::Error> {
+pub async fn copy_snapshots(tx: &tokio_postgres::Transaction<'_>, books: &[(&Book, DateTime<Utc>)], source: BookSource) -> Result<u64, tokio_postgres::Error> {
     let sink = tx
         .copy_in(
             "COPY book_snapshots (token_id, source_ts, hash, received_at, source, condition_id, best_bid, best_ask,

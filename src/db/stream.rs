@@ -35,7 +35,8 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Mutex;
 
 use super::books::{self, BookSource};
@@ -106,7 +107,7 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
         match r {
             Row::Trade { .. } => trades.push(r),
             Row::PriceChange { .. } => changes.push(r),
-            Row::Book { book, received_at } => books_.push((book.clone(), *received_at)),
+            Row::Book { book, received_at } => books_.push((book, *received_at)),
             Row::Quote { .. } => quotes.push(r),
             Row::TickSize { .. } => ticks.push(r),
             Row::Lifecycle { .. } => lifecycle.push(r),
@@ -162,35 +163,43 @@ struct Table {
     insert: &'static str,
 }
 
+/// Runs `copy` under a savepoint: `Some(rows)` when it stored them, `None` when a unique
+/// violation (one of them is stored already) rolled it back and the caller takes its
+/// idempotent path.
+async fn copy_under_savepoint(
+    tx: &Transaction<'_>,
+    copy: impl Future<Output = Result<u64, tokio_postgres::Error>>,
+) -> Result<Option<u64>, tokio_postgres::Error> {
+    tx.batch_execute("SAVEPOINT direct_copy").await?;
+    match copy.await {
+        Ok(n) => {
+            tx.batch_execute("RELEASE SAVEPOINT direct_copy").await?;
+            Ok(Some(n))
+        }
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT direct_copy").await?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Rows of a table with a unique identity: a direct COPY under a savepoint, falling back to
 /// the idempotent path on a unique violation; `idempotent_only` goes there at once.
 async fn write_unique(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&Row], idempotent_only: bool) -> Result<u64, tokio_postgres::Error> {
     if !idempotent_only {
-        tx.batch_execute("SAVEPOINT direct_copy").await?;
-        match copy_direct(tx, keys, table, rows).await {
-            Ok(n) => {
-                tx.batch_execute("RELEASE SAVEPOINT direct_copy").await?;
-                return Ok(n);
-            }
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT direct_copy").await?;
-            }
-            Err(e) => return Err(e),
+        if let Some(n) = copy_under_savepoint(tx, copy_direct(tx, keys, table, rows)).await? {
+            return Ok(n);
         }
     }
     idempotent(tx, keys, table, rows).await
 }
 
-/// Stream books: a binary COPY under a savepoint, falling back to the idempotent insert when
-/// one of them is stored already (a re-dump after a reconnect) or on a replay.
-async fn write_books(tx: &Transaction<'_>, rows: &[(Book, DateTime<Utc>)], idempotent_only: bool) -> Result<(), tokio_postgres::Error> {
-    if !idempotent_only {
-        tx.batch_execute("SAVEPOINT direct_copy").await?;
-        match books::copy_snapshots(tx, rows, BookSource::Ws).await {
-            Ok(_) => return tx.batch_execute("RELEASE SAVEPOINT direct_copy").await,
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => tx.batch_execute("ROLLBACK TO SAVEPOINT direct_copy").await?,
-            Err(e) => return Err(e),
-        }
+/// Stream books the same way: a binary COPY under a savepoint, falling back to the idempotent
+/// insert when one of them is stored already (a re-dump after a reconnect) or on a replay.
+async fn write_books(tx: &Transaction<'_>, rows: &[(&Book, DateTime<Utc>)], idempotent_only: bool) -> Result<(), tokio_postgres::Error> {
+    if !idempotent_only && copy_under_savepoint(tx, books::copy_snapshots(tx, rows, BookSource::Ws)).await?.is_some() {
+        return Ok(());
     }
     for chunk in rows.chunks(500) {
         books::insert_snapshots(tx, chunk, BookSource::Ws).await?;
@@ -425,7 +434,9 @@ impl Keys {
     /// Makes sure every token and market of these rows has a cached key, and every token
     /// whose row names its market has that market in the dictionary.
     async fn resolve(&self, pool: &Pool, rows: &[Row]) -> Result<(), DbError> {
-        let (mut tokens, mut conditions): (Vec<(String, Option<String>)>, Vec<String>) = (Vec::new(), Vec::new());
+        // Ordered sets: each id once, and sorted like the catalog's inserts, so concurrent
+        // writers never wait on each other in opposite orders.
+        let (mut tokens, mut conditions): (BTreeMap<&str, Option<&str>>, BTreeSet<&str>) = (BTreeMap::new(), BTreeSet::new());
         {
             let (known_t, known_c) = (self.tokens.lock().expect("keys lock"), self.conditions.lock().expect("keys lock"));
             for (token, condition) in rows.iter().filter_map(Row::token) {
@@ -433,23 +444,20 @@ impl Keys {
                     None => true,
                     Some((_, has_market)) => !has_market && condition.is_some(),
                 };
-                if stale && !tokens.iter().any(|(t, _)| t == token) {
-                    tokens.push((token.to_string(), condition.map(str::to_string)));
+                if stale {
+                    tokens.entry(token).or_insert(condition);
                 }
-                if let Some(c) = condition.filter(|c| !known_c.contains_key(*c) && !conditions.iter().any(|k| k == c)) {
-                    conditions.push(c.to_string());
+                if let Some(c) = condition.filter(|c| !known_c.contains_key(*c)) {
+                    conditions.insert(c);
                 }
             }
         }
         if tokens.is_empty() && conditions.is_empty() {
             return Ok(());
         }
-        // Sorted, like the catalog's inserts: concurrent writers never wait on each other in
-        // opposite orders.
-        tokens.sort();
-        conditions.sort();
         let db = pool.get().await?;
         if !conditions.is_empty() {
+            let conditions: Vec<&str> = conditions.into_iter().collect();
             db.execute("INSERT INTO stream_conditions (condition_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&conditions]).await?;
             let rows = db.query("SELECT condition_id, condition_key FROM stream_conditions WHERE condition_id = ANY($1)", &[&conditions]).await?;
             let mut known = self.conditions.lock().expect("keys lock");
@@ -458,8 +466,8 @@ impl Keys {
             }
         }
         if !tokens.is_empty() {
-            let ids: Vec<&str> = tokens.iter().map(|(t, _)| t.as_str()).collect();
-            let markets: Vec<Option<i32>> = tokens.iter().map(|(_, c)| self.condition(c.as_deref())).collect();
+            let ids: Vec<&str> = tokens.keys().copied().collect();
+            let markets: Vec<Option<i32>> = tokens.values().map(|c| self.condition(*c)).collect();
             db.execute(
                 "INSERT INTO stream_tokens (token_id, condition_key) SELECT * FROM unnest($1::text[], $2::int4[])
                  ON CONFLICT (token_id) DO UPDATE SET condition_key = EXCLUDED.condition_key
