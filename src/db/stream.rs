@@ -220,14 +220,9 @@ async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&
                 let tx = tx_bytes(t.tx_hash.as_deref());
                 writer.as_mut().write(&[&token, &buy, &backfill, &t.source_ts, received_at, &t.price, &t.size, &tx, &t.fee_rate_bps]).await?
             }
-            Row::PriceChange { change: c, condition_id, source_ts, received_at } => {
-                let (token, condition) = (keys.token(&c.asset_id), keys.condition(condition_id.as_deref()));
-                let buy = c.side == Side::Buy;
-                let (hash_hex, hash_text) = split_hash(c.hash.as_deref());
-                writer
-                    .as_mut()
-                    .write(&[&token, source_ts, received_at, &condition, &buy, &c.price, &c.size, &c.best_bid, &c.best_ask, &hash_hex, &hash_text])
-                    .await?
+            Row::PriceChange { change: c, source_ts, received_at, .. } => {
+                let (token, buy, hash) = (keys.token(&c.asset_id), c.side == Side::Buy, level_hash_bytes(c.hash.as_deref()));
+                writer.as_mut().write(&[source_ts, received_at, &token, &buy, &c.price, &c.size, &c.best_bid, &c.best_ask, &hash]).await?
             }
             Row::Quote { quote: q, received_at } => {
                 let token = keys.token(&q.asset_id);
@@ -297,36 +292,35 @@ const TRADES: Table = Table {
         ON CONFLICT DO NOTHING",
 };
 
-/// `price_changes` is a view over `price_changes_compact` (migration 5): integer keys from
-/// the `stream_tokens` / `stream_conditions` dictionaries, the side as a boolean, upstream's
-/// 40-hex-digit hash as 20 bytes (any other hash as text).
+/// `price_changes` is a view over `price_changes_compact` (migrations 5 and 8): the token key
+/// from the `stream_tokens` dictionary (its market is the token's), the side as a boolean,
+/// the hash in [`level_hash_bytes`]' form.
 const PRICE_CHANGES: Table = Table {
     name: "price_changes_compact",
-    columns: "token_key, source_ts, received_at, condition_key, buy, price, size, best_bid, best_ask, hash_hex, hash_text",
-    types: &[Type::INT4, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::INT4, Type::BOOL, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::BYTEA, Type::TEXT],
+    columns: "source_ts, received_at, token_key, buy, price, size, best_bid, best_ask, hash",
+    types: &[Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::INT4, Type::BOOL, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::BYTEA],
     json_row: |keys, r| match r {
-        Row::PriceChange { change: c, condition_id, source_ts, received_at } => {
-            let (hash_hex, hash_text) = split_hash(c.hash.as_deref());
-            json!({
-                "token_key": keys.token(&c.asset_id), "condition_key": keys.condition(condition_id.as_deref()),
-                "buy": c.side == Side::Buy, "price": c.price, "size": c.size, "hash_hex": hash_hex.map(|b| bytea_literal(&b)),
-                "hash_text": hash_text, "best_bid": c.best_bid, "best_ask": c.best_ask,
-                "source_ts": us(source_ts), "received_at": us(received_at),
-            })
-        }
+        Row::PriceChange { change: c, source_ts, received_at, .. } => json!({
+            "source_ts": us(source_ts), "received_at": us(received_at), "token_key": keys.token(&c.asset_id),
+            "buy": c.side == Side::Buy, "price": c.price, "size": c.size, "best_bid": c.best_bid, "best_ask": c.best_ask,
+            "hash": level_hash_bytes(c.hash.as_deref()).map(|b| bytea_literal(&b)),
+        }),
         _ => unreachable!("grouped by kind"),
     },
     before_insert: &[],
-    // Identity: (token, source_ts, side, price, size, hash); the lookup uses the
-    // (token_key, source_ts) index.
-    insert: "INSERT INTO price_changes_compact (token_key, source_ts, received_at, condition_key, buy, price, size, best_bid, best_ask, hash_hex, hash_text)
-        SELECT DISTINCT ON (n.token_key, n.source_ts, n.buy, n.price, n.size, n.hash_hex, n.hash_text)
-            n.token_key, n.source_ts, n.received_at, n.condition_key, n.buy, n.price, n.size, n.best_bid, n.best_ask, n.hash_hex, n.hash_text
-        FROM jsonb_to_recordset($1::jsonb) AS n(token_key int, condition_key int, buy bool, price numeric, size numeric,
-            hash_hex bytea, hash_text text, best_bid numeric, best_ask numeric, source_ts timestamptz, received_at timestamptz)
-        WHERE NOT EXISTS (SELECT 1 FROM price_changes_compact o WHERE o.token_key = n.token_key AND o.source_ts = n.source_ts
-            AND o.buy = n.buy AND o.price = n.price AND o.size = n.size
-            AND o.hash_hex IS NOT DISTINCT FROM n.hash_hex AND o.hash_text IS NOT DISTINCT FROM n.hash_text)",
+    // Identity: (token, source_ts, side, price, size, hash). There is no (token, time) B-tree
+    // to look each row up by (migration 8): the rows stored in the batch's time span are read
+    // once, through the BRIN index and the day partitions, and anti-joined by hash.
+    insert: "WITH n AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS n(source_ts timestamptz, received_at timestamptz, token_key int,
+                buy bool, price numeric, size numeric, best_bid numeric, best_ask numeric, hash bytea)),
+            o AS MATERIALIZED (SELECT token_key, source_ts, buy, price, size, hash FROM price_changes_compact
+                WHERE source_ts BETWEEN (SELECT min(source_ts) FROM n) AND (SELECT max(source_ts) FROM n))
+        INSERT INTO price_changes_compact (source_ts, received_at, token_key, buy, price, size, best_bid, best_ask, hash)
+        SELECT DISTINCT ON (n.token_key, n.source_ts, n.buy, n.price, n.size, n.hash)
+            n.source_ts, n.received_at, n.token_key, n.buy, n.price, n.size, n.best_bid, n.best_ask, n.hash
+        FROM n
+        WHERE NOT EXISTS (SELECT 1 FROM o WHERE o.token_key = n.token_key AND o.source_ts = n.source_ts
+            AND o.buy = n.buy AND o.price = n.price AND o.size = n.size AND o.hash IS NOT DISTINCT FROM n.hash)",
 };
 
 /// A time as PostgreSQL stores it (microseconds, truncated as the binary COPY does), so the
@@ -335,15 +329,19 @@ fn us(t: impl std::borrow::Borrow<DateTime<Utc>>) -> String {
     t.borrow().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// Upstream's level-change hash: 40 lowercase hex digits as 20 bytes, anything else as text.
-fn split_hash(hash: Option<&str>) -> (Option<Vec<u8>>, Option<&str>) {
-    match hash {
-        None => (None, None),
-        Some(h) => match lower_hex(h, 40) {
-            Some(bytes) => (Some(bytes), None),
-            None => (None, Some(h)),
-        },
-    }
+/// A level change's hash as `price_changes_compact.hash` stores it (migration 8; its inverse
+/// is the SQL function `level_hash_text`): upstream's 40 lowercase hex digits as their 20
+/// bytes; any other text as `\x00` and its UTF-8, with a second `\x00` when it is 19 bytes
+/// long — so a length of 20 always means a hex hash.
+pub fn level_hash_bytes(hash: Option<&str>) -> Option<Vec<u8>> {
+    let hash = hash?;
+    Some(match lower_hex(hash, 40) {
+        Some(bytes) => bytes,
+        None => {
+            let prefix: &[u8] = if hash.len() == 19 { b"\0\0" } else { b"\0" };
+            [prefix, hash.as_bytes()].concat()
+        }
+    })
 }
 
 /// A trade's transaction hash as `trades_compact.tx` stores it (migration 7; its inverse is

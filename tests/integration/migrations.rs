@@ -165,8 +165,9 @@ async fn the_previous_release_is_converted_in_place_to_compact_trades_and_quotes
         before.push(client.query(q, &[]).await.unwrap().iter().map(|r| (0..10).map(|i| r.get::<_, Option<String>>(i)).collect::<Vec<_>>()).collect::<Vec<_>>());
     }
     assert_eq!(before.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2, 1]);
+    // Through every later migration too (7, then 8's rewrite of the trades).
     let applied = migrate::run(&mut client).await.unwrap();
-    assert_eq!(applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [7], "{applied:?}");
+    assert_eq!(applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [7, 8], "{applied:?}");
     for (q, was) in snapshots.iter().zip(&before) {
         let now: Vec<Vec<Option<String>>> =
             client.query(*q, &[]).await.unwrap().iter().map(|r| (0..10).map(|i| r.get::<_, Option<String>>(i)).collect()).collect();
@@ -185,8 +186,84 @@ async fn the_previous_release_is_converted_in_place_to_compact_trades_and_quotes
     assert!(dup.is_err_and(|e| e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)));
 }
 
+/// A database of the previous release (migrations 1–7) is converted in place to the leaner
+/// level changes and trades: the views answer exactly what they did (every hash form, rows
+/// with and without a market, prices with their own digits), rows stay in their days'
+/// partitions, the level changes' market moves to the token dictionary, and the level change
+/// indexes are the token B-tree and the time BRIN.
+#[tokio::test]
+async fn the_previous_release_is_converted_in_place_to_leaner_level_changes_and_trades() {
+    let db = pg::fresh_db().await;
+    let mut client = db.client().await;
+    migrate::run_to(&mut client, 7).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS price_changes_p20261127 PARTITION OF price_changes_compact FOR VALUES FROM ('2026-11-27 00:00+00') TO ('2026-11-28 00:00+00');
+             CREATE TABLE IF NOT EXISTS price_changes_p20261128 PARTITION OF price_changes_compact FOR VALUES FROM ('2026-11-28 00:00+00') TO ('2026-11-29 00:00+00');
+             CREATE TABLE IF NOT EXISTS trades_p20261127 PARTITION OF trades_compact FOR VALUES FROM ('2026-11-27 00:00+00') TO ('2026-11-28 00:00+00');
+             INSERT INTO stream_tokens (token_key, token_id) VALUES (1, '8441'), (2, '2904');
+             INSERT INTO stream_conditions (condition_key, condition_id) VALUES (7, '0xaa');
+             INSERT INTO price_changes_compact (token_key, source_ts, received_at, condition_key, buy, price, size, best_bid, best_ask, hash_hex, hash_text) VALUES
+             (1, '2026-11-27 10:00:00.123+00', '2026-11-27 10:00:00.2+00', 7, true, 0.340, 2710.17, 0.34, 0.35, decode('e0a71c3b9d2f4e6a8b0c1d2e3f4a5b6c7d8e9f01', 'hex'), NULL),
+             (1, '2026-11-27 10:00:00.124+00', '2026-11-27 10:00:00.2+00', 7, false, 0.5, 0, NULL, NULL, NULL, 'not-a-hex-hash'),
+             (1, '2026-11-27 10:00:00.125+00', '2026-11-27 10:00:00.2+00', 7, false, 0.5, 1, NULL, 0.6, NULL, 'nineteen-bytes-long'),
+             (2, '2026-11-28 23:59:59.999+00', '2026-11-29 00:00:00.01+00', NULL, false, 0.660, 12.500, 0.65, 0.66, NULL, NULL);
+             INSERT INTO trades_compact (token_key, buy, backfill, source_ts, received_at, price, size, tx, fee_rate_bps) VALUES
+             (1, true, false, '2026-11-27 10:00:00.123+00', '2026-11-27 10:00:00.2+00', 0.340, 2710.17, trade_tx_bytes('0x' || repeat('5c2b9f0e', 8)), 0),
+             (2, false, true, '2026-11-27 10:00:00+00', '2026-11-28 09:00:00+00', 0.34, 5, trade_tx_bytes('not-a-hash'), NULL),
+             (2, false, false, '2026-11-27 11:00:00+00', '2026-11-28 11:00:00+00', 0.35, 5, NULL, 10);",
+        )
+        .await
+        .unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM stream_tokens WHERE condition_key IS NULL").await, 2, "markets only in the rows");
+    let snapshots = [
+        "SELECT asset_id, condition_id, price::text, size::text, side, hash, best_bid::text, best_ask::text, source_ts::text,
+                received_at::text FROM price_changes ORDER BY source_ts",
+        "SELECT asset_id, condition_id, price::text, size::text, side, source_ts::text, received_at::text, source, tx_hash,
+                fee_rate_bps::text FROM trades ORDER BY source_ts, source",
+    ];
+    let read = |rows: Vec<tokio_postgres::Row>| -> Vec<Vec<Option<String>>> {
+        rows.iter().map(|r| (0..10).map(|i| r.get::<_, Option<String>>(i)).collect()).collect()
+    };
+    let mut before = Vec::new();
+    for q in snapshots {
+        before.push(read(client.query(q, &[]).await.unwrap()));
+    }
+    assert_eq!(before[0][0][1].as_deref(), Some("0xaa"));
+    let applied = migrate::run(&mut client).await.unwrap();
+    assert_eq!(applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [8], "{applied:?}");
+    // The one difference: the trades of a token whose market only its level changes named
+    // now show that market too.
+    for row in before[1].iter_mut().filter(|r| r[0].as_deref() == Some("8441")) {
+        row[1] = Some("0xaa".to_string());
+    }
+    for (q, was) in snapshots.iter().zip(&before) {
+        assert_eq!(&read(client.query(*q, &[]).await.unwrap()), was, "{q}");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM price_changes_p20261127").await, 3, "rows stay in their day");
+    assert_eq!(db.count("SELECT count(*) FROM price_changes_p20261128").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM trades_p20261127").await, 3);
+    assert_eq!(db.count("SELECT count(*) FROM stream_tokens WHERE token_id = '8441' AND condition_key = 7").await, 1,
+        "the level changes' market is now the token's");
+    let indexes: Vec<String> = client
+        .query("SELECT am.amname || ' ' || pg_get_indexdef(i.indexrelid, 1, true) FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+                JOIN pg_am am ON am.oid = x.relam WHERE i.indrelid = 'price_changes_compact'::regclass ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(indexes, ["brin source_ts", "btree token_key"]);
+    // The converted trades keep their identity.
+    let dup = client
+        .execute("INSERT INTO trades_compact (token_key, buy, backfill, source_ts, received_at, price, size, tx)
+                  VALUES (1, true, false, '2026-11-27 10:00:00.123+00', now(), 0.34, 2710.170, trade_tx_bytes('0x' || repeat('5c2b9f0e', 8)))", &[])
+        .await;
+    assert!(dup.is_err_and(|e| e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)));
+}
+
 /// The shapes a distributed PostgreSQL (Citus) needs later, read from the catalog: the hot
-/// table partitioned by the time in its identity, the token key first in every index, no
+/// table partitioned by the time in its identity, the token key first in every B-tree, no
 /// foreign keys on it, single-level partitions.
 #[tokio::test]
 async fn the_compact_tables_have_the_shapes_a_distributed_database_needs() {
@@ -205,19 +282,25 @@ async fn the_compact_tables_have_the_shapes_a_distributed_database_needs() {
         assert_eq!(key, "source_ts", "{table}");
     }
     for table in ["price_changes_compact", "trades_compact", "quotes_compact", "tick_size_changes_compact"] {
-        // Every index leads with the token key; every unique one also holds the partition column.
+        // Every B-tree leads with the token key (a shard's lookups); every unique index also
+        // holds the partition column. A BRIN index on the time needs neither.
         let indexes = client
             .query("SELECT a.attname::text, i.indisunique, 'source_ts' = ANY(ARRAY(SELECT b.attname::text FROM pg_attribute b
-                        WHERE b.attrelid = c.oid AND b.attnum = ANY(i.indkey)))
+                        WHERE b.attrelid = c.oid AND b.attnum = ANY(i.indkey))), am.amname::text
                     FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+                    JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_am am ON am.oid = x.relam
                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
                     WHERE c.relname = $1", &[&table])
             .await
             .unwrap();
         assert!(!indexes.is_empty(), "{table} has indexes");
         for r in &indexes {
-            let (first, unique, has_ts): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
-            assert_eq!(first, "token_key", "{table}");
+            let (first, unique, has_ts, method): (String, bool, bool, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            match method.as_str() {
+                "btree" => assert_eq!(first, "token_key", "{table}"),
+                "brin" => assert_eq!(first, "source_ts", "{table}"),
+                other => panic!("{table}: unexpected index method {other}"),
+            }
             assert!(!unique || has_ts, "{table}: a unique index holds source_ts");
         }
         assert_eq!(db.count(&format!("SELECT count(*) FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'f'")).await, 0, "{table}");
