@@ -11,9 +11,9 @@
 //!
 //! The common case is a direct binary `COPY` into each target table — no temporary table, no
 //! DDL in the transaction. No row is stored twice:
-//! - `trades`, `quotes`, `tick_size_changes` and `book_snapshots` have a unique identity: the
-//!   COPY runs under a savepoint, and a unique violation (a replayed row, a book re-dumped
-//!   after a reconnect) falls back to the idempotent path.
+//! - `trades`, `quotes`, `tick_size_changes` and `book_snapshots` have a unique identity: their
+//!   COPYs run under one savepoint, and a unique violation (a replayed row, a book re-dumped
+//!   after a reconnect) rolls them back to their idempotent paths.
 //! - `price_changes` has no unique index (it is most of the volume, and a wide unique index
 //!   cost most of the write time): live rows cannot repeat (a shard carries whole markets, and
 //!   upstream does not re-send level changes), so they are copied directly; rows that may have
@@ -118,11 +118,6 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
     keys.ensure_days(pool, rows).await?;
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
-    let mut new_trades = 0;
-    if !trades.is_empty() {
-        let all_live = trades.iter().all(|r| matches!(r, Row::Trade { source: TradeSource::Ws, .. }));
-        new_trades = write_unique(&tx, keys, &TRADES, &trades, replay || !all_live).await?;
-    }
     if !changes.is_empty() {
         if replay {
             idempotent(&tx, keys, &PRICE_CHANGES, &changes).await?;
@@ -130,11 +125,47 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
             copy_direct(&tx, keys, &PRICE_CHANGES, &changes).await?;
         }
     }
-    if !quotes.is_empty() {
-        write_unique(&tx, keys, &QUOTES, &quotes, replay).await?;
+    // Trades, quotes, tick sizes and stream books have a unique identity. Live, they are copied
+    // straight in under one savepoint; a unique violation (a row stored already, a book
+    // re-dumped after a reconnect) rolls the copies back and they take their idempotent paths,
+    // as a replay's rows and backfilled trades always do.
+    let trades_live = trades.iter().all(|r| matches!(r, Row::Trade { source: TradeSource::Ws, .. }));
+    let direct_trades = trades_live && !trades.is_empty();
+    let copied = if !replay && (direct_trades || !quotes.is_empty() || !ticks.is_empty() || !books_.is_empty()) {
+        copy_under_savepoint(&tx, async {
+            let mut new_trades = 0;
+            if direct_trades {
+                new_trades = copy_direct(&tx, keys, &TRADES, &trades).await?;
+            }
+            if !quotes.is_empty() {
+                copy_direct(&tx, keys, &QUOTES, &quotes).await?;
+            }
+            if !ticks.is_empty() {
+                copy_direct(&tx, keys, &TICKS, &ticks).await?;
+            }
+            if !books_.is_empty() {
+                books::copy_snapshots(&tx, &books_, BookSource::Ws).await?;
+            }
+            Ok(new_trades)
+        })
+        .await?
+    } else {
+        None
+    };
+    let mut new_trades = copied.unwrap_or(0);
+    if !trades.is_empty() && !(copied.is_some() && direct_trades) {
+        new_trades = idempotent(&tx, keys, &TRADES, &trades).await?;
     }
-    if !ticks.is_empty() {
-        write_unique(&tx, keys, &TICKS, &ticks, replay).await?;
+    if copied.is_none() {
+        if !quotes.is_empty() {
+            idempotent(&tx, keys, &QUOTES, &quotes).await?;
+        }
+        if !ticks.is_empty() {
+            idempotent(&tx, keys, &TICKS, &ticks).await?;
+        }
+        for chunk in books_.chunks(500) {
+            books::insert_snapshots(&tx, chunk, BookSource::Ws).await?;
+        }
     }
     if !quarantine.is_empty() {
         copy_direct(&tx, keys, &QUARANTINE, &quarantine).await?;
@@ -142,9 +173,6 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
     if !lifecycle.is_empty() {
         idempotent(&tx, keys, &LIFECYCLE, &lifecycle).await?;
         apply_lifecycle(&tx, &lifecycle).await?;
-    }
-    if !books_.is_empty() {
-        write_books(&tx, &books_, replay).await?;
     }
     tx.commit().await?;
     Ok(new_trades)
@@ -163,9 +191,9 @@ struct Table {
     insert: &'static str,
 }
 
-/// Runs `copy` under a savepoint: `Some(rows)` when it stored them, `None` when a unique
-/// violation (one of them is stored already) rolled it back and the caller takes its
-/// idempotent path.
+/// Runs `copy` under a savepoint: `Some(its result)` when it stored its rows, `None` when a
+/// unique violation (one of them is stored already) rolled it back and the caller takes the
+/// idempotent paths.
 async fn copy_under_savepoint(
     tx: &Transaction<'_>,
     copy: impl Future<Output = Result<u64, tokio_postgres::Error>>,
@@ -182,29 +210,6 @@ async fn copy_under_savepoint(
         }
         Err(e) => Err(e),
     }
-}
-
-/// Rows of a table with a unique identity: a direct COPY under a savepoint, falling back to
-/// the idempotent path on a unique violation; `idempotent_only` goes there at once.
-async fn write_unique(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&Row], idempotent_only: bool) -> Result<u64, tokio_postgres::Error> {
-    if !idempotent_only {
-        if let Some(n) = copy_under_savepoint(tx, copy_direct(tx, keys, table, rows)).await? {
-            return Ok(n);
-        }
-    }
-    idempotent(tx, keys, table, rows).await
-}
-
-/// Stream books the same way: a binary COPY under a savepoint, falling back to the idempotent
-/// insert when one of them is stored already (a re-dump after a reconnect) or on a replay.
-async fn write_books(tx: &Transaction<'_>, rows: &[(&Book, DateTime<Utc>)], idempotent_only: bool) -> Result<(), tokio_postgres::Error> {
-    if !idempotent_only && copy_under_savepoint(tx, books::copy_snapshots(tx, rows, BookSource::Ws)).await?.is_some() {
-        return Ok(());
-    }
-    for chunk in rows.chunks(500) {
-        books::insert_snapshots(tx, chunk, BookSource::Ws).await?;
-    }
-    Ok(())
 }
 
 /// Binary COPY straight into the table; fields borrowed from the rows (no allocation per

@@ -3,9 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::clob::{self, Book};
+use super::ws_hot;
 use super::decode::{self, FieldError, Side, required_decimal, required_string, side};
 
 /// The first frame on a connection.
@@ -158,25 +160,38 @@ pub fn decode_frame(text: &str) -> Frame {
     if !(t.starts_with('{') || t.starts_with('[')) {
         return Frame::OtherText(t.to_string());
     }
-    let value: Value = match serde_json::from_str(t) {
-        Ok(v) => v,
-        Err(e) => {
-            return Frame::Events { events: Vec::new(), rejected: vec![(t.to_string(), format!("invalid JSON: {e}"))] };
+    // The elements' own texts (one pass that only finds their bounds), then each through the
+    // fast path for the busiest events, or the general decoder.
+    let items: Vec<&RawValue> = if t.starts_with('[') {
+        match serde_json::from_str(t) {
+            Ok(items) => items,
+            Err(e) => return invalid_json(t, e),
         }
-    };
-    let items = match value {
-        Value::Array(items) => items,
-        other => vec![other],
+    } else {
+        match serde_json::from_str(t) {
+            Ok(one) => vec![one],
+            Err(e) => return invalid_json(t, e),
+        }
     };
     let mut events = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     for item in items {
-        match decode_event(&item) {
+        let text = item.get();
+        if let Some(e) = ws_hot::decode(text) {
+            events.push(e);
+            continue;
+        }
+        let decoded = serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON: {e}")).and_then(|v| decode_event(&v));
+        match decoded {
             Ok(e) => events.push(e),
-            Err(reason) => rejected.push((item.to_string(), reason)),
+            Err(reason) => rejected.push((text.to_string(), reason)),
         }
     }
     Frame::Events { events, rejected }
+}
+
+fn invalid_json(t: &str, e: serde_json::Error) -> Frame {
+    Frame::Events { events: Vec::new(), rejected: vec![(t.to_string(), format!("invalid JSON: {e}"))] }
 }
 
 fn ts(obj: &Value) -> Result<DateTime<Utc>, FieldError> {

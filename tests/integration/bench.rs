@@ -362,15 +362,42 @@ async fn bytes_per_row(db: &pg::TestDb, table: &str) -> (i64, f64, f64) {
     (n, heap / n.max(1) as f64, total / n.max(1) as f64)
 }
 
+/// The baseline: the rows the collector stored, copied out (binary, as stored), the tables
+/// emptied, and the rows copied back in by one plain binary `COPY` per table — the same tables,
+/// partitions and indexes. Returns the wall time and the database's CPU time of the copies in.
+async fn plain_copy_into_the_same_tables(db: &pg::TestDb, tables: &[&str]) -> (Duration, Duration) {
+    let c = db.client().await;
+    let mut data = Vec::new();
+    for table in tables {
+        let out = c.copy_out(&format!("COPY (SELECT * FROM {table}) TO STDOUT (FORMAT binary)")).await.unwrap();
+        futures_util::pin_mut!(out);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut out).await {
+            bytes.extend_from_slice(&chunk.unwrap());
+        }
+        data.push((table, bytes::Bytes::from(bytes)));
+    }
+    c.batch_execute(&format!("TRUNCATE {}", tables.join(", "))).await.unwrap();
+    let cpu = pg_cpu(db).await;
+    let t = Instant::now();
+    for (table, bytes) in data {
+        let sink = c.copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)")).await.unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(bytes).await.unwrap();
+        sink.finish().await.unwrap();
+    }
+    (t.elapsed(), Duration::from_secs_f64(pg_cpu_between(&cpu, &pg_cpu(db).await)))
+}
+
 /// The real event mix, socket → committed, against a plain binary COPY of the same rows into
-/// tables shaped and indexed like the collector's, in the same run; and bytes per row.
+/// the same tables, in the same run; and bytes per row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark"]
 async fn bench_stream_real_mix_vs_copy() {
     const EVENTS: u64 = 200_000;
     const MARKETS: u64 = 100;
     // `price_changes`, `trades` and `quotes` are views over compact, partitioned tables
-    // (migrations 5 and 7).
+    // (migrations 5, 7 and 8).
     let tables = ["price_changes_compact", "trades_compact", "quotes_compact", "book_snapshots"];
     let (mut ours, mut copy, mut last_sizes) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ours_cpu, mut copy_cpu, mut own_cpu) = (Vec::new(), Vec::new(), Vec::new());
@@ -398,35 +425,15 @@ async fn bench_stream_real_mix_vs_copy() {
             sizes.push((table, bytes_per_row(&h.db, table).await));
         }
         last_sizes = sizes;
-        // Baseline: the same rows (binary, as stored) into tables like the collector's.
-        let c = h.db.client().await;
-        let mut data = Vec::new();
-        for table in tables {
-            c.batch_execute(&format!("CREATE TABLE {table}_baseline (LIKE {table} INCLUDING ALL)")).await.unwrap();
-            let out = c.copy_out(&format!("COPY (SELECT * FROM {table}) TO STDOUT (FORMAT binary)")).await.unwrap();
-            futures_util::pin_mut!(out);
-            let mut bytes = Vec::new();
-            while let Some(chunk) = futures_util::StreamExt::next(&mut out).await {
-                bytes.extend_from_slice(&chunk.unwrap());
-            }
-            data.push((table, bytes));
-        }
-        let cpu = pg_cpu(&h.db).await;
-        let t = Instant::now();
-        for (table, bytes) in &data {
-            let sink = c.copy_in(&format!("COPY {table}_baseline FROM STDIN (FORMAT binary)")).await.unwrap();
-            futures_util::pin_mut!(sink);
-            sink.send(bytes::Bytes::from(bytes.clone())).await.unwrap();
-            sink.finish().await.unwrap();
-        }
-        copy.push(t.elapsed());
-        copy_cpu.push(Duration::from_secs_f64(pg_cpu_between(&cpu, &pg_cpu(&h.db).await)));
+        let (elapsed, cpu) = plain_copy_into_the_same_tables(&h.db, &tables).await;
+        copy.push(elapsed);
+        copy_cpu.push(cpu);
     }
     let (o, c) = (median(ours), median(copy));
     let rows = real_mix_frames(MARKETS, EVENTS, 0).1 as f64;
     println!("BENCH stream, real mix ({EVENTS} events, {rows} rows, 89 % level changes), {MARKETS} markets, socket → committed:");
     println!("BENCH   collector           : median {:.2} s = {:.0} events/s ({:.0} rows/s)", o.as_secs_f64(), EVENTS as f64 / o.as_secs_f64(), rows / o.as_secs_f64());
-    println!("BENCH   plain binary COPY   : median {:.2} s = {:.0} rows/s (same rows, same tables and indexes)", c.as_secs_f64(), rows / c.as_secs_f64());
+    println!("BENCH   plain binary COPY   : median {:.2} s = {:.0} rows/s (same rows into the same tables, partitions and indexes)", c.as_secs_f64(), rows / c.as_secs_f64());
     println!("BENCH   ratio collector/COPY: {:.2}", c.as_secs_f64() / o.as_secs_f64());
     let (oc, cc) = (median(ours_cpu), median(copy_cpu));
     println!("BENCH   PostgreSQL CPU per row: collector {:.1} µs, plain COPY {:.1} µs", oc.as_secs_f64() * 1e6 / rows, cc.as_secs_f64() * 1e6 / rows);
@@ -438,6 +445,73 @@ async fn bench_stream_real_mix_vs_copy() {
         per_day += total * n as f64 / rows * 30_000.0 * rows / EVENTS as f64 * 86_400.0;
     }
     println!("BENCH   projected at 30,000 events/s of this mix: {:.0} GB/day", per_day / 1e9);
+}
+
+/// The real mix at sustained rates, as the collector meets the stream: frames paced every 5 ms
+/// for `BENCH_SUSTAIN_SECS` (default 5) seconds at each rate of `BENCH_RATES` (events/s,
+/// comma-separated; default 60,000 to 160,000). A rate is kept up with when the fake delivered
+/// it (≥ 95 %), the 99th percentile of receive → commit stayed within 250 ms (the latency
+/// target) and the rows left queued at the end were committed within a second. Then a plain
+/// binary COPY of the last run's rows into the same tables, for the ratio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_stream_real_mix_sustained() {
+    const MARKETS: u64 = 100;
+    let secs: u64 = std::env::var("BENCH_SUSTAIN_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let rates: Vec<u64> = std::env::var("BENCH_RATES")
+        .unwrap_or_else(|_| "60000,80000,100000,120000,140000,160000".into())
+        .split(',')
+        .map(|r| r.trim().parse().unwrap())
+        .collect();
+    let extra = std::env::var("BENCH_STREAM_EXTRA").unwrap_or_default().replace(";", "\n");
+    let tables = ["price_changes_compact", "trades_compact", "quotes_compact", "book_snapshots"];
+    let mut kept_up = None;
+    let mut last_db = None;
+    println!("BENCH stream, real mix sustained for {secs} s, {MARKETS} markets, socket → committed:");
+    for rate in rates {
+        let mut h = stream_harness(MARKETS, &format!("queue_capacity = 4000000\n{extra}")).await;
+        let (frames, rows) = real_mix_frames(MARKETS, rate * secs, crate::now_ms());
+        let ticks = secs * 200;
+        let per_tick = (frames.len() as u64).div_ceil(ticks) as usize;
+        let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
+        h.sink.stats.commit_latency.reset();
+        let (cpu, own) = (pg_cpu(&h.db).await, self_cpu());
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let t = Instant::now();
+        for chunk in frames.chunks(per_tick) {
+            tick.tick().await;
+            for (asset, frame) in chunk {
+                assert!(h.ws.send_to_asset(asset, frame));
+            }
+        }
+        let sent_in = t.elapsed();
+        let behind = rows - (h.sink.stats.rows_written.load(Ordering::Relaxed) - before);
+        crate::eventually(300, "all rows committed", || async { h.sink.stats.rows_written.load(Ordering::Relaxed) - before >= rows }).await;
+        let drained = t.elapsed() - sent_in;
+        let (pg, process) = (pg_cpu_between(&cpu, &pg_cpu(&h.db).await), self_cpu() - own);
+        let delivered = (rate * secs) as f64 / sent_in.as_secs_f64();
+        let l = &h.sink.stats.commit_latency;
+        let kept = delivered >= 0.95 * rate as f64 && l.quantile(0.99).unwrap_or(u64::MAX) <= 250 && drained <= Duration::from_secs(1);
+        println!("BENCH   {rate:>7} events/s: delivered {delivered:.0}/s, {behind} rows behind at the end, drained in {:.2} s, p99 receive → commit {} ms; \
+                  CPU per row: PostgreSQL {:.1} µs, collector process {:.1} µs → {}",
+            drained.as_secs_f64(), l.quantile(0.99).unwrap_or(0), pg * 1e6 / rows as f64, process * 1e6 / rows as f64,
+            if kept { "kept up" } else { "FELL BEHIND" });
+        if kept {
+            kept_up = Some((rate, rows as f64 / (rate * secs) as f64));
+        }
+        h.stop().await;
+        last_db = Some((h.db, rows));
+    }
+    let (db, rows) = last_db.expect("a rate");
+    let (elapsed, _) = plain_copy_into_the_same_tables(&db, &tables).await;
+    let copy_rows = rows as f64 / elapsed.as_secs_f64();
+    println!("BENCH   plain binary COPY of the last run's rows into the same tables: {copy_rows:.0} rows/s");
+    match kept_up {
+        Some((rate, rows_per_event)) => println!("BENCH   highest rate kept up with: {rate} events/s = {:.0} rows/s; ratio to COPY {:.2}",
+            rate as f64 * rows_per_event, rate as f64 * rows_per_event / copy_rows),
+        None => println!("BENCH   no rate kept up with"),
+    }
 }
 
 /// Receive → commit latency on the real mix at 20,000 events/s (5 frames of 20 events every
@@ -465,4 +539,25 @@ async fn bench_stream_real_mix_latency_at_20k_per_second() {
     println!("BENCH stream latency, real mix, {EVENTS} events at {:.0} events/s, frame received → row committed:", EVENTS as f64 / sent_in.as_secs_f64());
     println!("BENCH   p50 {} ms, p99 {} ms, max {} ms", l.quantile(0.5).unwrap(), l.quantile(0.99).unwrap(), l.quantile(1.0).unwrap());
     h.stop().await;
+}
+
+/// Decoding alone: the real mix's frames through `decode_frame` (one core, no I/O).
+#[test]
+#[ignore = "benchmark"]
+fn bench_decode_real_mix() {
+    let (frames, rows) = real_mix_frames(100, 200_000, crate::now_ms());
+    let mut times = Vec::new();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let mut n = 0;
+        for (_, f) in &frames {
+            if let collector::polymarket::ws::Frame::Events { events, .. } = collector::polymarket::ws::decode_frame(f) {
+                n += events.len();
+            }
+        }
+        assert_eq!(n, 200_000);
+        times.push(t.elapsed());
+    }
+    let m = median(times);
+    println!("BENCH decode, real mix: 200000 events ({rows} rows) in {:.3} s = {:.2} µs per row", m.as_secs_f64(), m.as_secs_f64() * 1e6 / rows as f64);
 }
