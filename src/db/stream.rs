@@ -218,15 +218,23 @@ async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&
     let sink = tx.copy_in(&format!("COPY {} ({}) FROM STDIN (FORMAT binary)", table.name, table.columns)).await?;
     let writer = BinaryCopyInWriter::new(sink, table.types);
     pin_mut!(writer);
+    let mut bytes = Vec::with_capacity(64);
     for r in rows {
         match r {
             Row::Trade { trade: t, received_at, source } => {
                 let (token, buy, backfill) = (keys.token(&t.asset_id), t.side == Side::Buy, *source == TradeSource::Backfill);
-                let tx = tx_bytes(t.tx_hash.as_deref());
+                let tx = t.tx_hash.as_deref().map(|h| {
+                    tx_into(h, &mut bytes);
+                    bytes.as_slice()
+                });
                 writer.as_mut().write(&[&token, &buy, &backfill, &t.source_ts, received_at, &t.price, &t.size, &tx, &t.fee_rate_bps]).await?
             }
             Row::PriceChange { change: c, source_ts, received_at, .. } => {
-                let (token, buy, hash) = (keys.token(&c.asset_id), c.side == Side::Buy, level_hash_bytes(c.hash.as_deref()));
+                let (token, buy) = (keys.token(&c.asset_id), c.side == Side::Buy);
+                let hash = c.hash.as_deref().map(|h| {
+                    level_hash_into(h, &mut bytes);
+                    bytes.as_slice()
+                });
                 writer.as_mut().write(&[source_ts, received_at, &token, &buy, &c.price, &c.size, &c.best_bid, &c.best_ask, &hash]).await?
             }
             Row::Quote { quote: q, received_at } => {
@@ -339,42 +347,49 @@ fn us(t: impl std::borrow::Borrow<DateTime<Utc>>) -> String {
 /// bytes; any other text as `\x00` and its UTF-8, with a second `\x00` when it is 19 bytes
 /// long — so a length of 20 always means a hex hash.
 pub fn level_hash_bytes(hash: Option<&str>) -> Option<Vec<u8>> {
-    let hash = hash?;
-    Some(match lower_hex(hash, 40) {
-        Some(bytes) => bytes,
-        None => {
-            let prefix: &[u8] = if hash.len() == 19 { b"\0\0" } else { b"\0" };
-            [prefix, hash.as_bytes()].concat()
-        }
-    })
+    let mut out = Vec::with_capacity(21);
+    level_hash_into(hash?, &mut out);
+    Some(out)
+}
+
+/// [`level_hash_bytes`] into a buffer the caller reuses (no allocation per row).
+fn level_hash_into(hash: &str, out: &mut Vec<u8>) {
+    out.clear();
+    if !push_lower_hex(hash, 40, out) {
+        out.extend_from_slice(if hash.len() == 19 { b"\0\0" } else { b"\0" });
+        out.extend_from_slice(hash.as_bytes());
+    }
 }
 
 /// A trade's transaction hash as `trades_compact.tx` stores it (migration 7; its inverse is
 /// the SQL function `trade_tx_text`): `\x01` and 32 bytes for upstream's `0x` + 64 lowercase hex
 /// digits, `\x00` and the UTF-8 text of anything else.
 pub fn tx_bytes(tx: Option<&str>) -> Option<Vec<u8>> {
-    let tx = tx?;
     let mut out = Vec::with_capacity(33);
-    match tx.strip_prefix("0x").and_then(|h| lower_hex(h, 64)) {
-        Some(bytes) => {
-            out.push(1);
-            out.extend_from_slice(&bytes);
-        }
-        None => {
-            out.push(0);
-            out.extend_from_slice(tx.as_bytes());
-        }
-    }
+    tx_into(tx?, &mut out);
     Some(out)
 }
 
-/// `text`, when it is exactly `digits` lowercase hex digits, as bytes.
-fn lower_hex(text: &str, digits: usize) -> Option<Vec<u8>> {
+/// [`tx_bytes`] into a buffer the caller reuses.
+fn tx_into(tx: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(1);
+    if !tx.strip_prefix("0x").is_some_and(|h| push_lower_hex(h, 64, out)) {
+        out.clear();
+        out.push(0);
+        out.extend_from_slice(tx.as_bytes());
+    }
+}
+
+/// Appends `text` as bytes when it is exactly `digits` lowercase hex digits; `false` (and
+/// nothing appended) otherwise.
+fn push_lower_hex(text: &str, digits: usize, out: &mut Vec<u8>) -> bool {
     if text.len() != digits || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return None;
+        return false;
     }
     let nibble = |b: u8| if b.is_ascii_digit() { b - b'0' } else { b - b'a' + 10 };
-    Some(text.as_bytes().chunks(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])).collect())
+    out.extend(text.as_bytes().chunks(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])));
+    true
 }
 
 /// Bytes as PostgreSQL's `bytea` input reads them (`\x` + hex), for the JSON of the idempotent path.

@@ -4,13 +4,12 @@
 //! `serde_json::Value` tree first (which allocated a map and a string per key and per value,
 //! ~30 % of the collector's CPU on the real mix).
 //!
-//! The documented shape only: every field a JSON string, or absent, or null. Anything else — a
-//! number where a string is documented, a missing or malformed field, another event type —
+//! The documented shape only: every field a JSON string without escapes, or absent, or null.
+//! Anything else — a number where a string is documented, a missing or malformed field, an
+//! escaped string, another event type —
 //! returns `None`, and the event goes to [`super::ws::decode_event`], the one place that knows
 //! upstream's quirks and words the reasons. So this path never decides anything the general
 //! decoder would decide otherwise; a unit test holds the two to the same result.
-
-use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -18,13 +17,14 @@ use rust_decimal::Decimal;
 use super::decode::{Side, parse_decimal, parse_timestamp};
 use super::ws::{Event, LevelChange, PriceChange, Quote, Trade};
 
-type Text<'a> = Option<Cow<'a, str>>;
+/// A string field borrowed from the frame. A string with an escape cannot be borrowed: the
+/// event then goes to the general decoder (escapes are rare in these events).
+type Text<'a> = Option<&'a str>;
 
 /// The fields of the hot events (others, such as a book's levels, are skipped).
 #[derive(serde::Deserialize)]
 struct Hot<'a> {
-    #[serde(borrow)]
-    event_type: Cow<'a, str>,
+    event_type: &'a str,
     #[serde(borrow, default)]
     asset_id: Text<'a>,
     #[serde(borrow, default)]
@@ -70,8 +70,8 @@ struct HotChange<'a> {
 }
 
 /// A field as the general decoder sees it: absent, null and `""` are all absent.
-fn present<'t>(field: &'t Text<'_>) -> Option<&'t str> {
-    field.as_deref().filter(|s| !s.is_empty())
+fn present<'t>(field: &Text<'t>) -> Option<&'t str> {
+    field.filter(|s| !s.is_empty())
 }
 
 fn string(field: &Text<'_>) -> Option<String> {
@@ -106,10 +106,23 @@ fn timestamp(field: &Text<'_>) -> Option<DateTime<Utc>> {
     parse_timestamp(present(field)?)
 }
 
+/// The hot event types.
+const HOT: [&str; 3] = ["price_change", "last_trade_price", "best_bid_ask"];
+
+/// The `event_type` as written in the text, when a quick look finds it (`"event_type"`, a colon,
+/// a string): lets a book skip this path unparsed. Only a hint — the parse decides.
+fn event_type_hint(text: &str) -> Option<&str> {
+    let rest = text[text.find("\"event_type\"")? + 12..].trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    Some(&rest[..rest.find('"')?])
+}
+
 /// One event of the documented hot shape; `None` leaves it to the general decoder.
 pub fn decode(text: &str) -> Option<Event> {
+    if event_type_hint(text).is_some_and(|t| !HOT.contains(&t)) {
+        return None;
+    }
     let e: Hot = serde_json::from_str(text).ok()?;
-    match e.event_type.as_ref() {
+    match e.event_type {
         "price_change" => {
             let changes = e
                 .price_changes
@@ -178,9 +191,8 @@ mod tests {
         }
         let others: Value = serde_json::from_str(&fixture("ws_other_events.json")).unwrap();
         texts.push(others["best_bid_ask"].to_string());
-        // Escapes (an owned, not borrowed, string), empty and null optional fields, a lower-case
-        // side, an ISO time.
-        texts.push(r#"{"event_type":"last_trade_price","asset_id":"7\u0031","market":"","price":"0.5","size":"10",
+        // Empty and null optional fields, a lower-case side, an ISO time.
+        texts.push(r#"{"event_type":"last_trade_price","asset_id":"71","market":"","price":"0.5","size":"10",
             "side":"sell","fee_rate_bps":null,"timestamp":"2026-11-30T10:00:00.5Z"}"#.to_string());
         texts.push(r#"{"event_type":"price_change","market":"0xc","timestamp":"1795683665911","price_changes":[
             {"asset_id":"1","price":"0.50","size":"0","side":"BUY","best_bid":"","best_ask":null}]}"#.to_string());
@@ -202,7 +214,8 @@ mod tests {
             r#"{"event_type":"last_trade_price","price":"0.5","size":"1","side":"BUY","timestamp":"1795683665911"}"#,
             r#"{"event_type":"price_change","market":"0xc","timestamp":"1795683665911","changes":[]}"#,
             r#"{"event_type":"price_change","market":"0xc","timestamp":"1795683665911","price_changes":[{"asset_id":"1","price":"0.5","side":"BUY"}]}"#,
-            // A duplicated key, other events, not an object.
+            // An escaped string (not borrowable), a duplicated key, other events, not an object.
+            r#"{"event_type":"best_bid_ask","asset_id":"7\u0031","best_bid":"0.4","timestamp":"1795683665911"}"#,
             r#"{"event_type":"best_bid_ask","asset_id":"1","asset_id":"2","timestamp":"1795683665911"}"#,
             r#"{"event_type":"tick_size_change","asset_id":"1","old_tick_size":"0.01","new_tick_size":"0.001","timestamp":"1795683665911"}"#,
             r#"{"event_type":"mystery"}"#,
@@ -213,5 +226,8 @@ mod tests {
         }
         let book = events_of(&fixture("ws_book.json")).remove(0);
         assert!(decode(&book).is_none(), "books take the general decoder");
+        assert_eq!(event_type_hint(&book), Some("book"));
+        assert_eq!(event_type_hint(r#"{"a":1, "event_type" : "price_change"}"#), Some("price_change"));
+        assert_eq!(event_type_hint(r#"{"event_type":7}"#), None);
     }
 }
