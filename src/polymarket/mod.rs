@@ -9,7 +9,6 @@ pub mod decode;
 pub mod gamma;
 pub mod retry;
 pub mod ws;
-mod ws_hot;
 
 /// The project's Polymarket fixtures (`tests/fixtures/polymarket/`, written from the documented
 /// upstream shapes), for unit tests.

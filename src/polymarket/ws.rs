@@ -7,7 +7,8 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::clob::{self, Book};
-use super::ws_hot;
+
+mod hot;
 use super::decode::{self, FieldError, Side, required_decimal, required_string, side};
 
 /// The first frame on a connection.
@@ -177,7 +178,7 @@ pub fn decode_frame(text: &str) -> Frame {
     let mut rejected = Vec::new();
     for item in items {
         let text = item.get();
-        if let Some(e) = ws_hot::decode(text) {
+        if let Some(e) = hot::decode(text) {
             events.push(e);
             continue;
         }

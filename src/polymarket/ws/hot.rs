@@ -7,15 +7,15 @@
 //! The documented shape only: every field a JSON string without escapes, or absent, or null.
 //! Anything else — a number where a string is documented, a missing or malformed field, an
 //! escaped string, another event type —
-//! returns `None`, and the event goes to [`super::ws::decode_event`], the one place that knows
+//! returns `None`, and the event goes to [`super::decode_event`], the one place that knows
 //! upstream's quirks and words the reasons. So this path never decides anything the general
 //! decoder would decide otherwise; a unit test holds the two to the same result.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use super::decode::{Side, parse_decimal, parse_timestamp};
-use super::ws::{Event, LevelChange, PriceChange, Quote, Trade};
+use super::{Event, LevelChange, PriceChange, Quote, Trade};
+use crate::polymarket::decode::{Side, parse_decimal, parse_timestamp};
 
 /// A string field borrowed from the frame. A string with an escape cannot be borrowed: the
 /// event then goes to the general decoder (escapes are rare in these events).
