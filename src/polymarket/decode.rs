@@ -96,11 +96,11 @@ pub fn required_timestamp(obj: &Value, field: &str) -> Result<DateTime<Utc>, Fie
 
 /// The `side` field: `BUY` or `SELL`, any case upstream.
 pub fn side(obj: &Value) -> Result<Side, FieldError> {
-    match string(obj, "side").map(|s| s.to_ascii_uppercase()).as_deref() {
-        Some("BUY") => Ok(Side::Buy),
-        Some("SELL") => Ok(Side::Sell),
-        other => Err(FieldError::new("side", format!("expected BUY or SELL, got {other:?}"))),
-    }
+    let text = string(obj, "side");
+    text.as_deref().and_then(Side::parse).ok_or_else(|| {
+        let other = text.map(|s| s.to_ascii_uppercase());
+        FieldError::new("side", format!("expected BUY or SELL, got {other:?}"))
+    })
 }
 
 /// The side of a trade (the taker's) or of a book level (`BUY`: bids, `SELL`: asks).
@@ -113,6 +113,17 @@ pub enum Side {
 }
 
 impl Side {
+    /// `BUY` or `SELL`, in any case: the one reading of a side, for both decoders.
+    pub fn parse(text: &str) -> Option<Side> {
+        if text.eq_ignore_ascii_case("BUY") {
+            Some(Side::Buy)
+        } else if text.eq_ignore_ascii_case("SELL") {
+            Some(Side::Sell)
+        } else {
+            None
+        }
+    }
+
     /// As stored and as upstream writes it: `BUY` or `SELL`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -163,16 +163,11 @@ pub fn decode_frame(text: &str) -> Frame {
     }
     // The elements' own texts (one pass that only finds their bounds), then each through the
     // fast path for the busiest events, or the general decoder.
-    let items: Vec<&RawValue> = if t.starts_with('[') {
-        match serde_json::from_str(t) {
-            Ok(items) => items,
-            Err(e) => return invalid_json(t, e),
-        }
-    } else {
-        match serde_json::from_str(t) {
-            Ok(one) => vec![one],
-            Err(e) => return invalid_json(t, e),
-        }
+    let items: Result<Vec<&RawValue>, _> =
+        if t.starts_with('[') { serde_json::from_str(t) } else { serde_json::from_str(t).map(|one| vec![one]) };
+    let items = match items {
+        Ok(items) => items,
+        Err(e) => return Frame::Events { events: Vec::new(), rejected: vec![(t.to_string(), format!("invalid JSON: {e}"))] },
     };
     let mut events = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
@@ -189,10 +184,6 @@ pub fn decode_frame(text: &str) -> Frame {
         }
     }
     Frame::Events { events, rejected }
-}
-
-fn invalid_json(t: &str, e: serde_json::Error) -> Frame {
-    Frame::Events { events: Vec::new(), rejected: vec![(t.to_string(), format!("invalid JSON: {e}"))] }
 }
 
 fn ts(obj: &Value) -> Result<DateTime<Utc>, FieldError> {

@@ -117,6 +117,11 @@ fn trade_frames(assets: &[String], n: u64, per_frame: u64, t0: u64) -> Vec<(Stri
         .collect()
 }
 
+/// Extra `[stream]` keys for the stream benchmarks, from `BENCH_STREAM_EXTRA` (`;` between keys).
+fn bench_extra() -> String {
+    std::env::var("BENCH_STREAM_EXTRA").unwrap_or_default().replace(";", "\n")
+}
+
 async fn stream_harness(markets: u64, extra: &str) -> Harness {
     let db = pg::fresh_db().await;
     let h = Harness::start_with(db, markets, &format!("[stream]\nmax_assets_per_connection = 50\nconnect_interval_ms = 10\n{extra}")).await;
@@ -136,7 +141,7 @@ async fn bench_stream_throughput_vs_copy() {
     let (mut ours, mut copy) = (Vec::new(), Vec::new());
     for run in 0..RUNS {
         // A queue that holds the whole burst: this measures the pipeline, not the spool.
-        let mut h = stream_harness(100, &format!("queue_capacity = 1000000\n{}", std::env::var("BENCH_STREAM_EXTRA").unwrap_or_default().replace(";", "\n"))).await;
+        let mut h = stream_harness(100, &format!("queue_capacity = 1000000\n{}", bench_extra())).await;
         let assets: Vec<String> = (0..100).map(|m| fake::token_id(m, 0)).collect();
         if let Ok(sql) = std::env::var("BENCH_STREAM_SQL") {
             h.db.client().await.batch_execute(&sql).await.unwrap();
@@ -402,7 +407,7 @@ async fn bench_stream_real_mix_vs_copy() {
     let (mut ours, mut copy, mut last_sizes) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ours_cpu, mut copy_cpu, mut own_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
-        let mut h = stream_harness(MARKETS, &format!("queue_capacity = 2000000\n{}", std::env::var("BENCH_STREAM_EXTRA").unwrap_or_default().replace(";", "\n"))).await;
+        let mut h = stream_harness(MARKETS, &format!("queue_capacity = 2000000\n{}", bench_extra())).await;
         let (frames, rows) = real_mix_frames(MARKETS, EVENTS, crate::now_ms());
         let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
         let (cpu, own) = (pg_cpu(&h.db).await, self_cpu());
@@ -465,7 +470,7 @@ async fn bench_stream_real_mix_sustained() {
         .split(',')
         .map(|r| r.trim().parse().unwrap())
         .collect();
-    let extra = std::env::var("BENCH_STREAM_EXTRA").unwrap_or_default().replace(";", "\n");
+    let extra = bench_extra();
     let tables = ["price_changes_compact", "trades_compact", "quotes_compact", "book_snapshots"];
     let mut kept_up = None;
     let mut last_db = None;

@@ -92,14 +92,7 @@ fn required_decimal(field: &Text<'_>) -> Option<Decimal> {
 }
 
 fn side(field: &Text<'_>) -> Option<Side> {
-    let s = present(field)?;
-    if s.eq_ignore_ascii_case("BUY") {
-        Some(Side::Buy)
-    } else if s.eq_ignore_ascii_case("SELL") {
-        Some(Side::Sell)
-    } else {
-        None
-    }
+    Side::parse(present(field)?)
 }
 
 fn timestamp(field: &Text<'_>) -> Option<DateTime<Utc>> {
