@@ -21,6 +21,8 @@ mod v0006;
 mod v0007;
 #[path = "../../migrations/v0008_leaner_level_changes_and_trades.rs"]
 mod v0008;
+#[path = "../../migrations/v0009_level_changes_in_ticks.rs"]
+mod v0009;
 
 /// One migration: its version (ordering), name and SQL generator.
 pub struct Migration {
@@ -39,6 +41,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "catalog_history", sql: v0006::migration },
     Migration { version: 7, name: "compact_trades_and_quotes", sql: v0007::migration },
     Migration { version: 8, name: "leaner_level_changes_and_trades", sql: v0008::migration },
+    Migration { version: 9, name: "level_changes_in_ticks", sql: v0009::migration },
 ];
 
 /// Advisory lock key: "collector" in ASCII, so concurrent starts serialise on migrations.
@@ -147,7 +150,7 @@ mod tests {
     /// SQL, or an edit of a released file, fails here instead of refusing deployed databases.
     #[test]
     fn released_migrations_are_unchanged() {
-        let pinned = [(1, "5eb14fa7afbe3289"), (2, "54ad5e46cc3c36e1"), (3, "2abb8eedc709d9f3"), (4, "5291e4c8cce6f401"), (5, "9ea48bce7e423c81"), (6, "b2070d1199fe77cd"), (7, "742e6540374c7c2f"), (8, "d94f1b5d2b925dac")];
+        let pinned = [(1, "5eb14fa7afbe3289"), (2, "54ad5e46cc3c36e1"), (3, "2abb8eedc709d9f3"), (4, "5291e4c8cce6f401"), (5, "9ea48bce7e423c81"), (6, "b2070d1199fe77cd"), (7, "742e6540374c7c2f"), (8, "d94f1b5d2b925dac"), (9, "1c99a2fb8ee4931f")];
         for (version, sum) in pinned {
             let m = MIGRATIONS.iter().find(|m| m.version == version).unwrap();
             assert_eq!(checksum(&(m.sql)()), sum, "migration {version} changed:\n{}", (m.sql)());

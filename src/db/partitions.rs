@@ -6,8 +6,8 @@ use chrono::{Duration, NaiveDate, Utc};
 
 use super::{DbError, Pool};
 
-/// The partitioned tables: level changes, trades, quotes.
-pub const TABLES: &[&str] = &["price_changes_compact", "trades_compact", "quotes_compact"];
+/// The partitioned tables: level changes (in ticks and exact, migration 9), trades, quotes.
+pub const TABLES: &[&str] = &["price_changes_ticks", "price_changes_compact", "trades_compact", "quotes_compact"];
 
 /// Days kept of each partitioned table (`stream.retention_days`,
 /// `stream.trades_retention_days`, `stream.quotes_retention_days`); 0 keeps everything.
@@ -21,7 +21,7 @@ pub struct Retention {
 impl Retention {
     fn days(&self, table: &str) -> u32 {
         match table {
-            "price_changes_compact" => self.level_changes,
+            "price_changes_ticks" | "price_changes_compact" => self.level_changes,
             "trades_compact" => self.trades,
             "quotes_compact" => self.quotes,
             _ => 0,
@@ -29,7 +29,8 @@ impl Retention {
     }
 }
 
-/// `price_changes_compact` on 2026-11-30 → `price_changes_p20261130` (`trades_p…`, `quotes_p…`).
+/// `price_changes_compact` on 2026-11-30 → `price_changes_p20261130` (`price_changes_ticks_p…`,
+/// `trades_p…`, `quotes_p…`).
 pub fn partition_name(table: &str, day: NaiveDate) -> String {
     format!("{}_p{}", table.trim_end_matches("_compact"), day.format("%Y%m%d"))
 }

@@ -27,6 +27,7 @@
 //! (`collectors::stream::{sink, writer}`); this module is SQL only.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
 use futures_util::pin_mut;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -118,11 +119,16 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
     keys.ensure_days(pool, rows).await?;
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
-    if !changes.is_empty() {
-        if replay {
-            idempotent(&tx, keys, &PRICE_CHANGES, &changes).await?;
+    // Each level change goes to the table its values fit (migration 9): most in ticks, any
+    // other exactly as received.
+    let (in_ticks, exact): (Vec<&Row>, Vec<&Row>) =
+        changes.iter().partition(|r| matches!(r, Row::PriceChange { change, .. } if LevelTicks::of(change).is_some()));
+    for (table, rows) in [(&PRICE_CHANGES_TICKS, &in_ticks), (&PRICE_CHANGES, &exact)] {
+        if rows.is_empty() {
+        } else if replay {
+            idempotent(&tx, keys, table, rows).await?;
         } else {
-            copy_direct(&tx, keys, &PRICE_CHANGES, &changes).await?;
+            copy_direct(&tx, keys, table, rows).await?;
         }
     }
     // Trades, quotes, tick sizes and stream books have a unique identity. Live, they are copied
@@ -235,7 +241,11 @@ async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&
                     level_hash_into(h, &mut bytes);
                     bytes.as_slice()
                 });
-                writer.as_mut().write(&[source_ts, received_at, &token, &buy, &c.price, &c.size, &c.best_bid, &c.best_ask, &hash]).await?
+                // The same columns in both tables; the row's values chose its table.
+                match LevelTicks::of(c) {
+                    Some(t) => writer.as_mut().write(&[source_ts, received_at, &token, &buy, &t.price, &c.size, &t.best_bid, &t.best_ask, &hash]).await?,
+                    None => writer.as_mut().write(&[source_ts, received_at, &token, &buy, &c.price, &c.size, &c.best_bid, &c.best_ask, &hash]).await?,
+                }
             }
             Row::Quote { quote: q, received_at } => {
                 let token = keys.token(&q.asset_id);
@@ -305,36 +315,91 @@ const TRADES: Table = Table {
         ON CONFLICT DO NOTHING",
 };
 
-/// `price_changes` is a view over `price_changes_compact` (migrations 5 and 8): the token key
-/// from the `stream_tokens` dictionary (its market is the token's), the side as a boolean,
-/// the hash in [`level_hash_bytes`]' form.
-const PRICE_CHANGES: Table = Table {
-    name: "price_changes_compact",
-    columns: "source_ts, received_at, token_key, buy, price, size, best_bid, best_ask, hash",
-    types: &[Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::INT4, Type::BOOL, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::BYTEA],
-    json_row: |keys, r| match r {
-        Row::PriceChange { change: c, source_ts, received_at, .. } => json!({
-            "source_ts": us(source_ts), "received_at": us(received_at), "token_key": keys.token(&c.asset_id),
-            "buy": c.side == Side::Buy, "price": c.price, "size": c.size, "best_bid": c.best_bid, "best_ask": c.best_ask,
-            "hash": level_hash_bytes(c.hash.as_deref()).map(|b| bytea_literal(&b)),
-        }),
-        _ => unreachable!("grouped by kind"),
-    },
-    before_insert: &[],
-    // Identity: (token, source_ts, side, price, size, hash). There is no (token, time) B-tree
-    // to look each row up by (migration 8): the rows stored in the batch's time span are read
-    // once, through the BRIN index and the day partitions, and anti-joined by hash.
-    insert: "WITH n AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS n(source_ts timestamptz, received_at timestamptz, token_key int,
-                buy bool, price numeric, size numeric, best_bid numeric, best_ask numeric, hash bytea)),
-            o AS MATERIALIZED (SELECT token_key, source_ts, buy, price, size, hash FROM price_changes_compact
-                WHERE source_ts BETWEEN (SELECT min(source_ts) FROM n) AND (SELECT max(source_ts) FROM n))
-        INSERT INTO price_changes_compact (source_ts, received_at, token_key, buy, price, size, best_bid, best_ask, hash)
-        SELECT DISTINCT ON (n.token_key, n.source_ts, n.buy, n.price, n.size, n.hash)
-            n.source_ts, n.received_at, n.token_key, n.buy, n.price, n.size, n.best_bid, n.best_ask, n.hash
-        FROM n
-        WHERE NOT EXISTS (SELECT 1 FROM o WHERE o.token_key = n.token_key AND o.source_ts = n.source_ts
-            AND o.buy = n.buy AND o.price = n.price AND o.size = n.size AND o.hash IS NOT DISTINCT FROM n.hash)",
-};
+/// `price_changes` is a view over `price_changes_ticks` and `price_changes_compact`
+/// (migrations 5, 8 and 9): the token key from the `stream_tokens` dictionary (its market is
+/// the token's), the side as a boolean, the hash in [`level_hash_bytes`]' form; the prices as
+/// counts of 0.0001 ([`LevelTicks`]) where they fit, as received where they do not.
+const PRICE_CHANGES_TICKS: Table = level_changes_table!("price_changes_ticks", "smallint", Type::INT2);
+const PRICE_CHANGES: Table = level_changes_table!("price_changes_compact", "numeric", Type::NUMERIC);
+
+/// The two level-change tables differ only in their name and the type of their prices.
+macro_rules! level_changes_table {
+    ($name:literal, $price:literal, $price_type:expr) => {
+        Table {
+            name: $name,
+            columns: "source_ts, received_at, token_key, buy, price, size, best_bid, best_ask, hash",
+            types: &[Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::INT4, Type::BOOL, $price_type, Type::NUMERIC, $price_type, $price_type, Type::BYTEA],
+            json_row: level_change_json,
+            before_insert: &[],
+            // Identity: (token, source_ts, side, price, size, hash). There is no (token, time)
+            // B-tree to look each row up by (migration 8): the rows stored in the batch's time
+            // span are read once, through the BRIN index and the day partitions, and
+            // anti-joined by hash.
+            insert: concat!(
+                "WITH n AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS n(source_ts timestamptz, received_at timestamptz, token_key int,
+                    buy bool, price ", $price, ", size numeric, best_bid ", $price, ", best_ask ", $price, ", hash bytea)),
+                o AS MATERIALIZED (SELECT token_key, source_ts, buy, price, size, hash FROM ", $name, "
+                    WHERE source_ts BETWEEN (SELECT min(source_ts) FROM n) AND (SELECT max(source_ts) FROM n))
+            INSERT INTO ", $name, " (source_ts, received_at, token_key, buy, price, size, best_bid, best_ask, hash)
+            SELECT DISTINCT ON (n.token_key, n.source_ts, n.buy, n.price, n.size, n.hash)
+                n.source_ts, n.received_at, n.token_key, n.buy, n.price, n.size, n.best_bid, n.best_ask, n.hash
+            FROM n
+            WHERE NOT EXISTS (SELECT 1 FROM o WHERE o.token_key = n.token_key AND o.source_ts = n.source_ts
+                AND o.buy = n.buy AND o.price = n.price AND o.size = n.size AND o.hash IS NOT DISTINCT FROM n.hash)"
+            ),
+        }
+    };
+}
+use level_changes_table;
+
+/// A level change as a JSON object for the idempotent path, in its table's form.
+fn level_change_json(keys: &Keys, r: &Row) -> Value {
+    let Row::PriceChange { change: c, source_ts, received_at, .. } = r else { unreachable!("grouped by kind") };
+    let mut row = json!({
+        "source_ts": us(source_ts), "received_at": us(received_at), "token_key": keys.token(&c.asset_id),
+        "buy": c.side == Side::Buy, "price": c.price, "size": c.size, "best_bid": c.best_bid, "best_ask": c.best_ask,
+        "hash": level_hash_bytes(c.hash.as_deref()).map(|b| bytea_literal(&b)),
+    });
+    if let Some(t) = LevelTicks::of(c) {
+        row["price"] = json!(t.price);
+        row["best_bid"] = json!(t.best_bid);
+        row["best_ask"] = json!(t.best_ask);
+    }
+    row
+}
+
+/// A level change's prices as `price_changes_ticks` stores them (migration 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LevelTicks {
+    pub price: i16,
+    pub best_bid: Option<i16>,
+    pub best_ask: Option<i16>,
+}
+
+impl LevelTicks {
+    /// `Some` when the price and the best bid and ask (where present) each fit
+    /// [`price_ticks`]; the row then goes to `price_changes_ticks`, else to
+    /// `price_changes_compact` as received.
+    pub fn of(c: &LevelChange) -> Option<LevelTicks> {
+        let optional = |p: &Option<Decimal>| match p {
+            None => Some(None),
+            Some(p) => price_ticks(p).map(Some),
+        };
+        Some(LevelTicks { price: price_ticks(&c.price)?, best_bid: optional(&c.best_bid)?, best_ask: optional(&c.best_ask)? })
+    }
+}
+
+/// A price as a count of 0.0001 when the SQL function `price_from_ticks` reads that count
+/// back as exactly the same decimal, scale included: 0 to 3.2767, at most four decimals and
+/// no trailing zero (`0.5` → 5000, `0.0025` → 25, `1` → 10000; `0.50`, `0.00001`, `-0.1`,
+/// `5` → `None`).
+pub fn price_ticks(price: &Decimal) -> Option<i16> {
+    let (mantissa, scale) = (price.mantissa(), price.scale());
+    if price.is_sign_negative() || scale > 4 || (scale > 0 && mantissa % 10 == 0) {
+        return None;
+    }
+    i16::try_from(mantissa.checked_mul(10i128.pow(4 - scale))?).ok()
+}
 
 /// A time as PostgreSQL stores it (microseconds, truncated as the binary COPY does), so the
 /// idempotent path compares equal to what the COPY stored.
@@ -640,3 +705,24 @@ async fn apply_lifecycle(tx: &tokio_postgres::Transaction<'_>, rows: &[&Row]) ->
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A count of 0.0001 only where it gives back the same decimal, scale included (what
+    /// `price_from_ticks`, `trim_scale(ticks * 0.0001)`, returns).
+    #[test]
+    fn prices_in_ticks_only_where_they_read_back_the_same() {
+        let ticks = |p: &str| price_ticks(&p.parse().unwrap());
+        for (price, want) in [("0", Some(0)), ("0.0001", Some(1)), ("0.0025", Some(25)), ("0.47", Some(4700)), ("0.5", Some(5000)),
+                              ("1", Some(10000)), ("1.5", Some(15000)), ("3.2767", Some(32767))] {
+            assert_eq!(ticks(price), want, "{price}");
+            let back = Decimal::new(want.unwrap().into(), 4).normalize();
+            assert_eq!(back.to_string(), price, "{price} reads back as itself");
+        }
+        for price in ["0.50", "0.0", "1.0", "0.00001", "3.2768", "5", "12", "-0.1", "0.12345"] {
+            assert_eq!(ticks(price), None, "{price}");
+        }
+    }
+}

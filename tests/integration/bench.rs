@@ -394,6 +394,11 @@ async fn plain_copy_into_the_same_tables(db: &pg::TestDb, tables: &[&str]) -> (D
     (t.elapsed(), Duration::from_secs_f64(pg_cpu_between(&cpu, &pg_cpu(db).await)))
 }
 
+/// The tables the stream writes: `price_changes`, `trades` and `quotes` are views over
+/// compact, partitioned tables (migrations 5, 7, 8 and 9; level changes whose prices fit in
+/// ticks — all of this mix's — in `price_changes_ticks`).
+const STREAM_TABLES: [&str; 5] = ["price_changes_ticks", "price_changes_compact", "trades_compact", "quotes_compact", "book_snapshots"];
+
 /// The real event mix, socket → committed, against a plain binary COPY of the same rows into
 /// the same tables, in the same run; and bytes per row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,9 +406,7 @@ async fn plain_copy_into_the_same_tables(db: &pg::TestDb, tables: &[&str]) -> (D
 async fn bench_stream_real_mix_vs_copy() {
     const EVENTS: u64 = 200_000;
     const MARKETS: u64 = 100;
-    // `price_changes`, `trades` and `quotes` are views over compact, partitioned tables
-    // (migrations 5, 7 and 8).
-    let tables = ["price_changes_compact", "trades_compact", "quotes_compact", "book_snapshots"];
+    let tables = STREAM_TABLES;
     let (mut ours, mut copy, mut last_sizes) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ours_cpu, mut copy_cpu, mut own_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
@@ -445,6 +448,10 @@ async fn bench_stream_real_mix_vs_copy() {
     println!("BENCH   collector process CPU per row (with the in-process fake sending): {:.1} µs", median(own_cpu).as_secs_f64() * 1e6 / rows);
     let mut per_day = 0.0;
     for (table, (n, heap, total)) in last_sizes {
+        if n == 0 {
+            println!("BENCH   {table:<22}: no rows");
+            continue;
+        }
         println!("BENCH   {table:<22}: {n} rows, {heap:.0} B/row heap, {total:.0} B/row with indexes");
         // This mix at 30,000 events/s: the table's share of the rows at 1.8 rows per event.
         per_day += total * n as f64 / rows * 30_000.0 * rows / EVENTS as f64 * 86_400.0;
@@ -471,7 +478,7 @@ async fn bench_stream_real_mix_sustained() {
         .map(|r| r.trim().parse().unwrap())
         .collect();
     let extra = bench_extra();
-    let tables = ["price_changes_compact", "trades_compact", "quotes_compact", "book_snapshots"];
+    let tables = STREAM_TABLES;
     let mut kept_up = None;
     let mut last_db = None;
     println!("BENCH stream, real mix sustained for {secs} s, {MARKETS} markets, socket → committed:");

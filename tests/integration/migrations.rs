@@ -167,7 +167,7 @@ async fn the_previous_release_is_converted_in_place_to_compact_trades_and_quotes
     assert_eq!(before.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2, 1]);
     // Through every later migration too (7, then 8's rewrite of the trades).
     let applied = migrate::run(&mut client).await.unwrap();
-    assert_eq!(applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [7, 8], "{applied:?}");
+    assert_eq!(applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [7, 8, 9], "{applied:?}");
     for (q, was) in snapshots.iter().zip(&before) {
         let now: Vec<Vec<Option<String>>> =
             client.query(*q, &[]).await.unwrap().iter().map(|r| (0..10).map(|i| r.get::<_, Option<String>>(i)).collect()).collect();
@@ -231,7 +231,7 @@ async fn the_previous_release_is_converted_in_place_to_leaner_level_changes_and_
     }
     assert_eq!(before[0][0][1].as_deref(), Some("0xaa"));
     let applied = migrate::run(&mut client).await.unwrap();
-    assert_eq!(applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [8], "{applied:?}");
+    assert_eq!(applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [8, 9], "{applied:?}");
     // The one difference: the trades of a token whose market only its level changes named
     // now show that market too.
     for row in before[1].iter_mut().filter(|r| r[0].as_deref() == Some("8441")) {
@@ -242,6 +242,9 @@ async fn the_previous_release_is_converted_in_place_to_leaner_level_changes_and_
     }
     assert_eq!(db.count("SELECT count(*) FROM price_changes_p20261127").await, 3, "rows stay in their day");
     assert_eq!(db.count("SELECT count(*) FROM price_changes_p20261128").await, 1);
+    // Migration 9 moves no row; the table in ticks gets a partition for each of those days.
+    assert_eq!(db.count("SELECT count(*) FROM price_changes_ticks_p20261127").await, 0);
+    assert_eq!(db.count("SELECT count(*) FROM price_changes_ticks_p20261128").await, 0);
     assert_eq!(db.count("SELECT count(*) FROM trades_p20261127").await, 3);
     assert_eq!(db.count("SELECT count(*) FROM stream_tokens WHERE token_id = '8441' AND condition_key = 7").await, 1,
         "the level changes' market is now the token's");
@@ -281,7 +284,7 @@ async fn the_compact_tables_have_the_shapes_a_distributed_database_needs() {
             .get(0);
         assert_eq!(key, "source_ts", "{table}");
     }
-    for table in ["price_changes_compact", "trades_compact", "quotes_compact", "tick_size_changes_compact"] {
+    for table in ["price_changes_ticks", "price_changes_compact", "trades_compact", "quotes_compact", "tick_size_changes_compact"] {
         // Every B-tree leads with the token key (a shard's lookups); every unique index also
         // holds the partition column. A BRIN index on the time needs neither.
         let indexes = client
@@ -334,13 +337,16 @@ async fn partitions_are_made_ahead_and_dropped_past_the_retention() {
     let mut dropped_sorted = dropped.clone();
     dropped_sorted.sort();
     let day = |d: i64| (today - Duration::days(d)).format("%Y%m%d").to_string();
-    let expected = [format!("price_changes_p{}", day(40)), format!("price_changes_p{}", day(39)), format!("price_changes_p{}", day(38)),
-                    format!("quotes_p{}", day(40))];
-    let mut expected = expected.to_vec();
+    let mut expected: Vec<String> = (38..=40)
+        .flat_map(|d| [format!("price_changes_p{}", day(d)), format!("price_changes_ticks_p{}", day(d))])
+        .chain([format!("quotes_p{}", day(40))])
+        .collect();
     expected.sort();
     assert_eq!(dropped_sorted, expected);
-    let days = partitions::days(&pool, "price_changes_compact").await.unwrap();
-    assert!(days.iter().all(|d| *d >= today - Duration::days(30)), "{days:?}");
-    assert!(days.contains(&today));
+    for table in ["price_changes_compact", "price_changes_ticks"] {
+        let days = partitions::days(&pool, table).await.unwrap();
+        assert!(days.iter().all(|d| *d >= today - Duration::days(30)), "{table}: {days:?}");
+        assert!(days.contains(&today), "{table}");
+    }
     assert!(partitions::days(&pool, "trades_compact").await.unwrap().contains(&(today - Duration::days(40))), "trades kept");
 }

@@ -592,10 +592,12 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
 }
 
 /// A level change reads back through the `price_changes` view exactly as received, by either
-/// write path, for every hash form (upstream's 40 hex digits as 20 bytes; anything else as its
-/// text — including texts of 19 and 20 bytes, next to the hex form's length — and none); the
-/// Rust encoding is the SQL one the migration used; a replay stores none twice; a hash with a
-/// NUL is refused by the table's check (and so quarantined by the writer).
+/// write path, from either table (migration 9: prices that a count of 0.0001 gives back as the
+/// same text in `price_changes_ticks`, any other in `price_changes_compact`), for every hash
+/// form (upstream's 40 hex digits as 20 bytes; anything else as its text — including texts of
+/// 19 and 20 bytes, next to the hex form's length — and none); the Rust encoding is the SQL
+/// one the migration used; a replay stores none twice; a hash with a NUL is refused by either
+/// table's check (and so quarantined by the writer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn level_changes_read_back_exactly_through_the_view_by_either_path() {
     use collector::polymarket::ws::LevelChange;
@@ -606,44 +608,59 @@ async fn level_changes_read_back_exactly_through_the_view_by_either_path() {
     let hex = "0123456789abcdef0123456789abcdef01234567".to_string();
     let hashes: Vec<Option<String>> = vec![Some(hex.clone()), Some(hex.to_uppercase()), Some("x".repeat(19)), Some("y".repeat(20)),
         Some(hex[..39].to_string()), Some(format!("{hex}0")), Some(String::new()), None];
+    // The best bid has a trailing zero (so the row is kept as received) for i = 0, 3, 6.
+    let best_bid = |i: usize| if i % 3 == 0 { "0.40" } else { "0.4" };
     let change = |asset: &str, i: usize, price: &str, hash: &Option<String>| Row::PriceChange {
         change: LevelChange {
             asset_id: asset.into(), price: price.parse().unwrap(), size: format!("{}.50", i + 1).parse().unwrap(), side: Side::Sell,
-            hash: hash.clone(), best_bid: Some("0.40".parse().unwrap()), best_ask: if i % 2 == 0 { None } else { Some("0.6".parse().unwrap()) },
+            hash: hash.clone(), best_bid: Some(best_bid(i).parse().unwrap()), best_ask: if i % 2 == 0 { None } else { Some("0.6".parse().unwrap()) },
         },
         condition_id: Some("0xc".into()), source_ts: now, received_at: now,
     };
-    let live: Vec<Row> = hashes.iter().enumerate().map(|(i, h)| change("a", i, "0.50", h)).collect();
-    let replayed: Vec<Row> = hashes.iter().enumerate().map(|(i, h)| change("b", i, "0.5", h)).collect();
+    // Fit in ticks: 0.5, 0.0025, 1, 0, 3.2767. Kept as received: the rest.
+    let prices = ["0.50", "0.5", "0.0025", "1", "0", "0.00001", "3.2767", "3.2768", "12", "0.10"];
+    let rows = |prefix: &str| -> Vec<Row> {
+        prices.iter().enumerate().flat_map(|(k, p)| hashes.iter().enumerate().map(move |(i, h)| (k, p, i, h)))
+            .map(|(k, p, i, h)| change(&format!("{prefix}{k}"), i, p, h)).collect()
+    };
+    let (live, replayed) = (rows("live"), rows("replayed"));
     write_batch(&pool, &keys, &live, false).await.unwrap();
     write_batch(&pool, &keys, &replayed, true).await.unwrap();
     write_batch(&pool, &keys, &replayed, true).await.unwrap();
     write_batch(&pool, &keys, &live, true).await.unwrap();
     let client = db.client().await;
-    for (asset, price) in [("a", "0.50"), ("b", "0.5")] {
-        let rows = client
-            .query("SELECT hash, price::text, size::text, side, best_bid::text, best_ask::text, condition_id FROM price_changes
-                    WHERE asset_id = $1 ORDER BY size", &[&asset])
-            .await
-            .unwrap();
-        let got: Vec<(Option<String>, String, String, String, Option<String>, Option<String>, Option<String>)> =
-            rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect();
-        let want: Vec<_> = hashes
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.clone(), price.to_string(), format!("{}.50", i + 1), "SELL".to_string(), Some("0.40".to_string()),
-                           (i % 2 == 1).then(|| "0.6".to_string()), Some("0xc".to_string())))
-            .collect();
-        assert_eq!(got, want, "{asset}: each once, exactly as received");
+    for prefix in ["live", "replayed"] {
+        for (k, price) in prices.iter().enumerate() {
+            let asset = format!("{prefix}{k}");
+            let rows = client
+                .query("SELECT hash, price::text, size::text, side, best_bid::text, best_ask::text, condition_id FROM price_changes
+                        WHERE asset_id = $1 ORDER BY size", &[&asset])
+                .await
+                .unwrap();
+            let got: Vec<(Option<String>, String, String, String, Option<String>, Option<String>, Option<String>)> =
+                rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect();
+            let want: Vec<_> = hashes
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h.clone(), price.to_string(), format!("{}.50", i + 1), "SELL".to_string(), Some(best_bid(i).to_string()),
+                               (i % 2 == 1).then(|| "0.6".to_string()), Some("0xc".to_string())))
+                .collect();
+            assert_eq!(got, want, "{asset} ({price}): each once, exactly as received");
+        }
     }
+    // 5 fitting prices × the 5 rows of 8 whose best bid fits × 2 writers.
+    assert_eq!(db.try_count("SELECT count(*) FROM price_changes_ticks").await, Some(50));
+    assert_eq!(db.try_count("SELECT count(*) FROM price_changes_compact").await, Some(2 * 10 * 8 - 50));
     for h in hashes.iter().flatten() {
         let sql: Vec<u8> = client.query_one("SELECT level_hash_bytes($1)", &[h]).await.unwrap().get(0);
         assert_eq!(Some(sql.clone()), collector::db::stream::level_hash_bytes(Some(h)), "{h}");
         let back: String = client.query_one("SELECT level_hash_text($1)", &[&sql]).await.unwrap().get(0);
         assert_eq!(&back, h);
     }
-    let nul = write_batch(&pool, &keys, &[change("a", 99, "0.5", &Some("ab\u{0}cd".to_string()))], false).await.unwrap_err();
-    assert_eq!(nul.sqlstate(), Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION), "{nul}");
+    for i in [99, 100] {
+        let nul = write_batch(&pool, &keys, &[change("a", i, "0.5", &Some("ab\u{0}cd".to_string()))], false).await.unwrap_err();
+        assert_eq!(nul.sqlstate(), Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION), "{nul}");
+    }
 }
 
 /// A trade reads back through the `trades` view exactly as received, by either write path:
