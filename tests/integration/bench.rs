@@ -330,7 +330,9 @@ fn real_mix_frames(markets: u64, events: u64, t0: u64) -> (Vec<(String, String)>
         let mut ev = Vec::with_capacity(20);
         for k in 0..16u64 {
             let level = (f * 16 + k) % 40 + 1;
-            let (pa, pb) = (format!("0.{:02}", level + 5), format!("0.{:02}", 95 - level));
+            // Prices as upstream writes them: no trailing zero ("0.1", not "0.10").
+            let cents = |c: u64| format!("0.{c:02}").trim_end_matches('0').to_string();
+            let (pa, pb) = (cents(level + 5), cents(95 - level));
             let size = format!("{}.{:02}", 100 + (f % 900), k);
             ev.push(serde_json::json!({"event_type": "price_change", "market": cond, "timestamp": (ts + k).to_string(),
                 "price_changes": [
