@@ -28,6 +28,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
+use rustc_hash::FxHashMap;
 use futures_util::pin_mut;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -36,9 +37,9 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::books::{self, BookSource};
 use super::partitions;
@@ -68,7 +69,8 @@ impl TradeSource {
 pub enum Row {
     Trade { trade: Trade, received_at: DateTime<Utc>, source: TradeSource },
     Book { book: Book, received_at: DateTime<Utc> },
-    PriceChange { change: LevelChange, condition_id: Option<String>, source_ts: DateTime<Utc>, received_at: DateTime<Utc> },
+    /// `condition_id` is shared by the changes of one message (one allocation per message).
+    PriceChange { change: LevelChange, condition_id: Option<Arc<str>>, source_ts: DateTime<Utc>, received_at: DateTime<Utc> },
     Quote { quote: Quote, received_at: DateTime<Utc> },
     TickSize { change: TickSizeChange, received_at: DateTime<Utc> },
     Lifecycle { event: Lifecycle, received_at: DateTime<Utc> },
@@ -449,13 +451,37 @@ fn tx_into(tx: &str, out: &mut Vec<u8>) {
 /// Appends `text` as bytes when it is exactly `digits` lowercase hex digits; `false` (and
 /// nothing appended) otherwise.
 fn push_lower_hex(text: &str, digits: usize, out: &mut Vec<u8>) -> bool {
-    if text.len() != digits || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if text.len() != digits {
         return false;
     }
-    let nibble = |b: u8| if b.is_ascii_digit() { b - b'0' } else { b - b'a' + 10 };
-    out.extend(text.as_bytes().chunks(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])));
+    let start = out.len();
+    for pair in text.as_bytes().chunks_exact(2) {
+        let (hi, lo) = (LOWER_HEX[pair[0] as usize], LOWER_HEX[pair[1] as usize]);
+        if (hi | lo) > 0x0f {
+            out.truncate(start);
+            return false;
+        }
+        out.push(hi << 4 | lo);
+    }
     true
 }
+
+/// Each byte's value as a lowercase hex digit, 0xff where it is none (one lookup per byte on
+/// the hot path: every level change's hash).
+const LOWER_HEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Bytes as PostgreSQL's `bytea` input reads them (`\x` + hex), for the JSON of the idempotent path.
 fn bytea_literal(bytes: &[u8]) -> String {
@@ -500,8 +526,8 @@ impl Row {
 #[derive(Debug, Default)]
 pub struct Keys {
     /// Token id → (token key, whether the dictionary knows its market).
-    tokens: Mutex<HashMap<String, (i32, bool)>>,
-    conditions: Mutex<HashMap<String, i32>>,
+    tokens: Mutex<FxHashMap<String, (i32, bool)>>,
+    conditions: Mutex<FxHashMap<String, i32>>,
     days: Mutex<BTreeSet<NaiveDate>>,
 }
 

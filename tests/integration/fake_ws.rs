@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
@@ -23,7 +23,7 @@ use crate::fake;
 
 #[derive(Debug)]
 enum Cmd {
-    Send(String),
+    Send(Utf8Bytes),
     Drop,
     Silence,
 }
@@ -95,10 +95,16 @@ impl FakeWs {
 
     /// Sends `frame` on every live, non-silent connection carrying `asset`; `true` if any did.
     pub fn send_to_asset(&self, asset: &str, frame: &str) -> bool {
+        self.send_shared_to_asset(asset, &frame.to_string().into())
+    }
+
+    /// [`FakeWs::send_to_asset`] without copying the frame (the benchmarks build their frames
+    /// once, so the fake's cost stays out of the collector's).
+    pub fn send_shared_to_asset(&self, asset: &str, frame: &Utf8Bytes) -> bool {
         self.with(|s| {
             let mut sent = false;
             for c in s.conns.iter().filter(|c| c.alive && !c.silent && c.assets.contains(asset)) {
-                sent |= c.tx.send(Cmd::Send(frame.to_string())).is_ok();
+                sent |= c.tx.send(Cmd::Send(frame.clone())).is_ok();
             }
             sent
         })
@@ -108,7 +114,7 @@ impl FakeWs {
     pub fn broadcast(&self, frame: &str) {
         self.with(|s| {
             for c in s.conns.iter().filter(|c| c.alive) {
-                let _ = c.tx.send(Cmd::Send(frame.to_string()));
+                let _ = c.tx.send(Cmd::Send(frame.to_string().into()));
             }
         });
     }

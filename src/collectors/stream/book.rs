@@ -2,9 +2,8 @@
 //! level updates. After a reconnect every asset is unsynced: level changes are withheld until
 //! a fresh `book` arrives for it (a change applied to a stale book would be a lie).
 
-use std::collections::HashMap;
-
 use rust_decimal::Decimal;
+use rustc_hash::FxHashMap;
 
 use crate::polymarket::clob::Book;
 use crate::polymarket::decode::Side;
@@ -67,7 +66,7 @@ pub enum Applied {
 
 #[derive(Debug, Default)]
 pub struct Books {
-    assets: HashMap<String, AssetBook>,
+    assets: FxHashMap<String, AssetBook>,
 }
 
 impl Books {

@@ -331,6 +331,7 @@ impl Shard {
                             sink.push(Row::Book { book, received_at });
                         }
                         Event::PriceChange(pc) => {
+                            let condition_id: Option<std::sync::Arc<str>> = pc.condition_id.map(Into::into);
                             for change in pc.changes {
                                 match books.apply(&change) {
                                     Applied::Withheld => {
@@ -345,7 +346,7 @@ impl Shard {
                                 if self.ctx.cfg.store_price_changes {
                                     sink.push(Row::PriceChange {
                                         change,
-                                        condition_id: pc.condition_id.clone(),
+                                        condition_id: condition_id.clone(),
                                         source_ts: pc.source_ts,
                                         received_at,
                                     });
