@@ -161,8 +161,14 @@ pub fn decode_frame(text: &str) -> Frame {
     if !(t.starts_with('{') || t.starts_with('[')) {
         return Frame::OtherText(t.to_string());
     }
-    // The elements' own texts (one pass that only finds their bounds), then each through the
-    // fast path for the busiest events, or the general decoder.
+    // The common case in one pass: every event of the frame in the documented shape of the
+    // busiest events and books.
+    let fast = if t.starts_with('[') { hot::decode_array(t) } else { hot::decode(t).map(|e| vec![e]) };
+    if let Some(events) = fast {
+        return Frame::Events { events, rejected: Vec::new() };
+    }
+    // Else the elements' own texts (one pass that only finds their bounds), then each through
+    // the fast path, or the general decoder.
     let items: Result<Vec<&RawValue>, _> =
         if t.starts_with('[') { serde_json::from_str(t) } else { serde_json::from_str(t).map(|one| vec![one]) };
     let items = match items {
