@@ -529,6 +529,9 @@ pub struct Keys {
     tokens: Mutex<FxHashMap<String, (i32, bool)>>,
     conditions: Mutex<FxHashMap<String, i32>>,
     days: Mutex<BTreeSet<NaiveDate>>,
+    /// Held while missing days are made: the writer writes two batches at once, and two
+    /// concurrent `CREATE TABLE IF NOT EXISTS` of one name can fail on PostgreSQL's catalog.
+    making_days: tokio::sync::Mutex<()>,
 }
 
 impl Keys {
@@ -603,6 +606,10 @@ impl Keys {
             let known = self.days.lock().expect("keys lock");
             rows.iter().filter_map(Row::partition_day).filter(|d| !known.contains(d)).collect()
         };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let _making = self.making_days.lock().await;
         let yesterday = Utc::now().date_naive() - chrono::Duration::days(1);
         for day in missing {
             partitions::ensure(pool, day, day).await?;
