@@ -127,7 +127,7 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
         changes.iter().partition(|r| matches!(r, Row::PriceChange { change, .. } if LevelTicks::of(change).is_some()));
     for (table, rows) in [(&PRICE_CHANGES_TICKS, &in_ticks), (&PRICE_CHANGES, &exact)] {
         if rows.is_empty() {
-        } else if replay {
+        } else if replay && any_stored(&tx, table, rows).await? {
             idempotent(&tx, keys, table, rows).await?;
         } else {
             copy_direct(&tx, keys, table, rows).await?;
@@ -264,6 +264,30 @@ async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&
         }
     }
     writer.finish().await
+}
+
+/// Whether any of these level changes may be stored already: a stored copy has the same
+/// `source_ts` and `received_at`, so when the table holds no row inside both of the batch's
+/// spans, none is, and a replay (most often rows spooled while the database was away or slow)
+/// is copied straight in. One look through the BRIN index on `source_ts`.
+async fn any_stored(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Result<bool, tokio_postgres::Error> {
+    let times: Vec<(DateTime<Utc>, DateTime<Utc>)> = rows
+        .iter()
+        .filter_map(|r| match r {
+            Row::PriceChange { source_ts, received_at, .. } => Some((*source_ts, *received_at)),
+            _ => None,
+        })
+        .collect();
+    let span = |pick: fn(&(DateTime<Utc>, DateTime<Utc>)) -> DateTime<Utc>| Some((times.iter().map(pick).min()?, times.iter().map(pick).max()?));
+    let (Some((s0, s1)), Some((r0, r1))) = (span(|t| t.0), span(|t| t.1)) else {
+        return Ok(false);
+    };
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE source_ts BETWEEN $1 AND $2 AND received_at BETWEEN $3 AND $4)",
+        table.name
+    );
+    // The bounds go in as the rows did (truncated to microseconds), so they hold every copy.
+    Ok(tx.query_one(&sql, &[&s0, &s1, &r0, &r1]).await?.get(0))
 }
 
 /// The idempotent path: the rows as one `jsonb` parameter, inserted where not yet stored.

@@ -66,10 +66,12 @@ fn start_cluster() -> Cluster {
     assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
 
     // The guard: postgres in the background; when our end of stdin closes, stop it, clean up.
+    // `COLLECTOR_TEST_PG_OPTIONS` adds server options (benchmarks: e.g. `-c max_wal_size=8GB`).
     let script = format!(
         "{pg} -D {data} -k {dir} -c listen_addresses= -c fsync=off -c synchronous_commit=off \
-         -c full_page_writes=off -c max_connections=200 >{dir}/log 2>&1 & pid=$!; \
+         -c full_page_writes=off -c max_connections=200 {extra} >{dir}/log 2>&1 & pid=$!; \
          cat >/dev/null; kill -INT $pid; wait $pid; rm -rf {dir}",
+        extra = std::env::var("COLLECTOR_TEST_PG_OPTIONS").unwrap_or_default(),
         pg = bin.join("postgres").display(),
         data = data.display(),
         dir = dir.display(),

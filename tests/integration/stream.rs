@@ -589,6 +589,16 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     assert_eq!(db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws' AND bids <> '[]'").await, Some(1));
     let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes", &[]).await.unwrap().get(0);
     assert_eq!(exact, "0.41,0.42");
+    // A replay of which part is stored (same times) stores only the rest; one of which nothing
+    // is stored (other receive times: the spool's rows) is copied in whole.
+    write_batch(&pool, &keys, &[change("0.41", Some("h1")), change("0.43", Some("h3"))], true).await.unwrap();
+    let later = |price: &str| match change(price, None) {
+        Row::PriceChange { change, condition_id, source_ts, .. } => Row::PriceChange { change, condition_id, source_ts, received_at: ts + chrono::Duration::seconds(1) },
+        _ => unreachable!(),
+    };
+    write_batch(&pool, &keys, &[later("0.44"), later("0.45")], true).await.unwrap();
+    let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes", &[]).await.unwrap().get(0);
+    assert_eq!(exact, "0.41,0.42,0.43,0.44,0.45");
 }
 
 /// A level change reads back through the `price_changes` view exactly as received, by either
