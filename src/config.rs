@@ -162,9 +162,9 @@ pub struct StreamConfig {
     pub store_price_changes: bool,
     /// Rows the write queue holds before spilling to the spool. Default 100,000.
     pub queue_capacity: usize,
-    /// Most rows per database transaction. Default 20,000 (a batch waits up to
-    /// `flush_interval` for a tenth of it; under load, fewer, larger transactions cost the
-    /// database less per row — BENCHMARKS.md).
+    /// Most rows per database transaction. Default 10,000 (a batch waits up to
+    /// `flush_interval` for a tenth of it; two batches are written at a time, so larger ones
+    /// gain no throughput and only add latency — BENCHMARKS.md).
     pub batch_size: usize,
     /// Longest wait to fill a batch. Default 50 ms.
     pub flush_interval: Duration,
@@ -408,7 +408,7 @@ impl Config {
             token_ids: s.string_list("token_ids").into(),
             store_price_changes: s.bool("store_price_changes", true),
             queue_capacity: s.int("queue_capacity", 100_000, 1, 100_000_000) as usize,
-            batch_size: s.int("batch_size", 20_000, 1, 1_000_000) as usize,
+            batch_size: s.int("batch_size", 10_000, 1, 1_000_000) as usize,
             flush_interval: s.millis("flush_interval_ms", 50, 1, 60_000),
             spool_dir: PathBuf::from(s.string("spool_dir", &default_spool.display().to_string())),
             spool_max_bytes: s.int("spool_max_bytes", 1 << 30, 1024, u64::MAX / 2),

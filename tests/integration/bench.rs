@@ -468,8 +468,9 @@ async fn bench_stream_real_mix_vs_copy() {
 }
 
 /// The real mix at sustained rates, as the collector meets the stream: frames paced every 5 ms
-/// for `BENCH_SUSTAIN_SECS` (default 5) seconds at each rate of `BENCH_RATES` (events/s,
-/// comma-separated, ascending; default 60,000 to 160,000), with the default queue (100,000
+/// for `BENCH_SUSTAIN_SECS` (default 30, the window) seconds at each rate of
+/// `BENCH_RATES` (events/s, comma-separated, ascending; default 60,000 to 200,000), with the
+/// default queue (100,000
 /// rows). A rate is kept up with when the fake delivered it (≥ 95 %), the 99th percentile of
 /// receive → commit stayed within 250 ms (the latency target), no row spilled to the spool,
 /// and the rows left queued at the end were committed within a second; the sweep stops at the
@@ -479,9 +480,9 @@ async fn bench_stream_real_mix_vs_copy() {
 #[ignore = "benchmark"]
 async fn bench_stream_real_mix_sustained() {
     const MARKETS: u64 = 100;
-    let secs: u64 = std::env::var("BENCH_SUSTAIN_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let secs: u64 = std::env::var("BENCH_SUSTAIN_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let rates: Vec<u64> = std::env::var("BENCH_RATES")
-        .unwrap_or_else(|_| "60000,80000,100000,120000,140000,160000".into())
+        .unwrap_or_else(|_| "60000,80000,100000,120000,140000,160000,180000,200000".into())
         .split(',')
         .map(|r| r.trim().parse().unwrap())
         .collect();

@@ -58,7 +58,7 @@ pub struct Writer {
     /// The queue's receiving end, shared so a writer restarted after a panic takes it over.
     pub rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Row>>>,
     pub sink: Arc<Sink>,
-    /// Most rows per transaction. Default 20,000.
+    /// Most rows per transaction. Default 10,000.
     pub batch_size: usize,
     /// Longest wait to fill a batch. Default 50 ms.
     pub flush_interval: Duration,
