@@ -50,7 +50,7 @@ pub struct DatabaseConfig {
     pub password_source: Option<String>,
     /// PEM file with extra CA certificates for TLS to the server. Default: system roots only.
     pub ssl_root_cert: Option<PathBuf>,
-    /// Connections in the pool. Default 8.
+    /// Connections in the pool. Default 8 (the stream writer uses two at a time).
     pub pool_size: u32,
     /// Timeout of one connection attempt. Default 10 s.
     pub connect_timeout: Duration,
