@@ -18,7 +18,9 @@
 //!   cost most of the write time): live rows cannot repeat (a shard carries whole markets, and
 //!   upstream does not re-send level changes), so they are copied directly; rows that may have
 //!   been stored already — a spool replay, or the retry of a batch whose commit went
-//!   unacknowledged — take the idempotent path.
+//!   unacknowledged — are copied too when no stored row shares their time spans, else take
+//!   the idempotent path. Level changes whose prices fit a count of 0.0001 go to
+//!   `price_changes_ticks`, any other to `price_changes_compact` (migration 9).
 //! - The idempotent path is one `INSERT … SELECT … FROM jsonb_to_recordset($1)` per table that
 //!   skips what is already there (also backfilled trades, see *Trade identity* in
 //!   `docs/schema.md`). Lifecycle events always take it (a handful per day).
