@@ -129,7 +129,9 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
         changes.iter().partition(|r| matches!(r, Row::PriceChange { change, .. } if LevelTicks::of(change).is_some()));
     for (table, rows) in [(&PRICE_CHANGES_TICKS, &in_ticks), (&PRICE_CHANGES, &exact)] {
         if rows.is_empty() {
-        } else if replay && any_stored(&tx, table, rows).await? {
+            continue;
+        }
+        if replay && any_stored(&tx, table, rows).await? {
             idempotent(&tx, keys, table, rows).await?;
         } else {
             copy_direct(&tx, keys, table, rows).await?;

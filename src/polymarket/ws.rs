@@ -7,9 +7,9 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::clob::{self, Book};
+use super::decode::{self, FieldError, Side, required_decimal, required_string, side};
 
 mod hot;
-use super::decode::{self, FieldError, Side, required_decimal, required_string, side};
 
 /// The first frame on a connection.
 pub fn subscribe_initial(assets: &[String]) -> String {
@@ -163,14 +163,14 @@ pub fn decode_frame(text: &str) -> Frame {
     }
     // The common case in one pass: every event of the frame in the documented shape of the
     // busiest events and books.
-    let fast = if t.starts_with('[') { hot::decode_array(t) } else { hot::decode(t).map(|e| vec![e]) };
+    let array = t.starts_with('[');
+    let fast = if array { hot::decode_array(t) } else { hot::decode(t).map(|e| vec![e]) };
     if let Some(events) = fast {
         return Frame::Events { events, rejected: Vec::new() };
     }
     // Else the elements' own texts (one pass that only finds their bounds), then each through
-    // the fast path, or the general decoder.
-    let items: Result<Vec<&RawValue>, _> =
-        if t.starts_with('[') { serde_json::from_str(t) } else { serde_json::from_str(t).map(|one| vec![one]) };
+    // the fast path (an array's elements: one of them declined it), or the general decoder.
+    let items: Result<Vec<&RawValue>, _> = if array { serde_json::from_str(t) } else { serde_json::from_str(t).map(|one| vec![one]) };
     let items = match items {
         Ok(items) => items,
         Err(e) => return Frame::Events { events: Vec::new(), rejected: vec![(t.to_string(), format!("invalid JSON: {e}"))] },
@@ -179,7 +179,7 @@ pub fn decode_frame(text: &str) -> Frame {
     let mut rejected = Vec::new();
     for item in items {
         let text = item.get();
-        if let Some(e) = hot::decode(text) {
+        if let Some(e) = array.then(|| hot::decode(text)).flatten() {
             events.push(e);
             continue;
         }

@@ -24,7 +24,7 @@ use crate::polymarket::decode::{Side, parse_decimal, parse_timestamp};
 /// event then goes to the general decoder (escapes are rare in these events).
 type Text<'a> = Option<&'a str>;
 
-/// The fields of the hot events (others, such as a book's levels, are skipped).
+/// The fields of the hot events and of books (any other field is skipped).
 #[derive(serde::Deserialize)]
 struct Hot<'a> {
     event_type: &'a str,
