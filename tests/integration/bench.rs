@@ -224,19 +224,62 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 }
 
 /// CPU seconds used so far by the database's processes (every pid `pg_stat_activity` lists:
-/// client backends and the background processes), from `/proc/<pid>/stat` (utime + stime, in
-/// USER_HZ = 100 ticks per second on Linux).
-async fn pg_cpu(db: &pg::TestDb) -> std::collections::HashMap<i32, f64> {
+/// client backends and the background processes), with each one's `backend_type`, from
+/// `/proc/<pid>/stat` (utime + stime, in USER_HZ = 100 ticks per second on Linux).
+async fn pg_cpu(db: &pg::TestDb) -> PgCpu {
     let c = db.client().await;
-    let pids: Vec<i32> = c.query("SELECT pid FROM pg_stat_activity", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
-    pids.into_iter()
-        .filter_map(|pid| {
+    let rows = c.query("SELECT pid, coalesce(backend_type, '') FROM pg_stat_activity", &[]).await.unwrap();
+    rows.iter()
+        .filter_map(|r| {
+            let pid: i32 = r.get(0);
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
             let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-            Some((pid, ticks / 100.0))
+            Some((pid, (r.get::<_, String>(1), ticks / 100.0)))
         })
         .collect()
+}
+
+type PgCpu = std::collections::HashMap<i32, (String, f64)>;
+
+/// Diagnostic (BENCH_WAL_STATS=1): the WAL records between two LSNs by type.
+async fn wal_stats(db: &pg::TestDb, from: &str, to: &str) {
+    if std::env::var("BENCH_WAL_STATS").is_err() {
+        return;
+    }
+    let c = db.client().await;
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect").await.unwrap();
+    for r in c.query(&format!("SELECT \"resource_manager/record_type\", count, record_size::float8, fpi_size::float8 FROM pg_get_wal_stats('{from}', '{to}', true) ORDER BY count DESC LIMIT 12"), &[]).await.unwrap() {
+        println!("BENCH WAL {:<40} {:>10} records {:>14.0} bytes {:>10.0} fpi", r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, f64>(2), r.get::<_, f64>(3));
+    }
+}
+
+async fn lsn(db: &pg::TestDb) -> String {
+    db.client().await.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0)
+}
+
+/// WAL records and bytes written so far (`pg_stat_wal`), and transactions committed in the
+/// database (`pg_stat_database`; the collector commits one per batch).
+async fn wal(db: &pg::TestDb) -> (i64, f64, i64) {
+    let c = db.client().await;
+    let r = c.query_one("SELECT pg_stat_force_next_flush(), wal_records, wal_bytes::float8, \
+        (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) FROM pg_stat_wal", &[]).await.unwrap();
+    (r.get(1), r.get(2), r.get(3))
+}
+
+/// The database's CPU seconds between two [`pg_cpu`] readings, by `backend_type` (a process
+/// started in between counts from zero).
+fn pg_cpu_by_kind(before: &PgCpu, after: &PgCpu) -> std::collections::BTreeMap<String, f64> {
+    let mut kinds = std::collections::BTreeMap::new();
+    for (pid, (kind, t)) in after {
+        *kinds.entry(kind.clone()).or_insert(0.0) += t - before.get(pid).map_or(0.0, |b| b.1);
+    }
+    kinds
+}
+
+/// "client backend 2.1, autovacuum worker 0.4, …" µs per row (the kinds that used any CPU).
+fn per_row_by_kind(kinds: &std::collections::BTreeMap<String, f64>, rows: u64) -> String {
+    kinds.iter().filter(|(_, s)| **s > 0.0).map(|(k, s)| format!("{k} {:.2}", s * 1e6 / rows as f64)).collect::<Vec<_>>().join(", ")
 }
 
 /// CPU seconds used so far by this process (the collector's tasks and the in-process fake).
@@ -246,10 +289,9 @@ fn self_cpu() -> f64 {
     (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
 }
 
-/// The database's CPU seconds between two [`pg_cpu`] readings (a process started in between
-/// counts from zero).
-fn pg_cpu_between(before: &std::collections::HashMap<i32, f64>, after: &std::collections::HashMap<i32, f64>) -> f64 {
-    after.iter().map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0)).sum()
+/// The database's CPU seconds between two [`pg_cpu`] readings.
+fn pg_cpu_between(before: &PgCpu, after: &PgCpu) -> f64 {
+    pg_cpu_by_kind(before, after).values().sum()
 }
 
 /// The real binary holding 40,000 assets over 200 connections (books dumped and stored).
@@ -377,8 +419,8 @@ async fn bytes_per_row(db: &pg::TestDb, table: &str) -> (i64, f64, f64) {
 
 /// The baseline: the rows the collector stored, copied out (binary, as stored), the tables
 /// emptied, and the rows copied back in by one plain binary `COPY` per table — the same tables,
-/// partitions and indexes. Returns the wall time and the database's CPU time of the copies in.
-async fn plain_copy_into_the_same_tables(db: &pg::TestDb, tables: &[&str]) -> (Duration, Duration) {
+/// partitions and indexes.
+async fn plain_copy_into_the_same_tables(db: &pg::TestDb, tables: &[&str]) -> PlainCopy {
     let c = db.client().await;
     let mut data = Vec::new();
     for table in tables {
@@ -391,15 +433,29 @@ async fn plain_copy_into_the_same_tables(db: &pg::TestDb, tables: &[&str]) -> (D
         data.push((table, bytes::Bytes::from(bytes)));
     }
     c.batch_execute(&format!("TRUNCATE {}", tables.join(", "))).await.unwrap();
-    let cpu = pg_cpu(db).await;
+    let (cpu, wal_before, lsn0) = (pg_cpu(db).await, wal(db).await, lsn(db).await);
     let t = Instant::now();
+    let mut rows = 0;
     for (table, bytes) in data {
         let sink = c.copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)")).await.unwrap();
         futures_util::pin_mut!(sink);
         sink.send(bytes).await.unwrap();
-        sink.finish().await.unwrap();
+        rows += sink.finish().await.unwrap();
     }
-    (t.elapsed(), Duration::from_secs_f64(pg_cpu_between(&cpu, &pg_cpu(db).await)))
+    let elapsed = t.elapsed();
+    let w = wal(db).await;
+    wal_stats(db, &lsn0, &lsn(db).await).await;
+    PlainCopy { elapsed, rows, cpu: pg_cpu_by_kind(&cpu, &pg_cpu(db).await), wal: (w.0 - wal_before.0, w.1 - wal_before.1) }
+}
+
+/// What [`plain_copy_into_the_same_tables`] measured: the wall time of the copies in, the rows
+/// copied, and the database's CPU seconds by process kind.
+struct PlainCopy {
+    elapsed: Duration,
+    rows: u64,
+    cpu: std::collections::BTreeMap<String, f64>,
+    /// WAL records and bytes.
+    wal: (i64, f64),
 }
 
 /// The tables the stream writes: `price_changes`, `trades` and `quotes` are views over
@@ -441,9 +497,9 @@ async fn bench_stream_real_mix_vs_copy() {
             sizes.push((table, bytes_per_row(&h.db, table).await));
         }
         last_sizes = sizes;
-        let (elapsed, cpu) = plain_copy_into_the_same_tables(&h.db, &tables).await;
-        copy.push(elapsed);
-        copy_cpu.push(cpu);
+        let plain = plain_copy_into_the_same_tables(&h.db, &tables).await;
+        copy.push(plain.elapsed);
+        copy_cpu.push(Duration::from_secs_f64(plain.cpu.values().sum()));
     }
     let (o, c) = (median(ours), median(copy));
     let rows = real_mix_frames(MARKETS, EVENTS, 0).1 as f64;
@@ -499,14 +555,21 @@ async fn bench_stream_real_mix_sustained() {
         let per_tick = (frames.len() as u64).div_ceil(ticks) as usize;
         let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
         h.sink.stats.commit_latency.reset();
-        let (cpu, own) = (pg_cpu(&h.db).await, self_cpu());
+        let (cpu, own, wal_before, lsn0) = (pg_cpu(&h.db).await, self_cpu(), wal(&h.db).await, lsn(&h.db).await);
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let t = Instant::now();
-        for chunk in frames.chunks(per_tick) {
+        // Every 5 s: the database's CPU per row committed in those 5 s (does it grow?).
+        let (mut series, mut mark) = (Vec::new(), (cpu.clone(), before));
+        for (i, chunk) in frames.chunks(per_tick).enumerate() {
             tick.tick().await;
             for (asset, frame) in chunk {
                 assert!(h.ws.send_shared_to_asset(asset, frame));
+            }
+            if i % 1000 == 999 {
+                let now = (pg_cpu(&h.db).await, h.sink.stats.rows_written.load(Ordering::Relaxed));
+                series.push(format!("{:.1}", pg_cpu_between(&mark.0, &now.0) * 1e6 / (now.1 - mark.1).max(1) as f64));
+                mark = now;
             }
         }
         let sent_in = t.elapsed();
@@ -529,7 +592,8 @@ async fn bench_stream_real_mix_sustained() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let drained = t.elapsed() - sent_in - if lost > 0 { Duration::from_secs(15) } else { Duration::ZERO };
-        let (pg, process) = (pg_cpu_between(&cpu, &pg_cpu(&h.db).await), self_cpu() - own);
+        let kinds = pg_cpu_by_kind(&cpu, &pg_cpu(&h.db).await);
+        let (pg, process) = (kinds.values().sum::<f64>(), self_cpu() - own);
         let delivered = (rate * secs) as f64 / sent_in.as_secs_f64();
         let l = &h.sink.stats.commit_latency;
         // Spooled rows are not in the latency histogram: a spill is falling behind.
@@ -541,19 +605,27 @@ async fn bench_stream_real_mix_sustained() {
             drained.as_secs_f64(), l.quantile(0.99).unwrap_or(0), pg * 1e6 / rows as f64, process * 1e6 / rows as f64,
             if lost > 0 { format!("; {lost} rows never arrived (connections rebuilt while far behind)") } else { String::new() },
             if kept { "kept up" } else { "FELL BEHIND" });
+        let w = wal(&h.db).await;
+        wal_stats(&h.db, &lsn0, &lsn(&h.db).await).await;
+        println!("BENCH            PostgreSQL µs per row by process: {}; each 5 s while sending: {}; WAL per row {:.2} records, {:.0} bytes; \
+                  {:.0} rows per transaction",
+            per_row_by_kind(&kinds, rows), series.join(" "), (w.0 - wal_before.0) as f64 / rows as f64, (w.1 - wal_before.1) / rows as f64,
+            rows as f64 / (w.2 - wal_before.2).max(1) as f64);
         if kept {
             kept_up = Some((rate, rows as f64 / (rate * secs) as f64));
         }
         h.stop().await;
-        last_db = Some((h.db, rows));
+        last_db = Some(h.db);
         if !kept {
             break; // the rates are ascending
         }
     }
-    let (db, rows) = last_db.expect("a rate");
-    let (elapsed, _) = plain_copy_into_the_same_tables(&db, &tables).await;
-    let copy_rows = rows as f64 / elapsed.as_secs_f64();
-    println!("BENCH   plain binary COPY of the last run's rows into the same tables: {copy_rows:.0} rows/s");
+    let db = last_db.expect("a rate");
+    let plain = plain_copy_into_the_same_tables(&db, &tables).await;
+    let copy_rows = plain.rows as f64 / plain.elapsed.as_secs_f64();
+    println!("BENCH   plain binary COPY of the last run's {} stored rows into the same tables: {copy_rows:.0} rows/s; PostgreSQL µs per row by process: {}; \
+              WAL per row {:.2} records, {:.0} bytes",
+        plain.rows, per_row_by_kind(&plain.cpu, plain.rows), plain.wal.0 as f64 / plain.rows as f64, plain.wal.1 / plain.rows as f64);
     match kept_up {
         Some((rate, rows_per_event)) => println!("BENCH   highest rate kept up with: {rate} events/s = {:.0} rows/s; ratio to COPY {:.2}",
             rate as f64 * rows_per_event, rate as f64 * rows_per_event / copy_rows),
