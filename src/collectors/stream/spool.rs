@@ -8,18 +8,28 @@
 //!   `orphaned-<time>/` with an ERROR and never replayed into the wrong database.
 //! - **Segments.** A segment is closed (and fsynced) at [`SEGMENT_BYTES`]; a replayed segment
 //!   is deleted. The cap counts bytes not yet replayed.
-//! - **Crash safety.** A torn last line (a crash mid-append) is cut off on open. Segments are
-//!   fsynced when closed and at the stop ([`Spool::sync`]); rows appended since the last
-//!   fsync may be lost if the machine (not only the process) dies.
+//! - **Crash safety.** A torn last line (a crash mid-append) is cut off on open. Appends are
+//!   buffered ([`WRITE_BUFFER`]) and written out when the buffer fills, a second after the
+//!   last write-out, before each replay read, when a segment closes and at the stop: a
+//!   process that dies loses at most that much (as it loses the rows in the write queue).
+//!   Segments are fsynced when closed and at the stop ([`Spool::sync`]); rows appended since
+//!   the last fsync may be lost if the machine (not only the process) dies.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Serialize, de::DeserializeOwned};
 
 /// A segment is closed once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
+
+/// Appends are buffered up to this many bytes: one write per row (under the sink's lock, on
+/// the readers' threads) made spilling slower than the database it stood in for.
+pub const WRITE_BUFFER: usize = 256 << 10;
+
+/// Buffered appends are written out at least this often.
+const WRITE_OUT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -42,8 +52,8 @@ pub struct Spool {
     segments: Vec<u64>,
     /// Bytes in each segment (same order).
     sizes: Vec<u64>,
-    /// The open segment being appended to.
-    file: Option<File>,
+    /// The open segment being appended to, and when its buffer was last written out.
+    file: Option<(BufWriter<File>, std::time::Instant)>,
     read_at: Position,
     max_bytes: u64,
 }
@@ -120,20 +130,34 @@ impl Spool {
             self.segments.push(n);
             self.sizes.push(0);
         }
-        if self.file.is_none() {
-            let path = segment_path(&self.dir, *self.segments.last().expect("a segment"));
-            self.file = Some(OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?);
-        }
         let path = segment_path(&self.dir, *self.segments.last().expect("a segment"));
-        self.file.as_mut().expect("open").write_all(&line).map_err(io(&path))?;
+        if self.file.is_none() {
+            let f = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+            self.file = Some((BufWriter::with_capacity(WRITE_BUFFER, f), std::time::Instant::now()));
+        }
+        let (f, written_out) = self.file.as_mut().expect("open");
+        f.write_all(&line).map_err(io(&path))?;
         *self.sizes.last_mut().expect("a segment") += line.len() as u64;
+        if written_out.elapsed() >= WRITE_OUT_EVERY {
+            self.write_out()?;
+        }
         Ok(())
     }
 
-    /// Flushes the open segment to disk (at the stop).
+    /// Writes the buffered appends to the open segment (the operating system has them then).
+    fn write_out(&mut self) -> Result<(), SpoolError> {
+        if let (Some((f, at)), Some(n)) = (self.file.as_mut(), self.segments.last()) {
+            f.flush().map_err(io(&segment_path(&self.dir, *n)))?;
+            *at = std::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Writes out and fsyncs the open segment (at the stop).
     pub fn sync(&mut self) -> Result<(), SpoolError> {
-        if let (Some(f), Some(n)) = (&self.file, self.segments.last()) {
-            f.sync_data().map_err(io(&segment_path(&self.dir, *n)))?;
+        self.write_out()?;
+        if let (Some((f, _)), Some(n)) = (&self.file, self.segments.last()) {
+            f.get_ref().sync_data().map_err(io(&segment_path(&self.dir, *n)))?;
         }
         Ok(())
     }
@@ -148,6 +172,7 @@ impl Spool {
     /// rows and the position to [`commit`](Self::commit) once they are stored. A line that
     /// does not decode is skipped and reported.
     pub fn peek<T: DeserializeOwned>(&mut self, max: usize) -> Result<(Vec<T>, Position, Vec<String>), SpoolError> {
+        self.write_out()?;
         let (mut rows, mut bad, mut at) = (Vec::new(), Vec::new(), self.read_at);
         while rows.len() < max {
             let Some(idx) = self.segments.iter().position(|n| *n == at.segment) else { break };
