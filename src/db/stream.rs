@@ -97,9 +97,11 @@ impl Row {
 /// Stores one batch in one transaction; returns the number of new trades.
 ///
 /// `replay`: the rows may be stored already — they come from the spool (a crash or an outage
-/// came between), or a previous attempt at this batch failed without a clear answer — so
-/// every table takes its idempotent path; a stream trade then also replaces a backfilled
-/// copy of the same fill.
+/// came between), or a previous attempt at this batch failed without a clear answer. Trades
+/// then take their idempotent path, where a stream trade also replaces a backfilled copy of
+/// the same fill; level changes are copied straight in when none of them can be stored
+/// ([`any_stored`]), else anti-joined; the other tables are copied under a savepoint that a
+/// unique violation rolls back to their idempotent paths.
 pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -> Result<u64, DbError> {
     let mut trades = Vec::new();
     let mut changes = Vec::new();
@@ -137,13 +139,14 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
             copy_direct(&tx, keys, table, rows).await?;
         }
     }
-    // Trades, quotes, tick sizes and stream books have a unique identity. Live, they are copied
-    // straight in under one savepoint; a unique violation (a row stored already, a book
-    // re-dumped after a reconnect) rolls the copies back and they take their idempotent paths,
-    // as a replay's rows and backfilled trades always do.
+    // Trades, quotes, tick sizes and stream books have a unique identity. They are copied
+    // straight in under one savepoint (a replay's too: spooled rows are mostly new); a unique
+    // violation (a row stored already, a book re-dumped after a reconnect) rolls the copies
+    // back and they take their idempotent paths. Backfilled and replayed trades always take
+    // theirs, where a stream trade replaces a backfilled copy of the same fill.
     let trades_live = trades.iter().all(|r| matches!(r, Row::Trade { source: TradeSource::Ws, .. }));
-    let direct_trades = trades_live && !trades.is_empty();
-    let copied = if !replay && (direct_trades || !quotes.is_empty() || !ticks.is_empty() || !books_.is_empty()) {
+    let direct_trades = trades_live && !trades.is_empty() && !replay;
+    let copied = if direct_trades || !quotes.is_empty() || !ticks.is_empty() || !books_.is_empty() {
         copy_under_savepoint(&tx, async {
             let mut new_trades = 0;
             if direct_trades {
@@ -286,12 +289,39 @@ async fn any_stored(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Resul
     let (Some((s0, s1)), Some((r0, r1))) = (span(|t| t.0), span(|t| t.1)) else {
         return Ok(false);
     };
+    summarize_new_ranges(tx, table, s0, s1).await?;
     let sql = format!(
         "SELECT EXISTS (SELECT 1 FROM {} WHERE source_ts BETWEEN $1 AND $2 AND received_at BETWEEN $3 AND $4)",
         table.name
     );
     // The bounds go in as the rows did (truncated to microseconds), so they hold every copy.
     Ok(tx.query_one(&sql, &[&s0, &s1, &r0, &r1]).await?.get(0))
+}
+
+/// Summarizes the BRIN ranges on `source_ts` not yet summarized in the day partitions from
+/// `from` to `to`. An unsummarized range matches every BRIN scan, and under load autovacuum's
+/// summarizing falls behind (PostgreSQL logs "request for BRIN range summarization … was not
+/// recorded"): [`any_stored`] then read most of the day's rows for every replayed batch, so a
+/// spool filled in a burst drained slower than the stream filled it. This reads each new range
+/// once. A role that does not own the tables may not summarize: the check then scans as before.
+async fn summarize_new_ranges(tx: &Transaction<'_>, table: &Table, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), tokio_postgres::Error> {
+    let (first, last) = (partitions::partition_name(table.name, from.date_naive()), partitions::partition_name(table.name, to.date_naive()));
+    tx.batch_execute("SAVEPOINT summarize").await?;
+    let summarized = tx
+        .query(
+            "SELECT brin_summarize_new_values(i.indexrelid) FROM pg_index i \
+             JOIN pg_class t ON t.oid = i.indrelid JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_am a ON a.oid = x.relam \
+             WHERE a.amname = 'brin' AND t.relispartition AND t.relname BETWEEN $1 AND $2",
+            &[&first, &last],
+        )
+        .await;
+    match summarized {
+        Ok(_) => tx.batch_execute("RELEASE SAVEPOINT summarize").await,
+        Err(e) => {
+            tracing::debug!(error = %e, table = table.name, "cannot summarize BRIN ranges before a replay check");
+            tx.batch_execute("ROLLBACK TO SAVEPOINT summarize").await
+        }
+    }
 }
 
 /// The idempotent path: the rows as one `jsonb` parameter, inserted where not yet stored.

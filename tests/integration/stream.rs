@@ -554,7 +554,7 @@ async fn a_backfill_cut_by_the_page_cap_is_marked_partial_with_what_it_covered()
 /// Level changes have no unique index: live rows are copied straight in, and a replay (or
 /// the retry of a batch whose commit went unanswered) stores none of them twice; quotes,
 /// trades and books are copied under a savepoint and a repeat falls back to the idempotent
-/// path.
+/// path; the replay check summarizes the BRIN ranges it looks through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     use collector::polymarket::ws::{LevelChange, Quote};
@@ -574,9 +574,26 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     let book = collector::polymarket::clob::decode_book(&fake::book("a", crate::now_ms(), "b1")).unwrap();
     let book = Row::Book { book, received_at: ts };
     let batch = vec![change("0.41", Some("h1")), change("0.42", None), quote, trade_row("a", "0.4", "1", ts, Some("0x1"), TradeSource::Ws), book];
+    // 30,000 level changes of another token first (two full BRIN ranges of 128 pages), with
+    // autovacuum's summarizing off, so only the replay check can summarize them.
+    let partition = collector::db::partitions::partition_name("price_changes_ticks", ts.date_naive());
+    let brin: String = db.client().await
+        .query_one("SELECT x.relname::text FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_class x ON x.oid = i.indexrelid \
+                    JOIN pg_am a ON a.oid = x.relam WHERE a.amname = 'brin' AND t.relname = $1", &[&partition])
+        .await.unwrap().get(0);
+    db.client().await.batch_execute(&format!("ALTER INDEX {brin} SET (autosummarize = off)")).await.unwrap();
+    let bulk: Vec<Row> = (0..30_000).map(|i| match change("0.3", None) {
+        Row::PriceChange { mut change, condition_id, .. } => {
+            change.asset_id = "bulk".into();
+            let at = ts - chrono::Duration::seconds(10) + chrono::Duration::microseconds(i);
+            Row::PriceChange { change, condition_id, source_ts: at, received_at: at }
+        }
+        _ => unreachable!(),
+    }).collect();
+    write_batch(&pool, &keys, &bulk, false).await.unwrap();
     write_batch(&pool, &keys, &batch, false).await.unwrap();
     write_batch(&pool, &keys, &batch, true).await.unwrap();
-    assert_eq!(db.try_count("SELECT count(*) FROM price_changes").await, Some(2));
+    assert_eq!(db.try_count("SELECT count(*) FROM price_changes").await, Some(30_002));
     assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM book_snapshots").await, Some(1));
@@ -587,7 +604,7 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws' AND bids <> '[]'").await, Some(1));
-    let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes", &[]).await.unwrap().get(0);
+    let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes WHERE asset_id = 'a'", &[]).await.unwrap().get(0);
     assert_eq!(exact, "0.41,0.42");
     // A replay of which part is stored (same times) stores only the rest; one of which nothing
     // is stored (other receive times: the spool's rows) is copied in whole.
@@ -597,8 +614,12 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
         _ => unreachable!(),
     };
     write_batch(&pool, &keys, &[later("0.44"), later("0.45")], true).await.unwrap();
-    let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes", &[]).await.unwrap().get(0);
+    let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes WHERE asset_id = 'a'", &[]).await.unwrap().get(0);
     assert_eq!(exact, "0.41,0.42,0.43,0.44,0.45");
+    // The replay check summarized the day's BRIN ranges before looking (an unsummarized range
+    // matches every look): no full range is left to summarize.
+    let left: i32 = db.client().await.query_one(&format!("SELECT brin_summarize_new_values('{brin}')"), &[]).await.unwrap().get(0);
+    assert_eq!(left, 0, "{brin}: every full range summarized by the replay check");
 }
 
 /// A level change reads back through the `price_changes` view exactly as received, by either
