@@ -295,7 +295,12 @@ async fn any_stored(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Resul
         table.name
     );
     // The bounds go in as the rows did (truncated to microseconds), so they hold every copy.
-    Ok(tx.query_one(&sql, &[&s0, &s1, &r0, &r1]).await?.get(0))
+    // Planned for its first row, EXISTS may pick a sequential scan (a fresh day partition has
+    // no statistics yet), which reads the whole day when, as usual, nothing matches.
+    tx.batch_execute("SET LOCAL enable_seqscan = off").await?;
+    let found = tx.query_one(&sql, &[&s0, &s1, &r0, &r1]).await?.get(0);
+    tx.batch_execute("SET LOCAL enable_seqscan = on").await?;
+    Ok(found)
 }
 
 /// Summarizes the BRIN ranges on `source_ts` not yet summarized in the day partitions from
