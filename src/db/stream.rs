@@ -100,7 +100,7 @@ impl Row {
 /// came between), or a previous attempt at this batch failed without a clear answer. Trades
 /// then take their idempotent path, where a stream trade also replaces a backfilled copy of
 /// the same fill; level changes are copied straight in when none of them can be stored
-/// ([`any_stored`]), else anti-joined; the other tables are copied under a savepoint that a
+/// ([`stored_received_through`]), else anti-joined; the other tables are copied under a savepoint that a
 /// unique violation rolls back to their idempotent paths.
 pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -> Result<u64, DbError> {
     let mut trades = Vec::new();
@@ -133,10 +133,20 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
         if rows.is_empty() {
             continue;
         }
-        if replay && any_stored(&tx, table, rows).await? {
-            idempotent(&tx, keys, table, rows).await?;
-        } else {
-            copy_direct(&tx, keys, table, rows).await?;
+        // A replay's rows received after the newest stored row of its span cannot be stored:
+        // they are copied straight in, only the others anti-joined.
+        let (maybe, fresh): (Vec<&Row>, Vec<&Row>) = match replay.then_some(()) {
+            Some(()) => match stored_received_through(&tx, table, rows).await? {
+                Some(through) => rows.iter().partition(|r| r.received_at().timestamp_micros() <= through),
+                None => (Vec::new(), rows.to_vec()),
+            },
+            None => (Vec::new(), rows.to_vec()),
+        };
+        if !maybe.is_empty() {
+            idempotent(&tx, keys, table, &maybe).await?;
+        }
+        if !fresh.is_empty() {
+            copy_direct(&tx, keys, table, &fresh).await?;
         }
     }
     // Trades, quotes, tick sizes and stream books have a unique identity. They are copied
@@ -273,11 +283,13 @@ async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&
     writer.finish().await
 }
 
-/// Whether any of these level changes may be stored already: a stored copy has the same
-/// `source_ts` and `received_at`, so when the table holds no row inside both of the batch's
-/// spans, none is, and a replay (most often rows spooled while the database was away or slow)
-/// is copied straight in. One look through the BRIN index on `source_ts`.
-async fn any_stored(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Result<bool, tokio_postgres::Error> {
+/// The newest receive time (µs since the epoch) of a stored level change inside both of the
+/// batch's spans of `source_ts` and `received_at`; `None` if there is none. A stored copy of a
+/// row has the row's `source_ts` and `received_at`, so a row received after it is not stored.
+/// A replay (most often rows spooled while the database was away or slow) is newer than what
+/// is stored but for a few ms where readers' rows interleave, so nearly all of it is copied
+/// straight in. One look through the BRIN index on `source_ts`.
+async fn stored_received_through(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Result<Option<i64>, tokio_postgres::Error> {
     let times: Vec<(DateTime<Utc>, DateTime<Utc>)> = rows
         .iter()
         .filter_map(|r| match r {
@@ -287,26 +299,23 @@ async fn any_stored(tx: &Transaction<'_>, table: &Table, rows: &[&Row]) -> Resul
         .collect();
     let span = |pick: fn(&(DateTime<Utc>, DateTime<Utc>)) -> DateTime<Utc>| Some((times.iter().map(pick).min()?, times.iter().map(pick).max()?));
     let (Some((s0, s1)), Some((r0, r1))) = (span(|t| t.0), span(|t| t.1)) else {
-        return Ok(false);
+        return Ok(None);
     };
     summarize_new_ranges(tx, table, s0, s1).await?;
-    let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {} WHERE source_ts BETWEEN $1 AND $2 AND received_at BETWEEN $3 AND $4)",
-        table.name
-    );
+    let sql = format!("SELECT max(received_at) FROM {} WHERE source_ts BETWEEN $1 AND $2 AND received_at BETWEEN $3 AND $4", table.name);
     // The bounds go in as the rows did (truncated to microseconds), so they hold every copy.
-    // Planned for its first row, EXISTS may pick a sequential scan (a fresh day partition has
-    // no statistics yet), which reads the whole day when, as usual, nothing matches.
+    // A fresh day partition has no statistics yet: the planner may choose a sequential scan,
+    // which reads the whole day.
     tx.batch_execute("SET LOCAL enable_seqscan = off").await?;
-    let found = tx.query_one(&sql, &[&s0, &s1, &r0, &r1]).await?.get(0);
+    let through: Option<DateTime<Utc>> = tx.query_one(&sql, &[&s0, &s1, &r0, &r1]).await?.get(0);
     tx.batch_execute("SET LOCAL enable_seqscan = on").await?;
-    Ok(found)
+    Ok(through.map(|t| t.timestamp_micros()))
 }
 
 /// Summarizes the BRIN ranges on `source_ts` not yet summarized in the day partitions from
 /// `from` to `to`. An unsummarized range matches every BRIN scan, and under load autovacuum's
 /// summarizing falls behind (PostgreSQL logs "request for BRIN range summarization … was not
-/// recorded"): [`any_stored`] then read most of the day's rows for every replayed batch, so a
+/// recorded"): [`stored_received_through`] then read most of the day's rows for every replayed batch, so a
 /// spool filled in a burst drained slower than the stream filled it. This reads each new range
 /// once. A role that does not own the tables may not summarize: the check then scans as before.
 async fn summarize_new_ranges(tx: &Transaction<'_>, table: &Table, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), tokio_postgres::Error> {

@@ -633,6 +633,43 @@ async fn bench_stream_real_mix_sustained() {
     }
 }
 
+/// The spool path on the real mix: with a 1,000-row queue, a burst of 200,000 events spills
+/// to the spool almost whole and is replayed from it, as after an outage or a burst the
+/// database could not take. How fast a spool drains, against the live path's burst
+/// (`bench_stream_real_mix_vs_copy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_stream_real_mix_spool_replay() {
+    const EVENTS: u64 = 200_000;
+    const MARKETS: u64 = 100;
+    let (mut times, mut pg, mut own) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rows_total = 0;
+    for run in 0..RUNS {
+        let mut h = stream_harness(MARKETS, &format!("queue_capacity = 1000\n{}", bench_extra())).await;
+        let (frames, rows) = shared(real_mix_frames(MARKETS, EVENTS, crate::now_ms()));
+        rows_total = rows;
+        let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
+        let (cpu, self0) = (pg_cpu(&h.db).await, self_cpu());
+        let t = Instant::now();
+        for (asset, frame) in &frames {
+            assert!(h.ws.send_shared_to_asset(asset, frame));
+        }
+        crate::eventually(600, "all rows committed", || async { h.sink.stats.rows_written.load(Ordering::Relaxed) - before >= rows }).await;
+        times.push(t.elapsed());
+        pg.push(Duration::from_secs_f64(pg_cpu_between(&cpu, &pg_cpu(&h.db).await)));
+        own.push(Duration::from_secs_f64(self_cpu() - self0));
+        let (spooled, replayed) = (h.sink.stats.spooled_rows.load(Ordering::Relaxed), h.sink.stats.replayed_rows.load(Ordering::Relaxed));
+        println!("BENCH   run {run}: {:.2} s for {rows} rows; {spooled} spooled, {replayed} replayed", t.elapsed().as_secs_f64());
+        assert!(replayed >= rows * 9 / 10, "the spool path was measured ({replayed} of {rows} rows replayed)");
+        h.stop().await;
+    }
+    let rows = rows_total as f64;
+    println!("BENCH stream, real mix through the spool ({EVENTS} events, {rows} rows, queue of 1,000 rows): median {:.2} s = {:.0} rows/s; \
+              CPU per row: PostgreSQL {:.1} µs, collector process {:.1} µs",
+        median(times.clone()).as_secs_f64(), rows / median(times).as_secs_f64(),
+        median(pg).as_secs_f64() * 1e6 / rows, median(own).as_secs_f64() * 1e6 / rows);
+}
+
 /// Receive → commit latency on the real mix at 20,000 events/s (5 frames of 20 events every
 /// 5 ms for 10 s), from the writer's per-row histogram.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -614,8 +614,15 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
         _ => unreachable!(),
     };
     write_batch(&pool, &keys, &[later("0.44"), later("0.45")], true).await.unwrap();
+    // Stored and new rows in one replay: those received after the newest stored one are
+    // copied, the rest anti-joined.
+    write_batch(&pool, &keys, &[change("0.41", Some("h1")), later("0.45"), later("0.46"), match later("0.47") {
+        Row::PriceChange { change, condition_id, source_ts, received_at } =>
+            Row::PriceChange { change, condition_id, source_ts, received_at: received_at + chrono::Duration::seconds(1) },
+        _ => unreachable!(),
+    }], true).await.unwrap();
     let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes WHERE asset_id = 'a'", &[]).await.unwrap().get(0);
-    assert_eq!(exact, "0.41,0.42,0.43,0.44,0.45");
+    assert_eq!(exact, "0.41,0.42,0.43,0.44,0.45,0.46,0.47");
     // The replay check summarized the day's BRIN ranges before looking (an unsummarized range
     // matches every look): no full range is left to summarize.
     let left: i32 = db.client().await.query_one(&format!("SELECT brin_summarize_new_values('{brin}')"), &[]).await.unwrap().get(0);
