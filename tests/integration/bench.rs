@@ -608,7 +608,7 @@ async fn bench_stream_real_mix_sustained() {
         let w = wal(&h.db).await;
         wal_stats(&h.db, &lsn0, &lsn(&h.db).await).await;
         println!("BENCH            PostgreSQL µs per row by process: {}; each 5 s while sending: {}; WAL per row {:.2} records, {:.0} bytes; \
-                  {:.0} rows per transaction",
+                  {:.0} rows per committed transaction (all of the database's)",
             per_row_by_kind(&kinds, rows), series.join(" "), (w.0 - wal_before.0) as f64 / rows as f64, (w.1 - wal_before.1) / rows as f64,
             rows as f64 / (w.2 - wal_before.2).max(1) as f64);
         if kept {
