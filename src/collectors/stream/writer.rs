@@ -114,7 +114,6 @@ impl Writer {
                 // restarts it); nothing aborts these tasks but the stop, which does not come here.
                 match joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
                     Ok(trades) => {
-                        record_latency(&stats.commit_latency, &rows);
                         self.sink.stored(rows.len(), trades, held.through(newest(&rows), alone.iter().any(|(_, at)| at.is_none())));
                     }
                     Err(e) => {
@@ -198,7 +197,14 @@ impl Writer {
             }
             let (rows, writer) = (Arc::new(batch), self.clone());
             let task_rows = rows.clone();
-            inflight.push_back((rows, tokio::spawn(async move { writer.store(&task_rows, false).await })));
+            inflight.push_back((rows, tokio::spawn(async move {
+                let stored = writer.store(&task_rows, false).await;
+                // At the commit: the writer looks at finished writes only between batches.
+                if stored.is_ok() {
+                    record_latency(&writer.sink.stats.commit_latency, &task_rows);
+                }
+                stored
+            })));
         }
         stats.writer_idle.store(false, Ordering::SeqCst);
         // Abandoned writes may have committed: the drain writes them idempotently. Spool
