@@ -99,9 +99,10 @@ impl Row {
 /// `replay`: the rows may be stored already — they come from the spool (a crash or an outage
 /// came between), or a previous attempt at this batch failed without a clear answer. Trades
 /// then take their idempotent path, where a stream trade also replaces a backfilled copy of
-/// the same fill; level changes are copied straight in when none of them can be stored
-/// ([`stored_received_through`]), else anti-joined; the other tables are copied under a savepoint that a
-/// unique violation rolls back to their idempotent paths.
+/// the same fill. Level changes received after the newest stored one of the batch's spans
+/// ([`stored_received_through`]) are copied straight in, the rest anti-joined. The other
+/// tables are copied under a savepoint that a unique violation rolls back to their
+/// idempotent paths.
 pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -> Result<u64, DbError> {
     let mut trades = Vec::new();
     let mut changes = Vec::new();
@@ -135,11 +136,9 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
         }
         // A replay's rows received after the newest stored row of its span cannot be stored:
         // they are copied straight in, only the others anti-joined.
-        let (maybe, fresh): (Vec<&Row>, Vec<&Row>) = match replay.then_some(()) {
-            Some(()) => match stored_received_through(&tx, table, rows).await? {
-                Some(through) => rows.iter().partition(|r| r.received_at().timestamp_micros() <= through),
-                None => (Vec::new(), rows.to_vec()),
-            },
+        let through = if replay { stored_received_through(&tx, table, rows).await? } else { None };
+        let (maybe, fresh): (Vec<&Row>, Vec<&Row>) = match through {
+            Some(through) => rows.iter().partition(|r| r.received_at().timestamp_micros() <= through),
             None => (Vec::new(), rows.to_vec()),
         };
         if !maybe.is_empty() {
@@ -315,9 +314,10 @@ async fn stored_received_through(tx: &Transaction<'_>, table: &Table, rows: &[&R
 /// Summarizes the BRIN ranges on `source_ts` not yet summarized in the day partitions from
 /// `from` to `to`. An unsummarized range matches every BRIN scan, and under load autovacuum's
 /// summarizing falls behind (PostgreSQL logs "request for BRIN range summarization … was not
-/// recorded"): [`stored_received_through`] then read most of the day's rows for every replayed batch, so a
-/// spool filled in a burst drained slower than the stream filled it. This reads each new range
-/// once. A role that does not own the tables may not summarize: the check then scans as before.
+/// recorded"): [`stored_received_through`] then read most of the day's rows for every
+/// replayed batch, and a spool filled in a burst drained slower than the stream filled it.
+/// This reads each new range once. A role that does not own the tables may not summarize:
+/// the check then scans as before.
 async fn summarize_new_ranges(tx: &Transaction<'_>, table: &Table, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), tokio_postgres::Error> {
     let (first, last) = (partitions::partition_name(table.name, from.date_naive()), partitions::partition_name(table.name, to.date_naive()));
     tx.batch_execute("SAVEPOINT summarize").await?;
