@@ -18,9 +18,9 @@
 //!   cost most of the write time): live rows cannot repeat (a shard carries whole markets, and
 //!   upstream does not re-send level changes), so they are copied directly; rows that may have
 //!   been stored already — a spool replay, or the retry of a batch whose commit went
-//!   unacknowledged — are copied too when no stored row shares their time spans, else take
-//!   the idempotent path. Level changes whose prices fit a count of 0.0001 go to
-//!   `price_changes_ticks`, any other to `price_changes_compact` (migration 9).
+//!   unacknowledged — are copied too when received after every stored row of their time
+//!   spans; the others take the idempotent path. Level changes whose prices fit a count of
+//!   0.0001 go to `price_changes_ticks`, any other to `price_changes_compact` (migration 9).
 //! - The idempotent path is one `INSERT … SELECT … FROM jsonb_to_recordset($1)` per table that
 //!   skips what is already there (also backfilled trades, see *Trade identity* in
 //!   `docs/schema.md`). Lifecycle events always take it (a handful per day).
@@ -137,10 +137,11 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
         // A replay's rows received after the newest stored row of its span cannot be stored:
         // they are copied straight in, only the others anti-joined.
         let through = if replay { stored_received_through(&tx, table, rows).await? } else { None };
-        let (maybe, fresh): (Vec<&Row>, Vec<&Row>) = match through {
-            Some(through) => rows.iter().partition(|r| r.received_at().timestamp_micros() <= through),
-            None => (Vec::new(), rows.to_vec()),
+        let Some(through) = through else {
+            copy_direct(&tx, keys, table, rows).await?;
+            continue;
         };
+        let (maybe, fresh): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.received_at().timestamp_micros() <= through);
         if !maybe.is_empty() {
             idempotent(&tx, keys, table, &maybe).await?;
         }
