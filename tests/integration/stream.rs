@@ -486,10 +486,19 @@ async fn out_of_domain_values_are_quarantined_not_stored() {
         assert!(h.ws.send_to_asset(&asset, f));
     }
     assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, 20, t0)));
-    eventually(10, "the good trade stored", || async { h.trades().await == 1 }).await;
+    // Bad events inside a frame with a good one: each quarantine row holds its own event's
+    // text, not the whole frame once per bad event.
+    let in_frame = [bad[1].replace("\"1.5\"", "\"2.5\""), bad[2].replace("\"0\"", "\"0.0\"")];
+    let frame = format!("[{}, {}, {}]", in_frame[0], trade_frame(&asset, 21, t0), in_frame[1]);
+    assert!(h.ws.send_to_asset(&asset, &frame));
+    eventually(10, "the good trades stored", || async { h.trades().await == 2 }).await;
     eventually(10, "the bad ones quarantined", || async {
-        h.db.try_count("SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'out of domain:%'").await == Some(5)
+        h.db.try_count("SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'out of domain:%'").await == Some(7)
     }).await;
+    let frames: Vec<String> = h.db.client().await
+        .query("SELECT frame FROM stream_quarantine WHERE reason LIKE 'out of domain:%' ORDER BY id DESC LIMIT 2", &[]).await.unwrap()
+        .iter().map(|r| r.get(0)).collect();
+    assert_eq!(frames, [in_frame[1].clone(), in_frame[0].clone()]);
     h.stop().await;
 }
 

@@ -318,10 +318,14 @@ impl Shard {
                 for (frame, reason) in rejected {
                     self.quarantine(&reason, frame, received_at);
                 }
-                for event in events {
+                // The events' own texts, found only when one of them is quarantined.
+                let mut texts: Option<Option<Vec<&str>>> = None;
+                let n = events.len();
+                for (i, event) in events.into_iter().enumerate() {
                     stats.events_received.fetch_add(1, Ordering::Relaxed);
                     if let Err(reason) = domain::check(&event, received_at, &self.assets) {
-                        self.quarantine(&reason, text.to_string(), received_at);
+                        let own = texts.get_or_insert_with(|| ws::event_texts(text)).as_ref().filter(|t| t.len() == n).map(|t| t[i]);
+                        self.quarantine(&reason, own.unwrap_or(text).to_string(), received_at);
                         continue;
                     }
                     match event {
