@@ -162,7 +162,8 @@ pub struct StreamConfig {
     pub store_price_changes: bool,
     /// Rows the write queue holds before spilling to the spool. Default 100,000.
     pub queue_capacity: usize,
-    /// Most rows per database transaction. Default 10,000 (two batches are written at a
+    /// Rows per database transaction: a batch closes once it holds this many (a frame's
+    /// rows travel together, so its last frame may take it a little past). Default 10,000 (two batches are written at a
     /// time, so larger ones gain no throughput and only add latency — BENCHMARKS.md).
     pub batch_size: usize,
     /// How long a batch fills after its first row, unless full sooner. Default 50 ms: each

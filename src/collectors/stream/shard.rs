@@ -321,6 +321,8 @@ impl Shard {
                 // The events' own texts, found only when one of them is quarantined.
                 let mut texts: Option<Option<Vec<&str>>> = None;
                 let n = events.len();
+                // The frame's rows, handed to the sink together.
+                let mut rows = Vec::with_capacity(n * 2);
                 for (i, event) in events.into_iter().enumerate() {
                     stats.events_received.fetch_add(1, Ordering::Relaxed);
                     if let Err(reason) = domain::check(&event, received_at, &self.assets) {
@@ -332,7 +334,7 @@ impl Shard {
                         Event::Book(book) => {
                             books_watch.book(&book.token_id);
                             books.snapshot(&book);
-                            sink.push(Row::Book { book, received_at });
+                            rows.push(Row::Book { book, received_at });
                         }
                         Event::PriceChange(pc) => {
                             let condition_id: Option<std::sync::Arc<str>> = pc.condition_id.map(Into::into);
@@ -348,7 +350,7 @@ impl Shard {
                                     Applied::Ok => {}
                                 }
                                 if self.ctx.cfg.store_price_changes {
-                                    sink.push(Row::PriceChange {
+                                    rows.push(Row::PriceChange {
                                         change,
                                         condition_id: condition_id.clone(),
                                         source_ts: pc.source_ts,
@@ -359,20 +361,21 @@ impl Shard {
                         }
                         Event::Trade(trade) => {
                             stats.trades_received.fetch_add(1, Ordering::Relaxed);
-                            sink.push(Row::Trade { trade, received_at, source: TradeSource::Ws });
+                            rows.push(Row::Trade { trade, received_at, source: TradeSource::Ws });
                         }
-                        Event::Quote(quote) => sink.push(Row::Quote { quote, received_at }),
-                        Event::TickSize(change) => sink.push(Row::TickSize { change, received_at }),
+                        Event::Quote(quote) => rows.push(Row::Quote { quote, received_at }),
+                        Event::TickSize(change) => rows.push(Row::TickSize { change, received_at }),
                         Event::NewMarket(l) => {
                             self.ctx.lifecycle(Lifecycle::Listed(l.assets.clone()));
-                            sink.push(Row::Lifecycle { event: l, received_at });
+                            rows.push(Row::Lifecycle { event: l, received_at });
                         }
                         Event::MarketResolved(l) => {
                             self.ctx.lifecycle(Lifecycle::Resolved(l.assets.clone()));
-                            sink.push(Row::Lifecycle { event: l, received_at });
+                            rows.push(Row::Lifecycle { event: l, received_at });
                         }
                     }
                 }
+                sink.push_all(rows);
                 true
             }
         }

@@ -1,12 +1,13 @@
 //! The readers' side of the write path. Socket readers hand rows to the [`Sink`], which never
-//! waits: it puts them on a bounded queue for the [`super::writer::Writer`], or — when the
-//! queue is full because the database is down or slow — appends them to the on-disk
-//! [`Spool`]. Once rows went to the spool, later rows follow them there until it is replayed,
+//! waits: it puts them on a queue bounded in rows for the [`super::writer::Writer`], or — when
+//! the queue is full because the database is down or slow — appends them to the on-disk
+//! [`Spool`]. A frame's rows travel together (one lock and one queue entry per frame, not per
+//! row: at 250,000 rows/s the per-row hand-over cost ~9 % of the process's CPU). Once rows went to the spool, later rows follow them there until it is replayed,
 //! so the replay order is the arrival order. A full spool is an ERROR, counted; nothing is
 //! dropped silently.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -99,7 +100,10 @@ struct SinkState {
 
 /// The readers' side of the write path. Cheap to share; never blocks on the database.
 pub struct Sink {
-    tx: mpsc::Sender<Row>,
+    tx: mpsc::UnboundedSender<Vec<Row>>,
+    /// Rows on the queue; at most `capacity` (a frame's rows go whole or not at all).
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     state: Mutex<SinkState>,
     pub stats: WriteStats,
     epoch: Instant,
@@ -108,51 +112,78 @@ pub struct Sink {
 impl Sink {
     /// A sink with a queue of `capacity` rows and the spool at `spool`, and the receiving end
     /// for the [`Writer`].
-    pub fn new(capacity: usize, spool: Spool) -> (std::sync::Arc<Sink>, mpsc::Receiver<Row>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    pub fn new(capacity: usize, spool: Spool) -> (Arc<Sink>, QueueRx) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let spooling = !spool.is_empty();
         let bytes = spool.pending_bytes();
-        let sink = std::sync::Arc::new(Sink { tx, state: Mutex::new(SinkState { spool, spooling }), stats: WriteStats::default(), epoch: Instant::now() });
+        let sink = Arc::new(Sink {
+            tx,
+            queued: queued.clone(),
+            capacity: capacity.max(1),
+            state: Mutex::new(SinkState { spool, spooling }),
+            stats: WriteStats::default(),
+            epoch: Instant::now(),
+        });
         sink.stats.spool_bytes.store(bytes, Ordering::Relaxed);
-        (sink, rx)
+        (sink, QueueRx { rx, queued })
     }
 
     /// Hands a row over; never waits.
     pub fn push(&self, row: Row) {
+        self.push_all(vec![row]);
+    }
+
+    /// Hands rows over together (a frame's), in their order; never waits. They go to the
+    /// queue if it has room for all of them, else to the spool.
+    pub fn push_all(&self, rows: Vec<Row>) {
+        if rows.is_empty() {
+            return;
+        }
         let mut st = self.state.lock().expect("sink lock");
-        let row = if st.spooling {
-            row
+        let rows = if st.spooling {
+            rows
         } else {
-            match self.tx.try_send(row) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(row)) | Err(mpsc::error::TrySendError::Closed(row)) => {
-                    st.spooling = true;
-                    tracing::warn!(message_id = journal::SPOOL, capacity = self.tx.max_capacity(),
-                        "write queue full (database down or slow): spooling rows to disk");
-                    row
+            let n = rows.len();
+            let rows = if self.queued.load(Ordering::Relaxed) + n <= self.capacity {
+                self.queued.fetch_add(n, Ordering::Relaxed);
+                match self.tx.send(rows) {
+                    Ok(()) => return,
+                    Err(mpsc::error::SendError(rows)) => {
+                        self.queued.fetch_sub(n, Ordering::Relaxed);
+                        rows
+                    }
                 }
-            }
+            } else {
+                rows
+            };
+            st.spooling = true;
+            tracing::warn!(message_id = journal::SPOOL, capacity = self.capacity,
+                "write queue full (database down or slow): spooling rows to disk");
+            rows
         };
-        match st.spool.append(&row) {
-            Ok(()) => {
-                self.stats.spooled_rows.fetch_add(1, Ordering::Relaxed);
-                self.stats.spool_bytes.store(st.spool.pending_bytes(), Ordering::Relaxed);
-                self.stats.last_spooled_ms.store(self.now_ms(), Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.stats.last_dropped_ms.store(self.now_ms(), Ordering::Relaxed);
-                let n = self.stats.dropped_rows.fetch_add(1, Ordering::Relaxed) + 1;
-                // Loud, but not once per row at 50k rows/s.
-                if n.is_power_of_two() {
-                    tracing::error!(message_id = journal::SPOOL, error = %e, dropped_rows = n, "DATA LOST: spool cannot take more rows");
+        for row in &rows {
+            match st.spool.append(row) {
+                Ok(()) => {
+                    self.stats.spooled_rows.fetch_add(1, Ordering::Relaxed);
+                    self.stats.last_spooled_ms.store(self.now_ms(), Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.stats.last_dropped_ms.store(self.now_ms(), Ordering::Relaxed);
+                    let n = self.stats.dropped_rows.fetch_add(1, Ordering::Relaxed) + 1;
+                    // Loud, but not once per row at 50k rows/s.
+                    if n.is_power_of_two() {
+                        tracing::error!(message_id = journal::SPOOL, error = %e, dropped_rows = n, "DATA LOST: spool cannot take more rows");
+                    }
                 }
             }
         }
+        self.stats.spool_bytes.store(st.spool.pending_bytes(), Ordering::Relaxed);
     }
 
     /// Rows waiting in the queue.
     pub fn queue_depth(&self) -> u64 {
-        (self.tx.max_capacity() - self.tx.capacity()) as u64
+        self.queued.load(Ordering::Relaxed) as u64
     }
 
     fn now_ms(&self) -> u64 {
@@ -256,10 +287,51 @@ impl Sink {
     }
 }
 
+/// The writer's end of the queue: rows in the groups the readers handed over, counted out of
+/// the queue's row count as they are taken.
+pub struct QueueRx {
+    rx: mpsc::UnboundedReceiver<Vec<Row>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl QueueRx {
+    /// The next group of rows; `None` once the queue is closed and empty. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Vec<Row>> {
+        let rows = self.rx.recv().await;
+        self.taken(rows)
+    }
+
+    /// The next group of rows if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Vec<Row>> {
+        let rows = self.rx.try_recv().ok();
+        self.taken(rows)
+    }
+
+    fn taken(&self, rows: Option<Vec<Row>>) -> Option<Vec<Row>> {
+        if let Some(r) = &rows {
+            self.queued.fetch_sub(r.len(), Ordering::Relaxed);
+        }
+        rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.rx.is_closed()
+    }
+
+    /// No more rows are taken: the sink spools what comes after.
+    pub fn close(&mut self) {
+        self.rx.close();
+    }
+}
+
 impl Sink {
     /// A spool chunk to replay, but only when the queue is empty (queued rows are older than
     /// spooled ones).
-    pub(super) fn spool_chunk_if_idle(&self, rx: &mut mpsc::Receiver<Row>, max: usize) -> Option<(Vec<Row>, Position)> {
+    pub(super) fn spool_chunk_if_idle(&self, rx: &mut QueueRx, max: usize) -> Option<(Vec<Row>, Position)> {
         if !rx.is_empty() {
             return None;
         }
@@ -270,6 +342,39 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn quarantine_row(i: usize) -> Row {
+        Row::Quarantine { connection: None, reason: format!("r{i}"), frame: String::new(), received_at: chrono::Utc::now() }
+    }
+
+    fn reason(r: &Row) -> &str {
+        let Row::Quarantine { reason, .. } = r else { panic!() };
+        reason
+    }
+
+    #[test]
+    fn a_frames_rows_are_queued_together_or_spooled_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, mut rx) = Sink::new(5, Spool::open(dir.path(), 1 << 20, "db").unwrap());
+        sink.push_all((0..3).map(quarantine_row).collect());
+        assert_eq!(sink.queue_depth(), 3);
+        // Three more do not fit in five: all three spill, and so does what follows, in order.
+        sink.push_all((3..6).map(quarantine_row).collect());
+        sink.push(quarantine_row(6));
+        assert_eq!(sink.queue_depth(), 3);
+        assert_eq!(sink.stats.spooled_rows.load(Ordering::Relaxed), 4);
+        let queued = rx.try_recv().unwrap();
+        assert_eq!(queued.iter().map(reason).collect::<Vec<_>>(), ["r0", "r1", "r2"]);
+        assert_eq!(sink.queue_depth(), 0);
+        assert!(rx.try_recv().is_none());
+        let (spooled, at) = sink.spool_chunk_if_idle(&mut rx, 10).unwrap();
+        assert_eq!(spooled.iter().map(reason).collect::<Vec<_>>(), ["r3", "r4", "r5", "r6"]);
+        sink.spool_commit(at);
+        // Replayed: the queue takes rows again.
+        sink.push(quarantine_row(7));
+        assert_eq!(sink.queue_depth(), 1);
+        assert_eq!(rx.try_recv().map(|r| r.len()), Some(1));
+    }
 
     #[test]
     fn histogram_quantiles() {

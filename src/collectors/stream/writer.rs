@@ -15,13 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::domain::printable;
-use super::sink::{LatencyHistogram, Sink};
+use super::sink::{LatencyHistogram, QueueRx, Sink};
 use crate::backoff::Backoff;
 use crate::db::stream::{Keys, Row, write_batch};
 use crate::db::{DbError, Pool};
@@ -56,9 +55,10 @@ impl Stop {
 pub struct Writer {
     pub pool: Pool,
     /// The queue's receiving end, shared so a writer restarted after a panic takes it over.
-    pub rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Row>>>,
+    pub rx: Arc<tokio::sync::Mutex<QueueRx>>,
     pub sink: Arc<Sink>,
-    /// Most rows per transaction. Default 10,000.
+    /// Rows per transaction: a batch closes at this many (its last frame's rows may take it
+    /// a little past). Default 10,000.
     pub batch_size: usize,
     /// Longest wait to fill a batch. Default 50 ms.
     pub flush_interval: Duration,
@@ -173,15 +173,18 @@ impl Writer {
                 r = rx.recv() => r,
                 _ = tokio::time::sleep(self.flush_interval) => continue,
             };
-            let Some(row) = first else { break };
+            let Some(rows) = first else { break };
             stats.writer_idle.store(false, Ordering::SeqCst);
-            let mut batch = vec![row];
+            // Room for a full batch from the start (growing it copied every row ~log2(batch)
+            // times), and for the last frame's rows that take it past `batch_size`.
+            let mut batch = Vec::with_capacity(self.batch_size + 64);
+            batch.extend(rows);
             let deadline = Instant::now() + self.flush_interval;
             loop {
                 while batch.len() < self.batch_size {
                     match rx.try_recv() {
-                        Ok(row) => batch.push(row),
-                        Err(_) => break,
+                        Some(rows) => batch.extend(rows),
+                        None => break,
                     }
                 }
                 let now = Instant::now();
@@ -293,12 +296,12 @@ impl Writer {
 
     /// The stop: write what may be stored already (idempotently) and what is queued until
     /// `deadline`, spool the rest.
-    async fn drain(&self, rx: &mut mpsc::Receiver<Row>, maybe_stored: Vec<Row>, deadline: Instant) {
+    async fn drain(&self, rx: &mut QueueRx, maybe_stored: Vec<Row>, deadline: Instant) {
         rx.close();
         let replayed = maybe_stored.len();
         let mut batch = maybe_stored;
-        while let Ok(row) = rx.try_recv() {
-            batch.push(row);
+        while let Some(rows) = rx.try_recv() {
+            batch.extend(rows);
         }
         let total = batch.len();
         let mut written = 0;
