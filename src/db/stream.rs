@@ -244,10 +244,13 @@ async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&
     let writer = BinaryCopyInWriter::new(sink, table.types);
     pin_mut!(writer);
     let mut bytes = Vec::with_capacity(64);
-    for r in rows {
+    // The rows' token keys under one lock (the write tasks share it; a lock per row cost more
+    // than the lookup).
+    let tokens = keys.tokens_of(rows);
+    for (r, &token) in rows.iter().zip(&tokens) {
         match r {
             Row::Trade { trade: t, received_at, source } => {
-                let (token, buy, backfill) = (keys.token(&t.asset_id), t.side == Side::Buy, *source == TradeSource::Backfill);
+                let (buy, backfill) = (t.side == Side::Buy, *source == TradeSource::Backfill);
                 let tx = t.tx_hash.as_deref().map(|h| {
                     tx_into(h, &mut bytes);
                     bytes.as_slice()
@@ -255,7 +258,7 @@ async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&
                 writer.as_mut().write(&[&token, &buy, &backfill, &t.source_ts, received_at, &t.price, &t.size, &tx, &t.fee_rate_bps]).await?
             }
             Row::PriceChange { change: c, source_ts, received_at, .. } => {
-                let (token, buy) = (keys.token(&c.asset_id), c.side == Side::Buy);
+                let buy = c.side == Side::Buy;
                 let hash = c.hash.as_deref().map(|h| {
                     level_hash_into(h, &mut bytes);
                     bytes.as_slice()
@@ -267,11 +270,9 @@ async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&
                 }
             }
             Row::Quote { quote: q, received_at } => {
-                let token = keys.token(&q.asset_id);
                 writer.as_mut().write(&[&token, &q.source_ts, received_at, &q.best_bid, &q.best_ask, &q.spread]).await?
             }
             Row::TickSize { change: c, received_at } => {
-                let token = keys.token(&c.asset_id);
                 writer.as_mut().write(&[&token, &c.source_ts, received_at, &c.old_tick_size, &c.new_tick_size]).await?
             }
             Row::Quarantine { connection, reason, frame, received_at } => {
@@ -610,6 +611,12 @@ pub struct Keys {
 impl Keys {
     fn token(&self, id: &str) -> i32 {
         self.tokens.lock().expect("keys lock").get(id).expect("resolved before the copy").0
+    }
+
+    /// The token key of each row (0 for a row without a token).
+    fn tokens_of(&self, rows: &[&Row]) -> Vec<i32> {
+        let known = self.tokens.lock().expect("keys lock");
+        rows.iter().map(|r| r.token().map_or(0, |(id, _)| known.get(id).expect("resolved before the copy").0)).collect()
     }
 
     fn condition(&self, id: Option<&str>) -> Option<i32> {

@@ -199,12 +199,39 @@ async fn serve(tcp: tokio::net::TcpStream, state: Arc<Mutex<WsState>>) {
                     }
                 }
             }
-            cmd = cmd_rx.recv() => match cmd {
-                Some(Cmd::Send(text)) if !silent => { let _ = tx.send(Message::text(text)).await; }
-                Some(Cmd::Send(_)) => {}
-                Some(Cmd::Silence) => silent = true,
-                Some(Cmd::Drop) | None => { mark_dead(&state); return; } // TCP reset, no close frame
-            },
+            cmd = cmd_rx.recv() => {
+                // The frames queued by now go out with one flush, as a busy server's writes
+                // coalesce: a write per frame made the fake, not the collector, the
+                // benchmarks' bottleneck. Commands keep their order; a drop flushes first.
+                let (mut cmd, mut unflushed) = (cmd, 0);
+                loop {
+                    match cmd {
+                        Some(Cmd::Send(text)) if !silent => {
+                            let _ = tx.feed(Message::text(text)).await;
+                            unflushed += 1;
+                        }
+                        Some(Cmd::Send(_)) => {}
+                        Some(Cmd::Silence) => silent = true,
+                        Some(Cmd::Drop) | None => {
+                            let _ = tx.flush().await;
+                            mark_dead(&state);
+                            return; // TCP reset, no close frame
+                        }
+                    }
+                    match cmd_rx.try_recv() {
+                        Ok(next) if unflushed < 256 => cmd = Some(next),
+                        Ok(next) => {
+                            let _ = tx.flush().await;
+                            unflushed = 0;
+                            cmd = Some(next);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if unflushed > 0 {
+                    let _ = tx.flush().await;
+                }
+            }
             msg = rx.next() => {
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t.to_string(),
