@@ -94,16 +94,33 @@ impl Row {
     }
 }
 
+/// Where a batch's rows come from: how much checking they need before they go in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Straight from the readers (or the backfill): never handed to the database before.
+    Live,
+    /// Spilled to the spool by this process and replayed from it: never handed to the
+    /// database before either, but a gap's backfill may have stored some of their fills
+    /// meanwhile, so trades take their idempotent path (where the stream's copy replaces a
+    /// backfilled one).
+    Spilled,
+    /// May be stored already: a previous run's spool (a crash or a stop came between a write
+    /// and the spool's truncation), or a batch whose earlier attempt failed without a clear
+    /// answer.
+    MaybeStored,
+}
+
 /// Stores one batch in one transaction; returns the number of new trades.
 ///
-/// `replay`: the rows may be stored already — they come from the spool (a crash or an outage
-/// came between), or a previous attempt at this batch failed without a clear answer. Trades
-/// then take their idempotent path, where a stream trade also replaces a backfilled copy of
-/// the same fill. Level changes received after the newest stored one of the batch's spans
-/// ([`stored_received_through`]) are copied straight in, the rest anti-joined. The other
-/// tables are copied under a savepoint that a unique violation rolls back to their
-/// idempotent paths.
-pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -> Result<u64, DbError> {
+/// Live rows are copied straight in; trades, quotes, tick sizes and books under a savepoint
+/// that a unique violation (a re-dumped book, …) rolls back to their idempotent paths.
+/// [`Origin::Spilled`] and [`Origin::MaybeStored`] trades always take their idempotent path,
+/// where a stream trade also replaces a backfilled copy of the same fill. Level changes have
+/// no unique index: for [`Origin::MaybeStored`] only, those received after the newest stored
+/// one of the batch's spans ([`stored_received_through`]) are copied straight in, the rest
+/// anti-joined.
+pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], origin: Origin) -> Result<u64, DbError> {
+    let replay = origin == Origin::MaybeStored;
     let mut trades = Vec::new();
     let mut changes = Vec::new();
     let mut books_ = Vec::new();
@@ -155,7 +172,7 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], replay: bool) -
     // back and they take their idempotent paths. Backfilled and replayed trades always take
     // theirs, where a stream trade replaces a backfilled copy of the same fill.
     let trades_live = trades.iter().all(|r| matches!(r, Row::Trade { source: TradeSource::Ws, .. }));
-    let direct_trades = trades_live && !trades.is_empty() && !replay;
+    let direct_trades = trades_live && !trades.is_empty() && origin == Origin::Live;
     let copied = if direct_trades || !quotes.is_empty() || !ticks.is_empty() || !books_.is_empty() {
         copy_under_savepoint(&tx, async {
             let mut new_trades = 0;

@@ -254,6 +254,22 @@ async fn wal_stats(db: &pg::TestDb, from: &str, to: &str) {
     }
 }
 
+/// Diagnostic (BENCH_STATEMENTS=1, with `COLLECTOR_TEST_PG_OPTIONS='-c
+/// shared_preload_libraries=pg_stat_statements'`): the statements that took the most time
+/// since the last call (printed if `print`), then reset.
+async fn statement_stats(db: &pg::TestDb, print: bool) {
+    if std::env::var("BENCH_STATEMENTS").is_err() {
+        return;
+    }
+    let c = db.client().await;
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await.unwrap();
+    for r in c.query("SELECT total_exec_time, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 110) FROM pg_stat_statements
+                      ORDER BY total_exec_time DESC LIMIT 12", &[]).await.unwrap().into_iter().filter(|_| print) {
+        println!("BENCH SQL {:>9.0} ms {:>7} calls {:>9} rows  {}", r.get::<_, f64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2), r.get::<_, String>(3));
+    }
+    c.batch_execute("SELECT pg_stat_statements_reset()").await.unwrap();
+}
+
 async fn lsn(db: &pg::TestDb) -> String {
     db.client().await.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0)
 }
@@ -564,6 +580,7 @@ async fn bench_stream_real_mix_sustained() {
         let per_tick = (frames.len() as u64).div_ceil(ticks) as usize;
         let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
         h.sink.stats.commit_latency.reset();
+        statement_stats(&h.db, false).await;
         let (cpu, own, wal_before, lsn0) = (pg_cpu(&h.db).await, self_cpu(), wal(&h.db).await, lsn(&h.db).await);
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -617,6 +634,7 @@ async fn bench_stream_real_mix_sustained() {
             if kept { "kept up" } else { "FELL BEHIND" });
         let w = wal(&h.db).await;
         wal_stats(&h.db, &lsn0, &lsn(&h.db).await).await;
+        statement_stats(&h.db, true).await;
         println!("BENCH            quarantined {quarantined}, withheld {}, reconnects {}, gaps {}, dropped {}, spool bytes now {}",
             h.stats.withheld.load(Ordering::Relaxed), h.stats.reconnects.load(Ordering::Relaxed),
             h.stats.gaps.load(Ordering::Relaxed), h.sink.stats.dropped_rows.load(Ordering::Relaxed), h.sink.stats.spool_bytes.load(Ordering::Relaxed));

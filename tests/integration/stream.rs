@@ -13,7 +13,7 @@ use collector::collectors::stream::{self, StreamDeps, StreamHandle, StreamStats}
 use collector::config::{Config, Env};
 use collector::daemon::supervisor::Supervisor;
 use collector::db::partitions::partition_name;
-use collector::db::stream::{Keys, Row, TradeSource, write_batch};
+use collector::db::stream::{Keys, Origin, Row, TradeSource, write_batch};
 use collector::polymarket::decode::Side;
 use collector::polymarket::ws::Trade;
 use collector::polymarket::client::PolymarketClient;
@@ -413,20 +413,28 @@ async fn a_fill_is_stored_once_whether_the_stream_or_the_backfill_came_first() {
     // Backfill first (whole second, float price), then the spooled stream copy (replay).
     let backfill = trade_row("a", "0.709999959", "1.464786", second, Some("0xfeed"), TradeSource::Backfill);
     let stream = trade_row("a", "0.71", "1.464786", ms, Some("0xfeed"), TradeSource::Ws);
-    write_batch(&pool, &keys, &[backfill.clone()], false).await.unwrap();
-    write_batch(&pool, &keys, &[stream.clone()], true).await.unwrap();
-    let rows = db.client().await.query("SELECT price::text, source FROM trades", &[]).await.unwrap();
+    write_batch(&pool, &keys, &[backfill.clone()], Origin::Live).await.unwrap();
+    write_batch(&pool, &keys, &[stream.clone()], Origin::MaybeStored).await.unwrap();
+    let rows = db.client().await.query("SELECT price::text, source FROM trades WHERE asset_id = 'a'", &[]).await.unwrap();
     let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(got, vec![("0.71".to_string(), "ws".to_string())], "the stream's exact copy replaced the backfilled one");
+    // The same for a row this run spilled to its spool while a gap's backfill went in.
+    let backfill = trade_row("c", "0.709999959", "2", second, Some("0xfeed"), TradeSource::Backfill);
+    let spilled = trade_row("c", "0.71", "2", ms, Some("0xfeed"), TradeSource::Ws);
+    write_batch(&pool, &keys, &[backfill], Origin::Live).await.unwrap();
+    write_batch(&pool, &keys, &[spilled], Origin::Spilled).await.unwrap();
+    let rows = db.client().await.query("SELECT price::text, source FROM trades WHERE asset_id = 'c'", &[]).await.unwrap();
+    let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![("0.71".to_string(), "ws".to_string())], "a spilled stream row replaces the backfilled copy too");
     // And the other order: the backfill finds the stream's copy (no tx hash on the stream side).
     let stream = trade_row("b", "0.42", "5", ms, None, TradeSource::Ws);
     let backfill = trade_row("b", "0.4200000001", "5", second, Some("0xbeef"), TradeSource::Backfill);
-    write_batch(&pool, &keys, &[stream], false).await.unwrap();
-    write_batch(&pool, &keys, &[backfill], false).await.unwrap();
+    write_batch(&pool, &keys, &[stream], Origin::Live).await.unwrap();
+    write_batch(&pool, &keys, &[backfill], Origin::Live).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM trades WHERE asset_id = 'b'").await, Some(1));
     // Two genuinely different fills in one second stay two.
     let other = trade_row("b", "0.43", "5", second, Some("0xbeef"), TradeSource::Backfill);
-    write_batch(&pool, &keys, &[other], false).await.unwrap();
+    write_batch(&pool, &keys, &[other], Origin::Live).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM trades WHERE asset_id = 'b'").await, Some(2));
 }
 
@@ -599,9 +607,9 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
         }
         _ => unreachable!(),
     }).collect();
-    write_batch(&pool, &keys, &bulk, false).await.unwrap();
-    write_batch(&pool, &keys, &batch, false).await.unwrap();
-    write_batch(&pool, &keys, &batch, true).await.unwrap();
+    write_batch(&pool, &keys, &bulk, Origin::Live).await.unwrap();
+    write_batch(&pool, &keys, &batch, Origin::Live).await.unwrap();
+    write_batch(&pool, &keys, &batch, Origin::MaybeStored).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM price_changes").await, Some(30_002));
     assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
@@ -609,7 +617,7 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     // Live again (not a replay, e.g. a book re-dumped after a reconnect): quotes, trades and
     // books fall back on their unique identity.
     let again = vec![batch[2].clone(), batch[3].clone(), batch[4].clone()];
-    write_batch(&pool, &keys, &again, false).await.unwrap();
+    write_batch(&pool, &keys, &again, Origin::Live).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws' AND bids <> '[]'").await, Some(1));
@@ -617,19 +625,19 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     assert_eq!(exact, "0.41,0.42");
     // A replay of which part is stored (same times) stores only the rest; one of which nothing
     // is stored (other receive times: the spool's rows) is copied in whole.
-    write_batch(&pool, &keys, &[change("0.41", Some("h1")), change("0.43", Some("h3"))], true).await.unwrap();
+    write_batch(&pool, &keys, &[change("0.41", Some("h1")), change("0.43", Some("h3"))], Origin::MaybeStored).await.unwrap();
     let later = |price: &str| match change(price, None) {
         Row::PriceChange { change, condition_id, source_ts, .. } => Row::PriceChange { change, condition_id, source_ts, received_at: ts + chrono::Duration::seconds(1) },
         _ => unreachable!(),
     };
-    write_batch(&pool, &keys, &[later("0.44"), later("0.45")], true).await.unwrap();
+    write_batch(&pool, &keys, &[later("0.44"), later("0.45")], Origin::MaybeStored).await.unwrap();
     // Stored and new rows in one replay: those received after the newest stored one are
     // copied, the rest anti-joined.
     write_batch(&pool, &keys, &[change("0.41", Some("h1")), later("0.45"), later("0.46"), match later("0.47") {
         Row::PriceChange { change, condition_id, source_ts, received_at } =>
             Row::PriceChange { change, condition_id, source_ts, received_at: received_at + chrono::Duration::seconds(1) },
         _ => unreachable!(),
-    }], true).await.unwrap();
+    }], Origin::MaybeStored).await.unwrap();
     let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes WHERE asset_id = 'a'", &[]).await.unwrap().get(0);
     assert_eq!(exact, "0.41,0.42,0.43,0.44,0.45,0.46,0.47");
     // The replay check summarized the day's BRIN ranges before looking (an unsummarized range
@@ -671,10 +679,10 @@ async fn level_changes_read_back_exactly_through_the_view_by_either_path() {
             .map(|(k, p, i, h)| change(&format!("{prefix}{k}"), i, p, h)).collect()
     };
     let (live, replayed) = (rows("live"), rows("replayed"));
-    write_batch(&pool, &keys, &live, false).await.unwrap();
-    write_batch(&pool, &keys, &replayed, true).await.unwrap();
-    write_batch(&pool, &keys, &replayed, true).await.unwrap();
-    write_batch(&pool, &keys, &live, true).await.unwrap();
+    write_batch(&pool, &keys, &live, Origin::Live).await.unwrap();
+    write_batch(&pool, &keys, &replayed, Origin::MaybeStored).await.unwrap();
+    write_batch(&pool, &keys, &replayed, Origin::MaybeStored).await.unwrap();
+    write_batch(&pool, &keys, &live, Origin::MaybeStored).await.unwrap();
     let client = db.client().await;
     for prefix in ["live", "replayed"] {
         for (k, price) in prices.iter().enumerate() {
@@ -705,7 +713,7 @@ async fn level_changes_read_back_exactly_through_the_view_by_either_path() {
         assert_eq!(&back, h);
     }
     for i in [99, 100] {
-        let nul = write_batch(&pool, &keys, &[change("a", i, "0.5", &Some("ab\u{0}cd".to_string()))], false).await.unwrap_err();
+        let nul = write_batch(&pool, &keys, &[change("a", i, "0.5", &Some("ab\u{0}cd".to_string()))], Origin::Live).await.unwrap_err();
         assert_eq!(nul.sqlstate(), Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION), "{nul}");
     }
 }
@@ -732,8 +740,8 @@ async fn trades_read_back_exactly_through_the_view_by_either_path() {
         live.push(trade_row("a", "0.50", &size, now, *h, TradeSource::Ws));
         replayed.push(trade_row("b", "0.5", &size, old, *h, TradeSource::Backfill));
     }
-    write_batch(&pool, &keys, &live, false).await.unwrap();
-    write_batch(&pool, &keys, &replayed, true).await.unwrap();
+    write_batch(&pool, &keys, &live, Origin::Live).await.unwrap();
+    write_batch(&pool, &keys, &replayed, Origin::MaybeStored).await.unwrap();
     let client = db.client().await;
     for (asset, source, price) in [("a", "ws", "0.50"), ("b", "backfill", "0.5")] {
         let rows = client
@@ -757,6 +765,6 @@ async fn trades_read_back_exactly_through_the_view_by_either_path() {
     }
     // The same fills again, live: the identity (normalised price and size) keeps them once.
     let again: Vec<Row> = hashes.iter().enumerate().map(|(i, h)| trade_row("a", "0.5", &format!("{}.1", i + 1), now, *h, TradeSource::Ws)).collect();
-    write_batch(&pool, &keys, &again, false).await.unwrap();
+    write_batch(&pool, &keys, &again, Origin::Live).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(10));
 }

@@ -331,7 +331,7 @@ pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow, max_
             continue;
         }
         // Trades only: no dictionary keys needed.
-        inserted += stream::write_batch(pool, &stream::Keys::default(), &trades, false).await?;
+        inserted += stream::write_batch(pool, &stream::Keys::default(), &trades, stream::Origin::Live).await?;
     }
     Ok(Backfilled { inserted, covered_from: covered_from.filter(|c| *c > gap.started_at) })
 }

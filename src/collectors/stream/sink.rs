@@ -233,20 +233,22 @@ impl Sink {
         }
     }
 
-    /// Up to `max` spooled rows and the offset that consumes them; `None` when the spool is
-    /// empty (and then new rows go to the queue again).
-    pub(super) fn spool_chunk(&self, max: usize) -> Option<(Vec<Row>, Position)> {
+    /// Up to `max` spooled rows, the offset that consumes them, and whether some of them may
+    /// be stored already (a previous run's); `None` when the spool is empty (and then new rows
+    /// go to the queue again).
+    pub(super) fn spool_chunk(&self, max: usize) -> Option<(Vec<Row>, Position, bool)> {
         let mut st = self.state.lock().expect("sink lock");
         if st.spool.is_empty() {
             st.spooling = false;
             return None;
         }
+        let maybe_stored = st.spool.reading_inherited();
         match st.spool.peek::<Row>(max) {
             Ok((rows, at, bad)) => {
                 for b in bad {
                     tracing::error!(message_id = journal::SPOOL, line = %b, "undecodable spool line skipped");
                 }
-                Some((rows, at))
+                Some((rows, at, maybe_stored))
             }
             Err(e) => {
                 tracing::error!(message_id = journal::SPOOL, error = %e, "cannot read the spool");
@@ -331,7 +333,7 @@ impl QueueRx {
 impl Sink {
     /// A spool chunk to replay, but only when the queue is empty (queued rows are older than
     /// spooled ones).
-    pub(super) fn spool_chunk_if_idle(&self, rx: &mut QueueRx, max: usize) -> Option<(Vec<Row>, Position)> {
+    pub(super) fn spool_chunk_if_idle(&self, rx: &mut QueueRx, max: usize) -> Option<(Vec<Row>, Position, bool)> {
         if !rx.is_empty() {
             return None;
         }
@@ -367,7 +369,8 @@ mod tests {
         assert_eq!(queued.iter().map(reason).collect::<Vec<_>>(), ["r0", "r1", "r2"]);
         assert_eq!(sink.queue_depth(), 0);
         assert!(rx.try_recv().is_none());
-        let (spooled, at) = sink.spool_chunk_if_idle(&mut rx, 10).unwrap();
+        let (spooled, at, maybe_stored) = sink.spool_chunk_if_idle(&mut rx, 10).unwrap();
+        assert!(!maybe_stored, "spilled by this process: never handed to the database");
         assert_eq!(spooled.iter().map(reason).collect::<Vec<_>>(), ["r3", "r4", "r5", "r6"]);
         sink.spool_commit(at);
         // Replayed: the queue takes rows again.

@@ -55,6 +55,10 @@ pub struct Spool {
     /// The open segment being appended to, and when its buffer was last written out.
     file: Option<(BufWriter<File>, std::time::Instant)>,
     read_at: Position,
+    /// The end of the rows found at open (a previous run's): rows before it may be stored
+    /// already (a crash or a stop came between their write and the spool's truncation), rows
+    /// after it were appended by this process and reach the database only through the replay.
+    inherited_end: Position,
     max_bytes: u64,
 }
 
@@ -101,7 +105,8 @@ impl Spool {
             }
         }
         let read_at = Position { segment: segments.first().copied().unwrap_or(1), offset: 0 };
-        Ok(Spool { dir: root, segments, sizes, file: None, read_at, max_bytes })
+        let inherited_end = Position { segment: segments.last().copied().unwrap_or(0), offset: sizes.last().copied().unwrap_or(0) };
+        Ok(Spool { dir: root, segments, sizes, file: None, read_at, inherited_end, max_bytes })
     }
 
     /// Bytes not yet replayed.
@@ -205,8 +210,20 @@ impl Spool {
         Ok((rows, at, bad))
     }
 
+    /// Whether the rows [`peek`](Self::peek) returns next may be stored already: they (or
+    /// some of them) were found at open. Rows this process appended were never handed to the
+    /// database before their replay, so their replay is a plain write.
+    pub fn reading_inherited(&self) -> bool {
+        self.read_at < self.inherited_end
+    }
+
     /// Marks everything before `at` as stored; deletes fully replayed segments.
     pub fn commit(&mut self, at: Position) -> Result<(), SpoolError> {
+        if at >= self.inherited_end {
+            // Segment numbers only grow, but a segment started over (below) is numbered
+            // anew: nothing from before is left to replay.
+            self.inherited_end = Position { segment: 0, offset: 0 };
+        }
         self.read_at = at;
         while let Some(first) = self.segments.first().copied() {
             let done = first < at.segment || (first == at.segment && at.offset >= self.sizes[0]);
@@ -303,12 +320,23 @@ mod tests {
         // A new run starts from the segment's beginning: rows not deleted before are replayed
         // again (at-least-once; the writes are idempotent).
         let mut s = Spool::open(dir.path(), 1 << 20, "db-a").unwrap();
+        s.append(&10u32).unwrap();
+        assert!(s.reading_inherited(), "rows from before the open may be stored");
+        let (rows, at, _): (Vec<u32>, _, _) = s.peek(5).unwrap();
+        assert_eq!(rows, (0..5).collect::<Vec<_>>());
+        s.commit(at).unwrap();
+        assert!(s.reading_inherited(), "rows 5..10 are from before the open");
+        let (rows, at, _): (Vec<u32>, _, _) = s.peek(5).unwrap();
+        assert_eq!(rows, (5..10).collect::<Vec<_>>());
+        s.commit(at).unwrap();
+        assert!(!s.reading_inherited(), "row 10 was appended by this process");
         let (rows, at, _): (Vec<u32>, _, _) = s.peek(100).unwrap();
-        assert_eq!(rows, (0..10).collect::<Vec<_>>());
+        assert_eq!(rows, [10]);
         s.commit(at).unwrap();
         assert!(s.is_empty());
         assert_eq!(s.segment_count(), 0, "replayed segments are deleted");
         s.append(&42u32).unwrap();
+        assert!(!s.reading_inherited());
         let (rows, _, _): (Vec<u32>, _, _) = s.peek(10).unwrap();
         assert_eq!(rows, [42]);
     }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::domain::printable;
 use super::sink::{LatencyHistogram, QueueRx, Sink};
 use crate::backoff::Backoff;
-use crate::db::stream::{Keys, Row, write_batch};
+use crate::db::stream::{Keys, Origin, Row, write_batch};
 use crate::db::{DbError, Pool};
 use crate::errors::error_chain;
 use crate::journal;
@@ -76,6 +76,15 @@ const PIPELINE: usize = 2;
 /// How often a filling batch looks at the queue.
 const FILL_POLL: Duration = Duration::from_millis(5);
 
+/// A batch written alone: a failed live batch (`at: None`), or a spool chunk and the spool
+/// position that consumes it.
+struct Alone {
+    rows: Vec<Row>,
+    at: Option<super::spool::Position>,
+    /// Written idempotently: some of its rows may be stored already.
+    maybe_stored: bool,
+}
+
 /// A live batch being written by its own task.
 type InFlight = (Arc<Vec<Row>>, JoinHandle<Result<u64, DbError>>);
 
@@ -84,13 +93,14 @@ impl Writer {
     /// if none was given); rows still unwritten then are spooled for the next run.
     ///
     /// Live batches are written [`PIPELINE`] at a time. A batch whose write fails, and a spool
-    /// chunk, are written alone, idempotently, before anything new is taken: a failed write may
-    /// have committed without an answer, and the spool is replayed in order.
+    /// chunk, are written alone before anything new is taken: a failed write may have committed
+    /// without an answer (so it is retried idempotently), and the spool is replayed in order
+    /// (idempotently where its rows may be stored: those a previous run left, see
+    /// [`super::spool::Spool::reading_inherited`]; rows spilled by this run are new).
     pub async fn run(self, stop: Stop, grace: Duration) {
         let mut rx = self.rx.clone().lock_owned().await;
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
-        // Batches to write alone: failed live batches (`None`), spool chunks (their position).
-        let mut alone: VecDeque<(Vec<Row>, Option<super::spool::Position>)> = VecDeque::new();
+        let mut alone: VecDeque<Alone> = VecDeque::new();
         let mut held = Held::default();
         let mut retries = RETRY.start();
         let stats = &self.sink.stats;
@@ -114,24 +124,24 @@ impl Writer {
                 // restarts it); nothing aborts these tasks but the stop, which does not come here.
                 match joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
                     Ok(trades) => {
-                        self.sink.stored(rows.len(), trades, held.through(newest(&rows), alone.iter().any(|(_, at)| at.is_none())));
+                        self.sink.stored(rows.len(), trades, held.through(newest(&rows), alone.iter().any(|a| a.at.is_none())));
                     }
                     Err(e) => {
                         self.failed(&e, rows.len(), &mut retries);
-                        alone.push_back((Arc::unwrap_or_clone(rows), None));
+                        alone.push_back(Alone { rows: Arc::unwrap_or_clone(rows), at: None, maybe_stored: true });
                     }
                 }
             }
             if alone.is_empty() && inflight.is_empty() {
-                if let Some((rows, at)) = self.sink.spool_chunk_if_idle(&mut rx, self.batch_size) {
-                    alone.push_back((rows, Some(at)));
+                if let Some((rows, at, maybe_stored)) = self.sink.spool_chunk_if_idle(&mut rx, self.batch_size) {
+                    alone.push_back(Alone { rows, at: Some(at), maybe_stored });
                 }
             }
-            if let Some((rows, at)) = alone.front() {
+            if let Some(Alone { rows, at, maybe_stored }) = alone.front() {
                 // A write in flight when the stop comes is abandoned (its transaction rolls
                 // back) and the batch goes to the drain: a hung database cannot hold the stop.
                 let result = tokio::select! {
-                    r = self.store(rows, true) => r,
+                    r = self.store(rows, if *maybe_stored { Origin::MaybeStored } else { Origin::Spilled }) => r,
                     _ = stop.cancel.cancelled() => break 'run,
                 };
                 match result {
@@ -141,7 +151,7 @@ impl Writer {
                         } else {
                             stats.replayed_rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
                         }
-                        let through = held.through(newest(rows), alone.iter().skip(1).any(|(_, at)| at.is_none()));
+                        let through = held.through(newest(rows), alone.iter().skip(1).any(|a| a.at.is_none()));
                         self.sink.stored(rows.len(), trades, through);
                         if let Some(at) = at {
                             self.sink.spool_commit(*at);
@@ -154,6 +164,8 @@ impl Writer {
                     }
                     Err(e) => {
                         let delay = self.failed(&e, rows.len(), &mut retries);
+                        // It may have committed without an answer: idempotently from now on.
+                        alone.front_mut().expect("front").maybe_stored = true;
                         tokio::select! {
                             _ = stop.cancel.cancelled() => break 'run,
                             _ = tokio::time::sleep(delay) => {}
@@ -201,7 +213,7 @@ impl Writer {
             let (rows, writer) = (Arc::new(batch), self.clone());
             let task_rows = rows.clone();
             inflight.push_back((rows, tokio::spawn(async move {
-                let stored = writer.store(&task_rows, false).await;
+                let stored = writer.store(&task_rows, Origin::Live).await;
                 // At the commit: the writer looks at finished writes only between batches.
                 if stored.is_ok() {
                     record_latency(&writer.sink.stats.commit_latency, &task_rows);
@@ -218,9 +230,9 @@ impl Writer {
             let _ = handle.await;
             maybe_stored.extend(Arc::unwrap_or_clone(rows));
         }
-        for (rows, at) in alone {
-            if at.is_none() {
-                maybe_stored.extend(rows);
+        for a in alone {
+            if a.at.is_none() {
+                maybe_stored.extend(a.rows);
             }
         }
         self.drain(&mut rx, maybe_stored, stop.deadline(grace)).await;
@@ -245,19 +257,19 @@ impl Writer {
     /// the refused rows (see the module docs) and stores the rest. `Err` only for failures
     /// that may pass (the database away, busy, …): the caller retries the whole batch, which
     /// is idempotent.
-    async fn store(&self, rows: &[Row], replay: bool) -> Result<u64, DbError> {
-        match write_batch(&self.pool, &self.keys, rows, replay).await {
-            Err(e) if e.is_content_error() => self.isolate(rows, replay).await,
+    async fn store(&self, rows: &[Row], origin: Origin) -> Result<u64, DbError> {
+        match write_batch(&self.pool, &self.keys, rows, origin).await {
+            Err(e) if e.is_content_error() => self.isolate(rows, origin).await,
             other => other,
         }
     }
 
-    async fn isolate(&self, rows: &[Row], replay: bool) -> Result<u64, DbError> {
+    async fn isolate(&self, rows: &[Row], origin: Origin) -> Result<u64, DbError> {
         let mut stored = 0;
         // Halves, first half on top: rows keep their order.
         let mut stack: Vec<&[Row]> = vec![rows];
         while let Some(part) = stack.pop() {
-            match write_batch(&self.pool, &self.keys, part, replay).await {
+            match write_batch(&self.pool, &self.keys, part, origin).await {
                 Ok(n) => stored += n,
                 Err(e) if e.is_content_error() && part.len() == 1 => self.poison(&part[0], &e).await,
                 Err(e) if e.is_content_error() => {
@@ -280,7 +292,7 @@ impl Writer {
         let frame = printable(&serde_json::to_string(row).unwrap_or_default());
         tracing::error!(message_id = journal::SPOOL, sqlstate, reason = %reason, "a stream row was refused by the database; quarantined: {reason}");
         let q = Row::Quarantine { connection: None, reason: reason.clone(), frame: frame.clone(), received_at: row.received_at() };
-        if let Err(qe) = write_batch(&self.pool, &self.keys, std::slice::from_ref(&q), false).await {
+        if let Err(qe) = write_batch(&self.pool, &self.keys, std::slice::from_ref(&q), Origin::Live).await {
             let line = serde_json::json!({"reason": reason, "row": frame, "quarantine_error": qe.to_string()});
             let written = std::fs::OpenOptions::new()
                 .create(true)
@@ -312,7 +324,7 @@ impl Writer {
             if Instant::now() >= deadline {
                 break;
             }
-            match tokio::time::timeout_at(deadline, self.store(chunk, written < replayed)).await {
+            match tokio::time::timeout_at(deadline, self.store(chunk, if written < replayed { Origin::MaybeStored } else { Origin::Live })).await {
                 Ok(Ok(trades)) => {
                     self.sink.stored(chunk.len(), trades, newest(chunk));
                     written = end;
