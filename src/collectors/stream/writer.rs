@@ -187,9 +187,10 @@ impl Writer {
             };
             let Some(rows) = first else { break };
             stats.writer_idle.store(false, Ordering::SeqCst);
-            // Room for a full batch from the start (growing it copied every row ~log2(batch)
-            // times), and for the last frame's rows that take it past `batch_size`.
-            let mut batch = Vec::with_capacity(self.batch_size + 64);
+            // Room for a full default batch from the start (growing it copied every row
+            // ~log2(batch) times), and for the last frame's rows that take it past
+            // `batch_size`; a larger configured batch grows past that as it fills.
+            let mut batch = Vec::with_capacity(self.batch_size.min(16_384) + 64);
             batch.extend(rows);
             let deadline = Instant::now() + self.flush_interval;
             loop {
