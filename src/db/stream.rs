@@ -16,10 +16,11 @@
 //!   after a reconnect) rolls them back to their idempotent paths.
 //! - `price_changes` has no unique index (it is most of the volume, and a wide unique index
 //!   cost most of the write time): live rows cannot repeat (a shard carries whole markets, and
-//!   upstream does not re-send level changes), so they are copied directly; rows that may have
-//!   been stored already — a spool replay, or the retry of a batch whose commit went
-//!   unacknowledged — are copied too when received after every stored row of their time
-//!   spans; the others take the idempotent path. Level changes whose prices fit a count of
+//!   upstream does not re-send level changes), so they are copied directly, and so are rows
+//!   this process spilled to its spool ([`Origin`]); rows that may have been stored already —
+//!   a previous run's spool, or the retry of a batch whose commit went unacknowledged — are
+//!   copied too when received after every stored row of their time spans; the others take
+//!   the idempotent path. Level changes whose prices fit a count of
 //!   0.0001 go to `price_changes_ticks`, any other to `price_changes_compact` (migration 9).
 //! - The idempotent path is one `INSERT … SELECT … FROM jsonb_to_recordset($1)` per table that
 //!   skips what is already there (also backfilled trades, see *Trade identity* in

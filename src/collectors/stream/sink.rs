@@ -2,8 +2,9 @@
 //! waits: it puts them on a queue bounded in rows for the [`super::writer::Writer`], or — when
 //! the queue is full because the database is down or slow — appends them to the on-disk
 //! [`Spool`]. A frame's rows travel together (one lock and one queue entry per frame, not per
-//! row: at 250,000 rows/s the per-row hand-over cost ~9 % of the process's CPU). Once rows went to the spool, later rows follow them there until it is replayed,
-//! so the replay order is the arrival order. A full spool is an ERROR, counted; nothing is
+//! row: at 250,000 rows/s the per-row hand-over cost ~9 % of the process's CPU). Once rows
+//! went to the spool, later rows follow them there until it is replayed, so the replay order
+//! is the arrival order. A full spool is an ERROR, counted; nothing is
 //! dropped silently.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

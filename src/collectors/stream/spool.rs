@@ -58,6 +58,8 @@ pub struct Spool {
     /// The end of the rows found at open (a previous run's): rows before it may be stored
     /// already (a crash or a stop came between their write and the spool's truncation), rows
     /// after it were appended by this process and reach the database only through the replay.
+    /// Fixed at open: the replay position only grows (segment numbers too), so once past it,
+    /// it stays past.
     inherited_end: Position,
     max_bytes: u64,
 }
@@ -219,11 +221,6 @@ impl Spool {
 
     /// Marks everything before `at` as stored; deletes fully replayed segments.
     pub fn commit(&mut self, at: Position) -> Result<(), SpoolError> {
-        if at >= self.inherited_end {
-            // Segment numbers only grow, but a segment started over (below) is numbered
-            // anew: nothing from before is left to replay.
-            self.inherited_end = Position { segment: 0, offset: 0 };
-        }
         self.read_at = at;
         while let Some(first) = self.segments.first().copied() {
             let done = first < at.segment || (first == at.segment && at.offset >= self.sizes[0]);
