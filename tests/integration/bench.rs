@@ -487,7 +487,7 @@ async fn bench_stream_real_mix_vs_copy() {
     const EVENTS: u64 = 200_000;
     const MARKETS: u64 = 100;
     let tables = STREAM_TABLES;
-    let (mut ours, mut copy, mut last_sizes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut copy, mut last_sizes, mut closed_sizes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut ours_cpu, mut copy_cpu, mut own_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         let mut h = stream_harness(MARKETS, &format!("queue_capacity = 2000000\n{}", bench_extra())).await;
@@ -516,6 +516,18 @@ async fn bench_stream_real_mix_vs_copy() {
         let plain = plain_copy_into_the_same_tables(&h.db, &tables).await;
         copy.push(plain.elapsed);
         copy_cpu.push(Duration::from_secs_f64(plain.cpu.values().sum()));
+        // The same rows once their day is closed: the daemon compacts its partitions.
+        let pool = h.db.pool().await;
+        for table in collector::db::partitions::TABLES {
+            for day in collector::db::partitions::days(&pool, table).await.unwrap() {
+                collector::db::partitions::compact(&pool, table, day).await.unwrap();
+            }
+        }
+        let mut sizes = Vec::new();
+        for table in tables {
+            sizes.push((table, bytes_per_row(&h.db, table).await));
+        }
+        closed_sizes = sizes;
     }
     let (o, c) = (median(ours), median(copy));
     let rows = real_mix_frames(MARKETS, EVENTS, 0).1 as f64;
@@ -526,17 +538,20 @@ async fn bench_stream_real_mix_vs_copy() {
     let (oc, cc) = (median(ours_cpu), median(copy_cpu));
     println!("BENCH   PostgreSQL CPU per row: collector {:.1} µs, plain COPY {:.1} µs", oc.as_secs_f64() * 1e6 / rows, cc.as_secs_f64() * 1e6 / rows);
     println!("BENCH   collector process CPU per row (with the in-process fake sending): {:.1} µs", median(own_cpu).as_secs_f64() * 1e6 / rows);
-    let mut per_day = 0.0;
-    for (table, (n, heap, total)) in last_sizes {
-        if n == 0 {
-            println!("BENCH   {table:<22}: no rows");
-            continue;
+    for (when, sizes) in [("while its day is open", last_sizes), ("once its day is closed and compacted", closed_sizes)] {
+        println!("BENCH   storage {when}:");
+        let mut per_day = 0.0;
+        for (table, (n, heap, total)) in sizes {
+            if n == 0 {
+                println!("BENCH     {table:<22}: no rows");
+                continue;
+            }
+            println!("BENCH     {table:<22}: {n} rows, {heap:.0} B/row heap, {total:.0} B/row with indexes");
+            // This mix at 30,000 events/s: the table's share of the rows at 1.8 rows per event.
+            per_day += total * n as f64 / rows * 30_000.0 * rows / EVENTS as f64 * 86_400.0;
         }
-        println!("BENCH   {table:<22}: {n} rows, {heap:.0} B/row heap, {total:.0} B/row with indexes");
-        // This mix at 30,000 events/s: the table's share of the rows at 1.8 rows per event.
-        per_day += total * n as f64 / rows * 30_000.0 * rows / EVENTS as f64 * 86_400.0;
+        println!("BENCH     projected at 30,000 events/s of this mix: {:.0} GB/day", per_day / 1e9);
     }
-    println!("BENCH   projected at 30,000 events/s of this mix: {:.0} GB/day", per_day / 1e9);
 }
 
 /// The real mix at sustained rates, as the collector meets the stream: frames paced every 5 ms

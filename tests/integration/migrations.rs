@@ -350,3 +350,64 @@ async fn partitions_are_made_ahead_and_dropped_past_the_retention() {
     }
     assert!(partitions::days(&pool, "trades_compact").await.unwrap().contains(&(today - Duration::days(40))), "trades kept");
 }
+
+/// Closed days are compacted: their B-tree indexes rebuilt packed full, once, keeping every row
+/// and the trades' uniqueness; an open day is left alone; an interrupted rebuild's leftover
+/// goes.
+#[tokio::test]
+async fn closed_days_are_compacted_once_and_stay_unique() {
+    use chrono::{Duration, Utc};
+    use collector::db::partitions::{self, partition_name};
+    let db = pg::fresh_db().await;
+    let pool = db.pool().await;
+    let today = Utc::now().date_naive();
+    partitions::ensure(&pool, today - Duration::days(3), today).await.unwrap();
+    let c = db.client().await;
+    c.batch_execute("INSERT INTO stream_tokens (token_key, token_id) SELECT g, 'token ' || g FROM generate_series(1, 300) g").await.unwrap();
+    // Trades as the stream stores them: time order, the tokens interleaved, so each token's
+    // new rows land at the end of its key range in the middle of the index.
+    for day in [3, 1] {
+        c.batch_execute(&format!(
+            "INSERT INTO trades_compact (source_ts, received_at, token_key, buy, backfill, price, size, tx, fee_rate_bps)
+             SELECT date_trunc('day', now()) - interval '{day} days' + i * interval '1 ms', now(), 1 + (i * 7919) % 300, i % 2 = 0,
+                    false, 0.35, 10 + i / 1000000.0, '\\x01'::bytea || sha256(i::text::bytea), 0
+             FROM generate_series(1, 30000) i")).await.unwrap();
+    }
+    // A rebuild of three days ago was interrupted: its invalid leftover is there.
+    let old = partition_name("trades_compact", today - Duration::days(3));
+    let failed = c.batch_execute(&format!("CREATE UNIQUE INDEX CONCURRENTLY {old}_identity_ccnew ON {old} ((1))")).await;
+    assert!(failed.is_err(), "the leftover's build fails on duplicates");
+    assert_eq!(db.count(&format!("SELECT count(*) FROM pg_index WHERE indrelid = '{old}'::regclass AND NOT indisvalid")).await, 1);
+
+    let done = partitions::compact_closed(&pool, today).await.unwrap();
+    let names: Vec<&str> = done.iter().map(|c| c.partition.as_str()).collect();
+    for table in partitions::TABLES {
+        for d in [3, 2] {
+            assert!(names.contains(&partition_name(table, today - Duration::days(d)).as_str()), "{table} day -{d} compacted: {names:?}");
+        }
+        for d in [1, 0] {
+            assert!(!names.contains(&partition_name(table, today - Duration::days(d)).as_str()), "{table} day -{d} is not closed: {names:?}");
+        }
+    }
+    let trades = done.iter().find(|c| c.partition == old).unwrap();
+    assert_eq!(trades.indexes, 1);
+    // Packed full: a 36-byte entry per row and the inner pages (at the default fillfactor of
+    // 90 a rebuild gives ~40.5 bytes a row; left as written, ~44 here).
+    assert!(trades.bytes_after < trades.bytes_before && (trades.bytes_after as f64) < 38.5 * 30_000.0, "the identity index packed: {trades:?}");
+    assert_eq!(db.count(&format!("SELECT count(*) FROM pg_index WHERE indrelid = '{old}'::regclass AND NOT indisvalid")).await, 0, "leftover dropped");
+    assert_eq!(
+        db.count(&format!("SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+                           WHERE x.indrelid = '{old}'::regclass AND obj_description(c.oid, 'pg_class') = '{}'", partitions::COMPACTED)).await,
+        1
+    );
+    // Once only: a second pass finds nothing to do.
+    assert!(partitions::compact_closed(&pool, today).await.unwrap().is_empty());
+    // Every row is there, and a trade stored again is still refused.
+    assert_eq!(db.count(&format!("SELECT count(*) FROM {old}")).await, 30_000);
+    assert_eq!(db.count("SELECT count(*) FROM trades WHERE asset_id = 'token 7'").await, 200);
+    let again = c
+        .execute(&format!("INSERT INTO trades_compact SELECT * FROM {old} ORDER BY source_ts LIMIT 10 ON CONFLICT DO NOTHING"), &[])
+        .await
+        .unwrap();
+    assert_eq!(again, 0, "the compacted identity index still refuses a stored trade");
+}

@@ -197,6 +197,22 @@ async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarant
     assert_eq!(h.db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND reason = 'shutdown' AND ended_at IS NULL").await, Some(1));
 }
 
+/// The running stream compacts the partitions of closed days beside its writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_compacts_closed_days() {
+    use collector::db::partitions;
+    let db = pg::fresh_db().await;
+    let closed = chrono::Utc::now().date_naive() - chrono::Duration::days(3);
+    partitions::ensure(&db.pool().await, closed, closed).await.unwrap();
+    let mut h = Harness::start(db, 1, "").await;
+    let compacted = format!(
+        "SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+         WHERE x.indrelid = '{}'::regclass AND obj_description(c.oid, 'pg_class') = '{}'",
+        partition_name("trades_compact", closed), partitions::COMPACTED);
+    eventually(20, "the closed day's trades compacted", || async { h.db.try_count(&compacted).await == Some(1) }).await;
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_stall_is_detected_rebuilt_and_recorded_as_a_gap() {
     let db = pg::fresh_db().await;

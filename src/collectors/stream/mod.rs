@@ -388,6 +388,31 @@ impl Drop for StreamHandle {
 /// How long past the stop deadline the writer may take to spool what it holds.
 const SPOOL_TIME: Duration = Duration::from_secs(10);
 
+/// Compacts the partitions of closed days (`partitions::compact_closed`): at start, then
+/// hourly, beside the stream (a rebuild may take minutes and blocks no write).
+async fn compact_partitions(pool: Pool, cancel: CancellationToken) {
+    loop {
+        let pass = partitions::compact_closed(&pool, Utc::now().date_naive());
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = pass => r,
+        };
+        match result {
+            Ok(done) => {
+                for c in done {
+                    tracing::info!(partition = %c.partition, indexes = c.indexes, bytes_before = c.bytes_before, bytes_after = c.bytes_after,
+                        "compacted the closed partition {}: its indexes {} → {} bytes", c.partition, c.bytes_before, c.bytes_after);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "partition compaction failed, retrying in an hour: {e}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
 /// Runs a helper task, restarting it after a panic for as long as the supervisor allows.
 async fn supervised<F, Fut>(name: &'static str, restarts: Arc<dyn Restarts>, stats: Arc<StreamStats>, cancel: CancellationToken, mut make: F)
 where
@@ -457,7 +482,8 @@ impl Manager {
             gap_tx,
             lifecycle_tx,
         });
-        // Helpers: the gap recorder and the backfill, each restarted after a panic.
+        // Helpers: the gap recorder, the backfill and the partition compaction, each restarted
+        // after a panic.
         let helpers = TaskTracker::new();
         let helpers_cancel = CancellationToken::new();
         let (pool, restarts, stats) = (self.deps.pool.clone(), self.deps.restarts.clone(), self.stats.clone());
@@ -479,6 +505,10 @@ impl Manager {
         } else {
             None
         };
+        let (p, c) = (pool.clone(), helpers_cancel.clone());
+        helpers.spawn(supervised("partition compaction", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
+            compact_partitions(p.clone(), c.clone())
+        }));
         let gap_rx = Arc::new(Mutex::new(gap_rx));
         let (p, btx, s) = (pool.clone(), backfill_tx.clone(), stats.clone());
         // The recorder ends when every sender is gone (after the shards), not on a token: the
