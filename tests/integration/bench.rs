@@ -420,17 +420,27 @@ fn shared((frames, rows): (Vec<(String, String)>, u64)) -> (Vec<(String, tokio_t
 }
 
 /// Bytes per row of `table` (heap + indexes + toast, after VACUUM; a partitioned table's
-/// partitions summed).
-async fn bytes_per_row(db: &pg::TestDb, table: &str) -> (i64, f64, f64) {
+/// partitions summed): rows, heap bytes, total bytes, and the fixed bytes among them — the
+/// free-space and visibility maps (~32 KB a relation) and the empty days' partitions (a page
+/// per index and toast index): nothing beside a day's millions of rows, but ~5 bytes a row
+/// beside a benchmark's 20,000 trades.
+async fn bytes_per_row(db: &pg::TestDb, table: &str) -> (i64, f64, f64, f64) {
     let c = db.client().await;
     c.batch_execute(&format!("VACUUM ANALYZE {table}")).await.unwrap();
     let r = c.query_one(&format!(
-        "SELECT (SELECT count(*) FROM {table}),
-                COALESCE((SELECT sum(pg_table_size(inhrelid)) FROM pg_inherits WHERE inhparent = '{table}'::regclass), pg_table_size('{table}'))::float8,
-                COALESCE((SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits WHERE inhparent = '{table}'::regclass), pg_total_relation_size('{table}'))::float8"), &[]).await.unwrap();
+        "WITH parts AS (SELECT inhrelid AS oid FROM pg_inherits WHERE inhparent = '{table}'::regclass
+                        UNION ALL SELECT '{table}'::regclass::oid),
+              full_parts AS (SELECT oid FROM parts WHERE pg_relation_size(oid) > 0),
+              rels AS (SELECT oid FROM full_parts UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT oid FROM full_parts)
+                       UNION ALL SELECT reltoastrelid FROM pg_class WHERE oid IN (SELECT oid FROM full_parts) AND reltoastrelid <> 0)
+         SELECT (SELECT count(*) FROM {table}),
+                (SELECT sum(pg_table_size(oid)) FROM parts)::float8,
+                (SELECT sum(pg_total_relation_size(oid)) FROM parts)::float8,
+                COALESCE((SELECT sum(pg_relation_size(oid)) FROM rels), 0)::float8"), &[]).await.unwrap();
     let n: i64 = r.get(0);
-    let (heap, total): (f64, f64) = (r.get(1), r.get(2));
-    (n, heap / n.max(1) as f64, total / n.max(1) as f64)
+    let (heap, total, proportional): (f64, f64, f64) = (r.get(1), r.get(2), r.get(3));
+    let per = |b: f64| b / n.max(1) as f64;
+    (n, per(heap), per(total), per(total - proportional))
 }
 
 /// The baseline: the rows the collector stored, copied out (binary, as stored), the tables
@@ -541,14 +551,15 @@ async fn bench_stream_real_mix_vs_copy() {
     for (when, sizes) in [("while its day is open", last_sizes), ("once its day is closed and compacted", closed_sizes)] {
         println!("BENCH   storage {when}:");
         let mut per_day = 0.0;
-        for (table, (n, heap, total)) in sizes {
+        for (table, (n, heap, total, fixed)) in sizes {
             if n == 0 {
                 println!("BENCH     {table:<22}: no rows");
                 continue;
             }
-            println!("BENCH     {table:<22}: {n} rows, {heap:.0} B/row heap, {total:.0} B/row with indexes");
-            // This mix at 30,000 events/s: the table's share of the rows at 1.8 rows per event.
-            per_day += total * n as f64 / rows * 30_000.0 * rows / EVENTS as f64 * 86_400.0;
+            println!("BENCH     {table:<22}: {n} rows, {heap:.0} B/row heap, {total:.0} B/row with indexes, {:.1} of them per row (the fixed {fixed:.1} apart)", total - fixed);
+            // This mix at 30,000 events/s: the table's share of the rows at 1.8 rows per event
+            // (a day's rows: the fixed bytes are nothing).
+            per_day += (total - fixed) * n as f64 / rows * 30_000.0 * rows / EVENTS as f64 * 86_400.0;
         }
         println!("BENCH     projected at 30,000 events/s of this mix: {:.0} GB/day", per_day / 1e9);
     }
