@@ -716,7 +716,9 @@ async fn bench_stream_real_mix_spool_replay() {
         pg.push(Duration::from_secs_f64(pg_cpu_between(&cpu, &pg_cpu(&h.db).await)));
         own.push(Duration::from_secs_f64(self_cpu() - self0));
         let (spooled, replayed) = (h.sink.stats.spooled_rows.load(Ordering::Relaxed), h.sink.stats.replayed_rows.load(Ordering::Relaxed));
-        println!("BENCH   run {run}: {:.2} s for {rows} rows; {spooled} spooled, {replayed} replayed", t.elapsed().as_secs_f64());
+        let bytes = h.sink.stats.spooled_bytes.load(Ordering::Relaxed);
+        println!("BENCH   run {run}: {:.2} s for {rows} rows; {spooled} spooled ({:.1} bytes a row in the spool), {replayed} replayed",
+            t.elapsed().as_secs_f64(), bytes as f64 / spooled.max(1) as f64);
         assert!(replayed >= rows * 9 / 10, "the spool path was measured ({replayed} of {rows} rows replayed)");
         h.stop().await;
     }

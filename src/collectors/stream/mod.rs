@@ -22,6 +22,7 @@ pub mod gaps;
 pub mod shard;
 pub mod sink;
 pub mod spool;
+pub mod spool_format;
 pub mod watch;
 pub mod writer;
 

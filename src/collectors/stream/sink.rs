@@ -25,6 +25,9 @@ pub struct WriteStats {
     pub rows_written: AtomicU64,
     pub spool_bytes: AtomicU64,
     pub spooled_rows: AtomicU64,
+    /// Bytes those rows took in the spool (the spool's size per row, for sizing
+    /// `spool_max_bytes`).
+    pub spooled_bytes: AtomicU64,
     /// Rows lost because the spool was full (each one logged at ERROR).
     pub dropped_rows: AtomicU64,
     pub write_errors: AtomicU64,
@@ -165,8 +168,9 @@ impl Sink {
         };
         for row in &rows {
             match st.spool.append(row) {
-                Ok(()) => {
+                Ok(bytes) => {
                     self.stats.spooled_rows.fetch_add(1, Ordering::Relaxed);
+                    self.stats.spooled_bytes.fetch_add(bytes, Ordering::Relaxed);
                     self.stats.last_spooled_ms.store(self.now_ms(), Ordering::Relaxed);
                 }
                 Err(e) => {
