@@ -9,10 +9,10 @@
 //! - [`DEFINE`]: varint id, then a string. Token and market ids are written once per segment
 //!   and referred to by id after that; a segment is read from its start, so its dictionary is
 //!   complete wherever the replay stands.
-//! - [`JSON`]: the record as JSON (every kind of row without a binary form: books, lifecycle
-//!   events, tick sizes, quarantined frames, and any value the binary forms cannot hold
-//!   exactly).
-//! - other kinds: a [`Record`]'s own binary form (a level change ~45–55 bytes).
+//! - [`JSON`]: the record as JSON (every kind of row without a binary form: lifecycle events,
+//!   tick sizes, quarantined frames, and any value the binary forms cannot hold exactly).
+//! - other kinds: a [`Record`]'s own binary form (a level change ~48 bytes; a book's levels
+//!   as the texts upstream sent).
 //!
 //! Values stay exact: decimals as their 96-bit mantissa and scale, times in nanoseconds,
 //! hashes as raw bytes only when their text is lowercase hex (so the text comes back the same).
@@ -268,8 +268,8 @@ pub fn decode<T: Record>(body: &[u8], dict: &mut ReadDict) -> Result<Option<T>, 
     }
 }
 
-/// Level changes, trades and quotes — nearly every row a spill holds — in binary; the rest
-/// as JSON.
+/// Level changes, trades, quotes and books — nearly every row a spill holds, and nearly all
+/// of its bytes — in binary; the rest as JSON.
 impl Record for crate::db::stream::Row {
     fn encode(&self, enc: &mut Encoder<'_>) -> bool {
         use crate::db::stream::{Row, TradeSource};
@@ -327,12 +327,39 @@ impl Record for crate::db::stream::Row {
                 }
                 ok && times(enc, &q.source_ts, received_at)
             }
+            Row::Book { book: b, received_at } => {
+                enc.u8(BOOK);
+                let mut flags = bit(b.condition_id.is_some(), 0) | bit(b.tick_size.is_some(), 1) | bit(b.min_order_size.is_some(), 2)
+                    | bit(b.last_trade_price.is_some(), 3) | bit(b.neg_risk.is_some(), 4) | bit(b.neg_risk == Some(true), 5);
+                enc.u8(0);
+                enc.id(&b.token_id);
+                if let Some(m) = &b.condition_id {
+                    enc.id(m);
+                }
+                flags |= bit(enc.hex_or_text(&b.hash, "", 20), 6);
+                let mut ok = true;
+                for side in [&b.bids, &b.asks] {
+                    enc.varint(side.len() as u128);
+                    for l in side {
+                        // The parsed price is the text's: only the texts are written.
+                        ok &= l.price_text.parse::<Decimal>().is_ok_and(|p| p == l.price && p.scale() == l.price.scale());
+                        enc.bytes(l.price_text.as_bytes());
+                        enc.bytes(l.size_text.as_bytes());
+                    }
+                }
+                for d in [&b.tick_size, &b.min_order_size, &b.last_trade_price].into_iter().flatten() {
+                    ok &= enc.decimal(d);
+                }
+                enc.body[flags_at] = flags;
+                ok && times(enc, &b.source_ts, received_at)
+            }
             _ => false,
         }
     }
 
     fn decode(kind: u8, dec: &mut Decoder<'_>) -> Result<Self, String> {
         use crate::db::stream::{Row, TradeSource};
+        use crate::polymarket::clob::{Book, Level};
         use crate::polymarket::decode::Side;
         use crate::polymarket::ws::{LevelChange, Quote, Trade};
         let flags = dec.u8()?;
@@ -368,6 +395,30 @@ impl Record for crate::db::stream::Row {
                 let (source_ts, received_at) = read_times(dec)?;
                 Ok(Row::Quote { quote: Quote { asset_id, condition_id, best_bid, best_ask, spread, source_ts }, received_at })
             }
+            BOOK => {
+                let token_id = dec.id()?.to_string();
+                let condition_id = if has(0) { Some(dec.id()?.to_string()) } else { None };
+                let hash = dec.hex_or_text(has(6), "", 20)?;
+                let mut sides = [Vec::new(), Vec::new()];
+                for side in &mut sides {
+                    let n = dec.varint()? as usize;
+                    side.reserve(n.min(4096));
+                    for _ in 0..n {
+                        let price_text = dec.text()?;
+                        let size_text = dec.text()?;
+                        let price = price_text.parse().map_err(|e| format!("level price {price_text:?}: {e}"))?;
+                        side.push(Level { price, price_text, size_text });
+                    }
+                }
+                let [bids, asks] = sides;
+                let tick_size = if has(1) { Some(dec.decimal()?) } else { None };
+                let min_order_size = if has(2) { Some(dec.decimal()?) } else { None };
+                let last_trade_price = if has(3) { Some(dec.decimal()?) } else { None };
+                let neg_risk = has(4).then_some(has(5));
+                let (source_ts, received_at) = read_times(dec)?;
+                let book = Book { token_id, condition_id, source_ts, hash, bids, asks, tick_size, min_order_size, last_trade_price, neg_risk };
+                Ok(Row::Book { book, received_at })
+            }
             kind => Err(format!("unknown record kind {kind}")),
         }
     }
@@ -377,6 +428,7 @@ impl Record for crate::db::stream::Row {
 const PRICE_CHANGE: u8 = 2;
 const TRADE: u8 = 3;
 const QUOTE: u8 = 4;
+const BOOK: u8 = 5;
 
 fn bit(on: bool, n: u8) -> u8 {
     (on as u8) << n
@@ -490,8 +542,32 @@ pub(super) mod tests {
             Row::TickSize { change: TickSizeChange { asset_id: TOKEN.into(), condition_id: None, old_tick_size: Some(d("0.01")), new_tick_size: Some(d("0.001")), source_ts: at }, received_at: at },
             Row::Quarantine { connection: Some(3), reason: "odd".into(), frame: "{\"x\":1}".into(), received_at: at },
             Row::Quote { quote: Quote { asset_id: TOKEN.into(), condition_id: None, best_bid: Some(negative_zero()), best_ask: None, spread: None, source_ts: at }, received_at: at },
+            book(Some(true), &format!("{:040x}", 77)),
+            book(None, "a hash of another form"),
+            // A level whose parsed price is not its text's.
+            {
+                let mut b = book(Some(false), "h");
+                if let Row::Book { book, .. } = &mut b {
+                    book.asks[0].price = d("0.6");
+                }
+                b
+            },
             level_change(TOKEN, 9),
         ]
+    }
+
+    fn book(neg_risk: Option<bool>, hash: &str) -> Row {
+        use crate::polymarket::clob::{Book, Level};
+        let level = |p: &str, s: &str| Level { price: d(p), price_text: p.into(), size_text: s.into() };
+        let at = DateTime::from_timestamp_nanos(1_764_547_200_123_000_000);
+        Row::Book {
+            book: Book {
+                token_id: TOKEN.into(), condition_id: neg_risk.map(|_| MARKET.to_string()), source_ts: at, hash: hash.into(),
+                bids: vec![level("0.47", "1200.5"), level("0.46", "10")], asks: vec![level("0.60", "3.000000")],
+                tick_size: Some(d("0.01")), min_order_size: neg_risk.map(|_| d("5")), last_trade_price: None, neg_risk,
+            },
+            received_at: at + chrono::Duration::milliseconds(2),
+        }
     }
 
     fn negative_zero() -> Decimal {
@@ -530,7 +606,7 @@ pub(super) mod tests {
                 at = &at[n..];
             }
         }
-        assert_eq!(kinds, [PRICE_CHANGE, PRICE_CHANGE, PRICE_CHANGE, TRADE, TRADE, TRADE, QUOTE, JSON, JSON, JSON, PRICE_CHANGE]);
+        assert_eq!(kinds, [PRICE_CHANGE, PRICE_CHANGE, PRICE_CHANGE, TRADE, TRADE, TRADE, QUOTE, JSON, JSON, JSON, BOOK, BOOK, JSON, PRICE_CHANGE]);
         let back = decode_all(&buf);
         assert_eq!(back, rows());
         // Text comes back as sent: the upper-case hash, the short transaction hash, scales.
@@ -553,6 +629,7 @@ pub(super) mod tests {
         }
         let json: usize = (0..n).map(|i| serde_json::to_vec(&level_change(TOKEN, i)).unwrap().len() + 1).sum();
         let (binary, json) = (buf.len() as f64 / n as f64, json as f64 / n as f64);
+        println!("{binary:.1} bytes a level change, JSON {json:.1}");
         assert!(binary < 55.0 && binary * 7.0 < json, "{binary:.1} bytes a level change, JSON {json:.1}");
         assert_eq!(decode_all(&buf), (0..n).map(|i| level_change(TOKEN, i)).collect::<Vec<_>>());
     }
