@@ -172,8 +172,8 @@ pub struct StreamConfig {
     pub flush_interval: Duration,
     /// Directory of the on-disk spool. Default `$STATE_DIRECTORY`, else `/var/lib/collector`.
     pub spool_dir: PathBuf,
-    /// Spool size bound; past it rows are dropped with an ERROR. Default 1 GiB (~14 million
-    /// rows of the real mix, ~78 bytes a row).
+    /// Spool size bound; past it rows are dropped with an ERROR. Default 1 GiB (~20 million
+    /// rows of the real mix, ~54 bytes a row).
     pub spool_max_bytes: u64,
     /// Days of level changes kept: older daily partitions are dropped (hourly check). Default
     /// 0: keep everything.
