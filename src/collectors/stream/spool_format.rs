@@ -56,6 +56,10 @@ impl WriteDict {
         self.order.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
     /// Forgets the ids defined from `len` on (a record that was not written after all).
     pub fn truncate(&mut self, len: usize) {
         for s in self.order.drain(len..) {
