@@ -182,7 +182,13 @@ impl Spool {
             self.file = Some((BufWriter::with_capacity(WRITE_BUFFER, f), std::time::Instant::now()));
         }
         let (f, written_out) = self.file.as_mut().expect("open");
-        f.write_all(&record).map_err(io(&path))?;
+        if let Err(e) = f.write_all(&record) {
+            // Part of it may be in the file, past the segment's known size (where reading
+            // stops): the next append starts a new segment with its own ids.
+            self.file = None;
+            self.dict_for = None;
+            return Err(io(&path)(e));
+        }
         last.size += record.len() as u64;
         if written_out.elapsed() >= WRITE_OUT_EVERY {
             self.write_out()?;
@@ -358,7 +364,18 @@ fn read_records<T: Record>(
 ) -> std::io::Result<()> {
     let mut body = Vec::new();
     while at.offset < end && rows.as_ref().is_none_or(|r| r.len() < max) {
-        let Some(len) = read_frame(reader, &mut body)? else { break };
+        let len = match read_frame(reader, &mut body) {
+            Ok(Some(len)) => len,
+            Ok(None) => break,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData) => {
+                // A record cut short (a failed write before a later segment was begun): the
+                // segment ends here.
+                bad.push(format!("segment {}: {e} at byte {}: the rest of the segment skipped", at.segment, at.offset));
+                at.offset = end;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         at.offset += len as u64;
         let is_row = body.first() != Some(&spool_format::DEFINE);
         if is_row && rows.is_none() {
@@ -373,13 +390,17 @@ fn read_records<T: Record>(
     Ok(())
 }
 
-/// Reads one framed record into `body`; its whole length, or `None` at the end of the file.
+/// Reads one framed record into `body`; its whole length, or `None` at the end of the file
+/// (an `UnexpectedEof` error when the file ends inside a record).
 fn read_frame(reader: &mut BufReader<File>, body: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
     let (mut len, mut shift, mut n) = (0usize, 0, 0);
     loop {
         let mut b = [0u8; 1];
         if reader.read(&mut b)? == 0 {
-            return Ok(None);
+            if n == 0 {
+                return Ok(None);
+            }
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "a record length cut short"));
         }
         n += 1;
         len |= ((b[0] & 0x7f) as usize) << shift;
@@ -543,6 +564,15 @@ mod tests {
         let (rows, _, bad): (Vec<u32>, _, _) = s.peek(10).unwrap();
         assert_eq!(rows, [1, 2, 3], "the torn record does not corrupt the next row");
         assert!(bad.is_empty(), "{bad:?}");
+        // A record cut short in a segment before the last (a failed write, then a new segment):
+        // reported, and the replay goes on with the next segment.
+        s.sync().unwrap();
+        drop(s);
+        OpenOptions::new().append(true).open(&seg).unwrap().write_all(&[32, 1, b'{']).unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20, "db").unwrap();
+        let (rows, _, bad): (Vec<u32>, _, _) = s.peek(10).unwrap();
+        assert_eq!(rows, [1, 2, 3]);
+        assert_eq!(bad.len(), 1, "{bad:?}");
     }
 
     #[test]
