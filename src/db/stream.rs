@@ -541,8 +541,8 @@ fn tx_into(tx: &str, out: &mut Vec<u8>) {
 }
 
 /// Appends `text` as bytes when it is exactly `digits` lowercase hex digits; `false` (and
-/// nothing appended) otherwise.
-fn push_lower_hex(text: &str, digits: usize, out: &mut Vec<u8>) -> bool {
+/// nothing appended) otherwise. [`push_hex_text`] is the inverse.
+pub(crate) fn push_lower_hex(text: &str, digits: usize, out: &mut Vec<u8>) -> bool {
     if text.len() != digits {
         return false;
     }
@@ -575,13 +575,20 @@ const LOWER_HEX: [u8; 256] = {
     table
 };
 
+/// Appends `bytes` as lowercase hex digits.
+pub(crate) fn push_hex_text(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0x0f) as usize] as char);
+    }
+}
+
 /// Bytes as PostgreSQL's `bytea` input reads them (`\x` + hex), for the JSON of the idempotent path.
 fn bytea_literal(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 + 2 * bytes.len());
     s.push_str("\\x");
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
+    push_hex_text(bytes, &mut s);
     s
 }
 

@@ -24,6 +24,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::db::stream::{push_hex_text, push_lower_hex};
+
 /// The first bytes of a version 2 segment.
 pub const HEADER: &[u8] = b"collector spool v2\n";
 /// A dictionary entry.
@@ -143,18 +145,11 @@ impl Encoder<'_> {
 
     /// Hex text of `len` bytes after `prefix`, in lowercase only, as raw bytes: whether it was.
     pub fn hex_or_text(&mut self, s: &str, prefix: &str, len: usize) -> bool {
-        let digits = s.strip_prefix(prefix).filter(|h| h.len() == 2 * len && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-        match digits {
-            Some(h) => {
-                let raw: Vec<u8> = (0..len).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).expect("hex")).collect();
-                self.body.extend_from_slice(&raw);
-                true
-            }
-            None => {
-                self.bytes(s.as_bytes());
-                false
-            }
+        if s.strip_prefix(prefix).is_some_and(|h| push_lower_hex(h, 2 * len, self.body)) {
+            return true;
         }
+        self.bytes(s.as_bytes());
+        false
     }
 }
 
@@ -217,9 +212,7 @@ impl<'a> Decoder<'a> {
         }
         let mut s = String::with_capacity(prefix.len() + 2 * len);
         s.push_str(prefix);
-        for b in self.raw(len)? {
-            s.push_str(&format!("{b:02x}"));
-        }
+        push_hex_text(self.raw(len)?, &mut s);
         Ok(s)
     }
 
