@@ -3,6 +3,7 @@
 
 pub mod books;
 pub mod catalog;
+pub mod copy;
 pub mod migrate;
 pub mod gaps;
 pub mod partitions;

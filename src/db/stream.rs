@@ -32,11 +32,10 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
-use futures_util::pin_mut;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_postgres::Transaction;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use super::copy::CopyIn;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
@@ -255,51 +254,65 @@ async fn copy_under_savepoint(
     }
 }
 
-/// Binary COPY straight into the table; fields borrowed from the rows (no allocation per
-/// row on the hot tables).
+/// Binary COPY straight into the table, each field encoded as its column's type
+/// (`table.columns`, in order; [`super::copy`]); no allocation per row.
 async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
-    let sink = tx.copy_in(&format!("COPY {} ({}) FROM STDIN (FORMAT binary)", table.name, table.columns)).await?;
-    let writer = BinaryCopyInWriter::new(sink, table.types);
-    pin_mut!(writer);
+    let mut copy = CopyIn::start(tx, table.name, table.columns).await?;
+    let fields = table.types.len() as i16;
     let mut bytes = Vec::with_capacity(64);
     // The rows' token keys under one lock (the write tasks share it; a lock per row cost more
     // than the lookup).
     let tokens = keys.tokens_of(rows);
     for (r, &token) in rows.iter().zip(&tokens) {
+        let mut row = copy.row(fields).await?;
         match r {
             Row::Trade { trade: t, received_at, source } => {
-                let (buy, backfill) = (t.side == Side::Buy, *source == TradeSource::Backfill);
+                // token_key, buy, backfill, source_ts, received_at, price, size, tx, fee_rate_bps
                 let tx = t.tx_hash.as_deref().map(|h| {
                     tx_into(h, &mut bytes);
                     bytes.as_slice()
                 });
-                writer.as_mut().write(&[&token, &buy, &backfill, &t.source_ts, received_at, &t.price, &t.size, &tx, &t.fee_rate_bps]).await?
+                row.int4(token).bool(t.side == Side::Buy).bool(*source == TradeSource::Backfill).timestamptz(&t.source_ts);
+                row.timestamptz(received_at).numeric(&t.price).numeric(&t.size).opt_bytes(tx).opt_numeric(t.fee_rate_bps.as_ref());
             }
             Row::PriceChange { change: c, source_ts, received_at, .. } => {
-                let buy = c.side == Side::Buy;
+                // source_ts, received_at, token_key, buy, price, size, best_bid, best_ask, hash:
+                // the same columns in both tables, prices in ticks or as received (the row's
+                // values chose its table).
                 let hash = c.hash.as_deref().map(|h| {
                     level_hash_into(h, &mut bytes);
                     bytes.as_slice()
                 });
-                // The same columns in both tables; the row's values chose its table.
+                row.timestamptz(source_ts).timestamptz(received_at).int4(token).bool(c.side == Side::Buy);
                 match LevelTicks::of(c) {
-                    Some(t) => writer.as_mut().write(&[source_ts, received_at, &token, &buy, &t.price, &c.size, &t.best_bid, &t.best_ask, &hash]).await?,
-                    None => writer.as_mut().write(&[source_ts, received_at, &token, &buy, &c.price, &c.size, &c.best_bid, &c.best_ask, &hash]).await?,
-                }
+                    Some(t) => row.int2(t.price).numeric(&c.size).opt_int2(t.best_bid).opt_int2(t.best_ask),
+                    None => row.numeric(&c.price).numeric(&c.size).opt_numeric(c.best_bid.as_ref()).opt_numeric(c.best_ask.as_ref()),
+                };
+                row.opt_bytes(hash);
             }
             Row::Quote { quote: q, received_at } => {
-                writer.as_mut().write(&[&token, &q.source_ts, received_at, &q.best_bid, &q.best_ask, &q.spread]).await?
+                // token_key, source_ts, received_at, best_bid, best_ask, spread
+                row.int4(token).timestamptz(&q.source_ts).timestamptz(received_at);
+                row.opt_numeric(q.best_bid.as_ref()).opt_numeric(q.best_ask.as_ref()).opt_numeric(q.spread.as_ref());
             }
             Row::TickSize { change: c, received_at } => {
-                writer.as_mut().write(&[&token, &c.source_ts, received_at, &c.old_tick_size, &c.new_tick_size]).await?
+                // token_key, source_ts, received_at, old_tick_size, new_tick_size
+                row.int4(token).timestamptz(&c.source_ts).timestamptz(received_at);
+                row.opt_numeric(c.old_tick_size.as_ref()).opt_numeric(c.new_tick_size.as_ref());
             }
             Row::Quarantine { connection, reason, frame, received_at } => {
-                writer.as_mut().write(&[received_at, connection, reason, frame]).await?
+                // received_at, connection, reason, frame
+                row.timestamptz(received_at);
+                match connection {
+                    Some(c) => row.int4(*c),
+                    None => row.null(),
+                };
+                row.text(reason).text(frame);
             }
             Row::Lifecycle { .. } | Row::Book { .. } => unreachable!("not copied directly"),
         }
     }
-    writer.finish().await
+    copy.finish().await
 }
 
 /// The newest receive time (µs since the epoch) of a stored level change inside both of the

@@ -24,8 +24,13 @@ use crate::polymarket::decode::{Side, parse_decimal, parse_timestamp};
 /// event then goes to the general decoder (escapes are rare in these events).
 type Text<'a> = Option<&'a str>;
 
-/// The fields of the hot events and of books (any other field is skipped).
-#[derive(serde::Deserialize)]
+mod read;
+
+/// The fields of the hot events and of books (any other field is skipped). Read by
+/// [`read`]; the derived deserializer is the reference it is tested against (the shape serde
+/// reads is the documented one).
+#[derive(serde::Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq, Clone))]
 struct Hot<'a> {
     event_type: &'a str,
     #[serde(borrow, default)]
@@ -74,7 +79,8 @@ struct Hot<'a> {
     neg_risk: Option<bool>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq, Clone))]
 struct HotLevel<'a> {
     #[serde(borrow, default)]
     price: Text<'a>,
@@ -82,7 +88,8 @@ struct HotLevel<'a> {
     size: Text<'a>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq, Clone))]
 struct HotChange<'a> {
     #[serde(borrow, default)]
     asset_id: Text<'a>,
@@ -145,14 +152,18 @@ pub fn decode(text: &str) -> Option<Event> {
     if event_type_hint(text).is_some_and(|t| !HOT.contains(&t)) {
         return None;
     }
-    event(&serde_json::from_str(text).ok()?)
+    event(&read::one(text)?)
 }
 
 /// A whole array frame in one pass, when every element is of the documented hot shape;
 /// `None` (one element is not) leaves the frame to be split and each element decoded alone.
 pub fn decode_array(text: &str) -> Option<Vec<Event>> {
-    let all: Vec<Hot> = serde_json::from_str(text).ok()?;
-    all.iter().map(event).collect()
+    let mut events = Vec::new();
+    read::array(text, |hot| {
+        events.push(event(hot)?);
+        Some(())
+    })?;
+    Some(events)
 }
 
 fn event(e: &Hot<'_>) -> Option<Event> {
