@@ -13,6 +13,31 @@ use futures_util::SinkExt;
 use crate::fake::{self, Fake};
 use crate::{config_for, pg};
 
+/// Waits until the collector has committed `rows` rows since `before` (its `rows_written`),
+/// looking every millisecond: the timed benchmarks end when the rows are in, not up to a
+/// 50 ms poll later (`crate::eventually`'s step, 5 % of a one-second burst).
+async fn committed(stats: &collector::collectors::stream::sink::WriteStats, before: u64, rows: u64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while stats.rows_written.load(Ordering::Relaxed) - before < rows {
+        assert!(Instant::now() < deadline, "timed out waiting for {rows} rows committed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The machine's CPU ticks so far: (busy, all), from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<u64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|t| t.parse().unwrap()).collect();
+    let all: u64 = ticks.iter().take(8).sum();
+    // idle and iowait
+    (all - ticks[3] - ticks[4], all)
+}
+
+/// The share of the machine's CPU time that was busy between two [`machine_ticks`].
+fn busy_between(a: (u64, u64), b: (u64, u64)) -> f64 {
+    (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -498,22 +523,21 @@ async fn bench_stream_real_mix_vs_copy() {
     const MARKETS: u64 = 100;
     let tables = STREAM_TABLES;
     let (mut ours, mut copy, mut last_sizes, mut closed_sizes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut ours_cpu, mut copy_cpu, mut own_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_cpu, mut copy_cpu, mut own_cpu, mut busy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         let mut h = stream_harness(MARKETS, &format!("queue_capacity = 2000000\n{}", bench_extra())).await;
         let (frames, rows) = shared(real_mix_frames(MARKETS, EVENTS, crate::now_ms()));
         let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
-        let (cpu, own) = (pg_cpu(&h.db).await, self_cpu());
+        let (cpu, own, machine) = (pg_cpu(&h.db).await, self_cpu(), machine_ticks());
         let t = Instant::now();
         for (asset, frame) in &frames {
             assert!(h.ws.send_shared_to_asset(asset, frame));
         }
-        crate::eventually(600, "all rows committed", || async {
-            h.sink.stats.rows_written.load(Ordering::Relaxed) - before >= rows
-        })
-        .await;
+        committed(&h.sink.stats, before, rows, 600).await;
         ours.push(t.elapsed());
-        ours_cpu.push(Duration::from_secs_f64(pg_cpu_between(&cpu, &pg_cpu(&h.db).await)));
+        busy.push(busy_between(machine, machine_ticks()));
+        let kinds = pg_cpu_by_kind(&cpu, &pg_cpu(&h.db).await);
+        ours_cpu.push(Duration::from_secs_f64(kinds.values().sum()));
         own_cpu.push(Duration::from_secs_f64(self_cpu() - own));
         println!("BENCH   run {run}: {:.2} s for {EVENTS} events ({rows} rows); withheld {}, quarantined {}", t.elapsed().as_secs_f64(),
             h.stats.withheld.load(Ordering::Relaxed), h.stats.quarantined.load(Ordering::Relaxed));
@@ -526,6 +550,7 @@ async fn bench_stream_real_mix_vs_copy() {
         let plain = plain_copy_into_the_same_tables(&h.db, &tables).await;
         copy.push(plain.elapsed);
         copy_cpu.push(Duration::from_secs_f64(plain.cpu.values().sum()));
+        println!("BENCH   run {run}: PostgreSQL µs per row by process: collector: {}; plain COPY: {}", per_row_by_kind(&kinds, rows), per_row_by_kind(&plain.cpu, rows));
         // The same rows once their day is closed: the daemon compacts its partitions.
         let pool = h.db.pool().await;
         for table in collector::db::partitions::TABLES {
@@ -548,6 +573,8 @@ async fn bench_stream_real_mix_vs_copy() {
     let (oc, cc) = (median(ours_cpu), median(copy_cpu));
     println!("BENCH   PostgreSQL CPU per row: collector {:.1} µs, plain COPY {:.1} µs", oc.as_secs_f64() * 1e6 / rows, cc.as_secs_f64() * 1e6 / rows);
     println!("BENCH   collector process CPU per row (with the in-process fake sending): {:.1} µs", median(own_cpu).as_secs_f64() * 1e6 / rows);
+    busy.sort_by(f64::total_cmp);
+    println!("BENCH   machine busy while the collector ran: {:.0} % of its cores (median)", busy[busy.len() / 2] * 100.0);
     for (when, sizes) in [("while its day is open", last_sizes), ("once its day is closed and compacted", closed_sizes)] {
         println!("BENCH   storage {when}:");
         let mut per_day = 0.0;
@@ -711,7 +738,7 @@ async fn bench_stream_real_mix_spool_replay() {
         for (asset, frame) in &frames {
             assert!(h.ws.send_shared_to_asset(asset, frame));
         }
-        crate::eventually(600, "all rows committed", || async { h.sink.stats.rows_written.load(Ordering::Relaxed) - before >= rows }).await;
+        committed(&h.sink.stats, before, rows, 600).await;
         times.push(t.elapsed());
         pg.push(Duration::from_secs_f64(pg_cpu_between(&cpu, &pg_cpu(&h.db).await)));
         own.push(Duration::from_secs_f64(self_cpu() - self0));
