@@ -519,14 +519,15 @@ const STREAM_TABLES: [&str; 5] = ["price_changes_ticks", "price_changes_compact"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark"]
 async fn bench_stream_real_mix_vs_copy() {
-    const EVENTS: u64 = 200_000;
+    // BENCH_EVENTS: another burst size (default 200,000 events).
+    let events: u64 = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     const MARKETS: u64 = 100;
     let tables = STREAM_TABLES;
     let (mut ours, mut copy, mut last_sizes, mut closed_sizes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut ours_cpu, mut copy_cpu, mut own_cpu, mut busy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         let mut h = stream_harness(MARKETS, &format!("queue_capacity = 2000000\n{}", bench_extra())).await;
-        let (frames, rows) = shared(real_mix_frames(MARKETS, EVENTS, crate::now_ms()));
+        let (frames, rows) = shared(real_mix_frames(MARKETS, events, crate::now_ms()));
         let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
         let (cpu, own, machine) = (pg_cpu(&h.db).await, self_cpu(), machine_ticks());
         let t = Instant::now();
@@ -539,7 +540,7 @@ async fn bench_stream_real_mix_vs_copy() {
         let kinds = pg_cpu_by_kind(&cpu, &pg_cpu(&h.db).await);
         ours_cpu.push(Duration::from_secs_f64(kinds.values().sum()));
         own_cpu.push(Duration::from_secs_f64(self_cpu() - own));
-        println!("BENCH   run {run}: {:.2} s for {EVENTS} events ({rows} rows); withheld {}, quarantined {}", t.elapsed().as_secs_f64(),
+        println!("BENCH   run {run}: {:.2} s for {events} events ({rows} rows); withheld {}, quarantined {}", t.elapsed().as_secs_f64(),
             h.stats.withheld.load(Ordering::Relaxed), h.stats.quarantined.load(Ordering::Relaxed));
         h.stop().await;
         let mut sizes = Vec::new();
@@ -565,9 +566,9 @@ async fn bench_stream_real_mix_vs_copy() {
         closed_sizes = sizes;
     }
     let (o, c) = (median(ours), median(copy));
-    let rows = real_mix_frames(MARKETS, EVENTS, 0).1 as f64;
-    println!("BENCH stream, real mix ({EVENTS} events, {rows} rows, 89 % level changes), {MARKETS} markets, socket → committed:");
-    println!("BENCH   collector           : median {:.2} s = {:.0} events/s ({:.0} rows/s)", o.as_secs_f64(), EVENTS as f64 / o.as_secs_f64(), rows / o.as_secs_f64());
+    let rows = real_mix_frames(MARKETS, events, 0).1 as f64;
+    println!("BENCH stream, real mix ({events} events, {rows} rows, 89 % level changes), {MARKETS} markets, socket → committed:");
+    println!("BENCH   collector           : median {:.2} s = {:.0} events/s ({:.0} rows/s)", o.as_secs_f64(), events as f64 / o.as_secs_f64(), rows / o.as_secs_f64());
     println!("BENCH   plain binary COPY   : median {:.2} s = {:.0} rows/s (same rows into the same tables, partitions and indexes)", c.as_secs_f64(), rows / c.as_secs_f64());
     println!("BENCH   ratio collector/COPY: {:.2}", c.as_secs_f64() / o.as_secs_f64());
     let (oc, cc) = (median(ours_cpu), median(copy_cpu));
@@ -586,7 +587,7 @@ async fn bench_stream_real_mix_vs_copy() {
             println!("BENCH     {table:<22}: {n} rows, {heap:.0} B/row heap, {total:.0} B/row with indexes, {:.1} of them per row (the fixed {fixed:.1} apart)", total - fixed);
             // This mix at 30,000 events/s: the table's share of the rows at 1.8 rows per event
             // (a day's rows: the fixed bytes are nothing).
-            per_day += (total - fixed) * n as f64 / rows * 30_000.0 * rows / EVENTS as f64 * 86_400.0;
+            per_day += (total - fixed) * n as f64 / rows * 30_000.0 * rows / events as f64 * 86_400.0;
         }
         println!("BENCH     projected at 30,000 events/s of this mix: {:.0} GB/day", per_day / 1e9);
     }
