@@ -321,10 +321,12 @@ impl Shard {
                 // The events' own texts, found only when one of them is quarantined.
                 let mut texts: Option<Option<Vec<&str>>> = None;
                 let n = events.len();
+                // Counted once a frame: the shards share these counters.
+                stats.events_received.fetch_add(n as u64, Ordering::Relaxed);
+                let mut trades = 0;
                 // The frame's rows, handed to the sink together.
                 let mut rows = Vec::with_capacity(n * 2);
                 for (i, event) in events.into_iter().enumerate() {
-                    stats.events_received.fetch_add(1, Ordering::Relaxed);
                     if let Err(reason) = domain::check(&event, received_at, &self.assets) {
                         let own = texts.get_or_insert_with(|| ws::event_texts(text)).as_ref().filter(|t| t.len() == n).map(|t| t[i]);
                         self.quarantine(&reason, own.unwrap_or(text).to_string(), received_at);
@@ -360,7 +362,7 @@ impl Shard {
                             }
                         }
                         Event::Trade(trade) => {
-                            stats.trades_received.fetch_add(1, Ordering::Relaxed);
+                            trades += 1;
                             rows.push(Row::Trade { trade, received_at, source: TradeSource::Ws });
                         }
                         Event::Quote(quote) => rows.push(Row::Quote { quote, received_at }),
@@ -374,6 +376,9 @@ impl Shard {
                             rows.push(Row::Lifecycle { event: l, received_at });
                         }
                     }
+                }
+                if trades > 0 {
+                    stats.trades_received.fetch_add(trades, Ordering::Relaxed);
                 }
                 sink.push_all(rows);
                 true
