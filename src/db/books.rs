@@ -5,10 +5,8 @@ use std::borrow::Borrow;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
-use futures_util::pin_mut;
 use tokio_postgres::GenericClient;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
+use super::copy::CopyIn;
 
 use crate::polymarket::clob::Book;
 
@@ -75,29 +73,17 @@ pub async fn insert_snapshots<C: GenericClient, B: Borrow<Book>>(
 /// with a unique violation when one of them is stored already (a re-dump after a reconnect);
 /// the caller then takes [`insert_snapshots`].
 pub async fn copy_snapshots(tx: &tokio_postgres::Transaction<'_>, books: &[(&Book, DateTime<Utc>)], source: BookSource) -> Result<u64, tokio_postgres::Error> {
-    let sink = tx
-        .copy_in(
-            "COPY book_snapshots (token_id, source_ts, hash, received_at, source, condition_id, best_bid, best_ask,
-                bids, asks, tick_size, min_order_size, last_trade_price, neg_risk) FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let types = [
-        Type::TEXT, Type::TIMESTAMPTZ, Type::TEXT, Type::TIMESTAMPTZ, Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC,
-        Type::JSONB, Type::JSONB, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC, Type::BOOL,
-    ];
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    pin_mut!(writer);
+    let columns = "token_id, source_ts, hash, received_at, source, condition_id, best_bid, best_ask, \
+                   bids, asks, tick_size, min_order_size, last_trade_price, neg_risk";
+    let mut copy = CopyIn::start(tx, "book_snapshots", columns).await?;
     let source = source.as_str();
     for (b, received_at) in books {
         let (bids, asks) = (Book::levels_json(&b.bids), Book::levels_json(&b.asks));
-        let (best_bid, best_ask) = (b.best_bid(), b.best_ask());
-        writer
-            .as_mut()
-            .write(&[
-                &b.token_id, &b.source_ts, &b.hash, received_at, &source, &b.condition_id, &best_bid, &best_ask, &bids, &asks,
-                &b.tick_size, &b.min_order_size, &b.last_trade_price, &b.neg_risk,
-            ])
-            .await?;
+        let mut row = copy.row(14).await?;
+        row.text(&b.token_id).timestamptz(&b.source_ts).text(&b.hash).timestamptz(received_at).text(source);
+        row.opt_text(b.condition_id.as_deref()).opt_numeric(b.best_bid().as_ref()).opt_numeric(b.best_ask().as_ref());
+        row.jsonb(&bids).jsonb(&asks).opt_numeric(b.tick_size.as_ref()).opt_numeric(b.min_order_size.as_ref());
+        row.opt_numeric(b.last_trade_price.as_ref()).opt_bool(b.neg_risk);
     }
-    writer.finish().await
+    copy.finish().await
 }

@@ -124,6 +124,31 @@ impl Fields<'_> {
         self
     }
 
+    /// `jsonb`: format version 1, then the JSON text.
+    pub fn jsonb(&mut self, v: &serde_json::Value) -> &mut Self {
+        let at = self.0.len();
+        self.0.put_i32(0);
+        self.0.put_u8(1);
+        serde_json::to_writer((&mut *self.0).writer(), v).expect("a JSON value serializes");
+        let len = i32::try_from(self.0.len() - at - 4).expect("a field under 2 GB");
+        self.0[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        self
+    }
+
+    pub fn opt_text(&mut self, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(v) => self.text(v),
+            None => self.null(),
+        }
+    }
+
+    pub fn opt_bool(&mut self, v: Option<bool>) -> &mut Self {
+        match v {
+            Some(v) => self.bool(v),
+            None => self.null(),
+        }
+    }
+
     pub fn opt_numeric(&mut self, d: Option<&Decimal>) -> &mut Self {
         match d {
             Some(d) => self.numeric(d),
@@ -228,9 +253,11 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2026-12-01T02:03:04.567891234Z").unwrap().with_timezone(&Utc);
         let early = DateTime::parse_from_rfc3339("1999-12-31T23:59:59.5000005Z").unwrap().with_timezone(&Utc);
         let mut buf = BytesMut::new();
-        Fields(&mut buf).timestamptz(&t).timestamptz(&early).int2(-7).int4(70_000).bool(true).text("é").null();
+        let json = serde_json::json!([{"price": "0.5", "size": "1é"}]);
+        Fields(&mut buf).timestamptz(&t).timestamptz(&early).int2(-7).int4(70_000).bool(true).text("é").jsonb(&json).null();
         let mut want = BytesMut::new();
-        for (v, ty) in [(&t as &(dyn ToSql + Sync), Type::TIMESTAMPTZ), (&early, Type::TIMESTAMPTZ), (&-7i16, Type::INT2), (&70_000i32, Type::INT4), (&true, Type::BOOL), (&"é", Type::TEXT)] {
+        let fields: [(&(dyn ToSql + Sync), Type); 7] = [(&t, Type::TIMESTAMPTZ), (&early, Type::TIMESTAMPTZ), (&-7i16, Type::INT2), (&70_000i32, Type::INT4), (&true, Type::BOOL), (&"é", Type::TEXT), (&json, Type::JSONB)];
+        for (v, ty) in fields {
             let at = want.len();
             want.put_i32(0);
             v.to_sql_checked(&ty, &mut want).unwrap();
