@@ -238,7 +238,7 @@ mod tests {
         let mut x: u64 = 1;
         for i in 0..20_000u32 {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let d = Decimal::new((x >> 1) as i64 * if i % 3 == 0 { -1 } else { 1 } >> (i % 60), i % 20);
+            let d = Decimal::new(((x >> 1) as i64 * if i % 3 == 0 { -1 } else { 1 }) >> (i % 60), i % 20);
             if !d.is_zero() {
                 assert_eq!(ours(&d), reference(&d), "{d}");
             }
