@@ -2,6 +2,8 @@
 //! level updates. After a reconnect every asset is unsynced: level changes are withheld until
 //! a fresh `book` arrives for it (a change applied to a stale book would be a lie).
 
+use std::cmp::Ordering;
+
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
 
@@ -34,7 +36,7 @@ impl Levels {
 
     /// Sets the level's size; zero removes it.
     fn set(&mut self, price: Decimal, size: Decimal) {
-        match (self.0.binary_search_by_key(&price, |(p, _)| *p), size.is_zero()) {
+        match (self.0.binary_search_by(|(p, _)| cmp_decimal(p, &price)), size.is_zero()) {
             (Ok(i), true) => {
                 self.0.remove(i);
             }
@@ -51,6 +53,19 @@ impl Levels {
     fn highest(&self) -> Option<Decimal> {
         self.0.last().map(|(p, _)| *p)
     }
+}
+
+/// `a.cmp(b)`, quicker where both mantissas are under 2^63 and the scales differ by at most 18
+/// (every price upstream sends): the one of smaller scale is scaled up and the two compared as
+/// integers (under 2^63 × 10^18 < 2^127). `Decimal`'s own comparison rescales through its
+/// 96-bit parts: ~a third of applying a level change, on the real mix.
+fn cmp_decimal(a: &Decimal, b: &Decimal) -> Ordering {
+    const LIMIT: i128 = 1 << 63;
+    let (ma, mb, sa, sb) = (a.mantissa(), b.mantissa(), a.scale(), b.scale());
+    if ma.abs() < LIMIT && mb.abs() < LIMIT && sa.abs_diff(sb) <= 18 {
+        return if sa <= sb { (ma * 10i128.pow(sb - sa)).cmp(&mb) } else { ma.cmp(&(mb * 10i128.pow(sa - sb))) };
+    }
+    a.cmp(b)
 }
 
 /// What applying a level change did.
@@ -96,7 +111,11 @@ impl Books {
         };
         side.set(c.price, c.size);
         let (best_bid, best_ask) = (book.bids.highest(), book.asks.lowest());
-        let agrees = |ours: Option<Decimal>, theirs: Option<Decimal>| theirs.is_none() || ours == theirs;
+        let agrees = |ours: Option<Decimal>, theirs: Option<Decimal>| match (ours, theirs) {
+            (_, None) => true,
+            (Some(o), Some(t)) => cmp_decimal(&o, &t) == Ordering::Equal,
+            (None, Some(_)) => false,
+        };
         if agrees(best_bid, c.best_bid) && agrees(best_ask, c.best_ask) { Applied::Ok } else { Applied::Diverged }
     }
 
@@ -150,6 +169,25 @@ mod tests {
         books.unsync_all();
         assert_eq!(books.apply(&change(&asset, &bid, "5", "BUY", &bid, &ask)), Applied::Withheld);
         assert!(!books.is_synced(&asset));
+    }
+
+    #[test]
+    fn decimals_compare_as_decimal_does() {
+        let texts = ["0", "-0", "0.5", "0.50", "0.05", "-0.5", "1", "0.999999999999999999", "1.000000000000000000000000001",
+            "79228162514264337593543950335", "-79228162514264337593543950335", "0.0000000000000000000000000001", "9223372036854775807",
+            "9223372036854775808", "0.9223372036854775808", "-0.9223372036854775807"];
+        let mut all: Vec<Decimal> = texts.iter().map(|t| t.parse().unwrap()).collect();
+        let mut x: u64 = 11;
+        for i in 0..3000u32 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let m = ((x >> 1) as i64 >> (x % 64)) * if i % 2 == 0 { 1 } else { -1 };
+            all.push(Decimal::new(m, (x >> 40) as u32 % 29));
+        }
+        for a in &all {
+            for b in all.iter().step_by(7) {
+                assert_eq!(cmp_decimal(a, b), a.cmp(b), "{a} vs {b}");
+            }
+        }
     }
 
     #[test]
