@@ -79,7 +79,7 @@ pub async fn copy_snapshots(tx: &tokio_postgres::Transaction<'_>, books: &[(&Boo
     let source = source.as_str();
     for (b, received_at) in books {
         let (bids, asks) = (Book::levels_json(&b.bids), Book::levels_json(&b.asks));
-        let mut row = copy.row(14).await?;
+        let mut row = copy.row().await?;
         row.text(&b.token_id).timestamptz(&b.source_ts).text(&b.hash).timestamptz(received_at).text(source);
         row.opt_text(b.condition_id.as_deref()).opt_numeric(b.best_bid().as_ref()).opt_numeric(b.best_ask().as_ref());
         row.jsonb(&bids).jsonb(&asks).opt_numeric(b.tick_size.as_ref()).opt_numeric(b.min_order_size.as_ref());

@@ -27,10 +27,13 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 pub struct CopyIn {
     sink: std::pin::Pin<Box<CopyInSink<Bytes>>>,
     buf: BytesMut,
+    /// Fields in a row: the columns named at the start.
+    fields: i16,
 }
 
 impl CopyIn {
-    /// Starts `COPY {table} ({columns}) FROM STDIN (FORMAT binary)`.
+    /// Starts `COPY {table} ({columns}) FROM STDIN (FORMAT binary)`; every row then writes
+    /// one field per column, in their order.
     pub async fn start(client: &Transaction<'_>, table: &str, columns: &str) -> Result<CopyIn, tokio_postgres::Error> {
         let sink = client.copy_in(&format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)")).await?;
         let mut buf = BytesMut::with_capacity(CHUNK + 1024);
@@ -38,16 +41,17 @@ impl CopyIn {
         buf.put_slice(b"PGCOPY\n\xff\r\n\0");
         buf.put_i32(0);
         buf.put_i32(0);
-        Ok(CopyIn { sink: Box::pin(sink), buf })
+        let fields = i16::try_from(columns.split(',').count()).expect("under 32,768 columns");
+        Ok(CopyIn { sink: Box::pin(sink), buf, fields })
     }
 
-    /// Begins a row of `fields` fields; sends what is buffered when a chunk is full.
-    pub async fn row(&mut self, fields: i16) -> Result<Fields<'_>, tokio_postgres::Error> {
+    /// Begins a row (its fields are written next); sends what is buffered when a chunk is full.
+    pub async fn row(&mut self) -> Result<Fields<'_>, tokio_postgres::Error> {
         if self.buf.len() >= CHUNK {
             let chunk = self.buf.split().freeze();
             self.sink.send(chunk).await?;
         }
-        self.buf.put_i16(fields);
+        self.buf.put_i16(self.fields);
         Ok(Fields(&mut self.buf))
     }
 

@@ -37,7 +37,6 @@ use serde_json::{Value, json};
 use tokio_postgres::Transaction;
 use super::copy::CopyIn;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -223,8 +222,8 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], origin: Origin)
 /// A stream table and the two ways its rows go in.
 struct Table {
     name: &'static str,
+    /// The columns a binary COPY writes, in the order [`copy_direct`] writes them.
     columns: &'static str,
-    types: &'static [Type],
     /// One row as a JSON object for `jsonb_to_recordset` (column name → value), keys resolved.
     json_row: fn(&Keys, &Row) -> Value,
     /// Run before `insert` on the idempotent path; `$1` is the rows.
@@ -258,13 +257,12 @@ async fn copy_under_savepoint(
 /// (`table.columns`, in order; [`super::copy`]); no allocation per row.
 async fn copy_direct(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&Row]) -> Result<u64, tokio_postgres::Error> {
     let mut copy = CopyIn::start(tx, table.name, table.columns).await?;
-    let fields = table.types.len() as i16;
     let mut bytes = Vec::with_capacity(64);
     // The rows' token keys under one lock (the write tasks share it; a lock per row cost more
     // than the lookup).
     let tokens = keys.tokens_of(rows);
     for (r, &token) in rows.iter().zip(&tokens) {
-        let mut row = copy.row(fields).await?;
+        let mut row = copy.row().await?;
         match r {
             Row::Trade { trade: t, received_at, source } => {
                 // token_key, buy, backfill, source_ts, received_at, price, size, tx, fee_rate_bps
@@ -386,7 +384,6 @@ async fn idempotent(tx: &Transaction<'_>, keys: &Keys, table: &Table, rows: &[&R
 const TRADES: Table = Table {
     name: "trades_compact",
     columns: "token_key, buy, backfill, source_ts, received_at, price, size, tx, fee_rate_bps",
-    types: &[Type::INT4, Type::BOOL, Type::BOOL, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::NUMERIC, Type::NUMERIC, Type::BYTEA, Type::NUMERIC],
     json_row: |keys, r| match r {
         Row::Trade { trade: t, received_at, source } => json!({
             "token_key": keys.token(&t.asset_id), "buy": t.side == Side::Buy, "backfill": *source == TradeSource::Backfill,
@@ -426,16 +423,15 @@ const TRADES: Table = Table {
 /// (migrations 5, 8 and 9): the token key from the `stream_tokens` dictionary (its market is
 /// the token's), the side as a boolean, the hash in [`level_hash_bytes`]' form; the prices as
 /// counts of 0.0001 ([`LevelTicks`]) where they fit, as received where they do not.
-const PRICE_CHANGES_TICKS: Table = level_changes_table!("price_changes_ticks", "smallint", Type::INT2);
-const PRICE_CHANGES: Table = level_changes_table!("price_changes_compact", "numeric", Type::NUMERIC);
+const PRICE_CHANGES_TICKS: Table = level_changes_table!("price_changes_ticks", "smallint");
+const PRICE_CHANGES: Table = level_changes_table!("price_changes_compact", "numeric");
 
 /// The two level-change tables differ only in their name and the type of their prices.
 macro_rules! level_changes_table {
-    ($name:literal, $price:literal, $price_type:expr) => {
+    ($name:literal, $price:literal) => {
         Table {
             name: $name,
             columns: "source_ts, received_at, token_key, buy, price, size, best_bid, best_ask, hash",
-            types: &[Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::INT4, Type::BOOL, $price_type, Type::NUMERIC, $price_type, $price_type, Type::BYTEA],
             json_row: level_change_json,
             before_insert: &[],
             // Identity: (token, source_ts, side, price, size, hash). There is no (token, time)
@@ -743,7 +739,6 @@ impl Keys {
 const QUOTES: Table = Table {
     name: "quotes_compact",
     columns: "token_key, source_ts, received_at, best_bid, best_ask, spread",
-    types: &[Type::INT4, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::NUMERIC, Type::NUMERIC, Type::NUMERIC],
     json_row: |keys, r| match r {
         Row::Quote { quote: q, received_at } => json!({
             "token_key": keys.token(&q.asset_id), "best_bid": q.best_bid, "best_ask": q.best_ask,
@@ -763,7 +758,6 @@ const QUOTES: Table = Table {
 const TICKS: Table = Table {
     name: "tick_size_changes_compact",
     columns: "token_key, source_ts, received_at, old_tick_size, new_tick_size",
-    types: &[Type::INT4, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::NUMERIC, Type::NUMERIC],
     json_row: |keys, r| match r {
         Row::TickSize { change: c, received_at } => json!({
             "token_key": keys.token(&c.asset_id), "old_tick_size": c.old_tick_size,
@@ -782,7 +776,6 @@ const TICKS: Table = Table {
 const LIFECYCLE: Table = Table {
     name: "market_events",
     columns: "kind, condition_id, market_id, source_ts, received_at, payload",
-    types: &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::JSONB],
     json_row: |_, r| match r {
         Row::Lifecycle { event: e, received_at } => json!({
             "kind": e.kind.as_str(), "condition_id": e.condition_id, "market_id": e.market_id,
@@ -802,7 +795,6 @@ const LIFECYCLE: Table = Table {
 const QUARANTINE: Table = Table {
     name: "stream_quarantine",
     columns: "received_at, connection, reason, frame",
-    types: &[Type::TIMESTAMPTZ, Type::INT4, Type::TEXT, Type::TEXT],
     json_row: |_, r| match r {
         Row::Quarantine { connection, reason, frame, received_at } => json!({
             "received_at": us(received_at), "connection": connection, "reason": reason, "frame": frame,
