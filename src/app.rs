@@ -13,11 +13,11 @@ use crate::config::{Config, ConfigError};
 use crate::daemon::health::{self, Health};
 use crate::daemon::supervisor::{Supervisor, TaskKind};
 use crate::daemon::{metrics, status, systemd};
+use crate::db::{self, DbError, migrate};
+use crate::errors::error_chain;
+use crate::exit;
 use crate::fault;
 use crate::journal;
-use crate::db::{self, DbError, migrate};
-use crate::exit;
-use crate::errors::error_chain;
 use crate::polymarket::client::{ClientError, PolymarketClient};
 
 #[derive(Debug, thiserror::Error)]
@@ -149,16 +149,20 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
     tracing::info!(message_id = journal::LIFECYCLE, "collector running");
     // 6. Run until a signal or a failure; SIGHUP reloads.
     let mut running = cfg.clone();
-    let stop: Result<&str, String> = if let Some(signal) = early_stop { Ok(signal) } else { loop {
-        tokio::select! {
-            request = signals.next() => match request {
-                Some(signal) => break Ok(signal),
-                None => reload(path, &mut running, Live { stream: stream.as_ref(), supervisor: &supervisor, client: &client }),
-            },
-            reason = supervisor.gave_up() => break Err(reason.to_string()),
-            reason = async { stream.as_mut().expect("guarded").failed().await }, if stream.is_some() => break Err(reason),
+    let stop: Result<&str, String> = if let Some(signal) = early_stop {
+        Ok(signal)
+    } else {
+        loop {
+            tokio::select! {
+                request = signals.next() => match request {
+                    Some(signal) => break Ok(signal),
+                    None => reload(path, &mut running, Live { stream: stream.as_ref(), supervisor: &supervisor, client: &client }),
+                },
+                reason = supervisor.gave_up() => break Err(reason.to_string()),
+                reason = async { stream.as_mut().expect("guarded").failed().await }, if stream.is_some() => break Err(reason),
+            }
         }
-    }};
+    };
     // 7. The drain; then the health loop and the status socket end, and the pool closes.
     drain(&cfg, &stop, stream, &supervisor, &mut signals).await?;
     daemon_cancel.cancel();
@@ -229,7 +233,8 @@ const LIVE_INTERVALS: [(&str, &str, IntervalOf); 5] = [
 ];
 
 /// Request budgets a reload applies.
-const LIVE_BUDGETS: [&str; 3] = ["upstream.gamma_requests_per_10s", "upstream.clob_books_requests_per_10s", "upstream.data_requests_per_10s"];
+const LIVE_BUDGETS: [&str; 3] =
+    ["upstream.gamma_requests_per_10s", "upstream.clob_books_requests_per_10s", "upstream.data_requests_per_10s"];
 
 /// What a reload can change in the running daemon.
 struct Live<'a> {
@@ -301,7 +306,12 @@ fn reload(path: &std::path::Path, running: &mut Config, live: Live<'_>) {
 }
 
 /// The live stream, when enabled.
-async fn spawn_stream(cfg: &Config, supervisor: &Supervisor, client: &Arc<PolymarketClient>, pool: &db::Pool) -> Result<Option<StreamHandle>, AppError> {
+async fn spawn_stream(
+    cfg: &Config,
+    supervisor: &Supervisor,
+    client: &Arc<PolymarketClient>,
+    pool: &db::Pool,
+) -> Result<Option<StreamHandle>, AppError> {
     if !cfg.stream.enabled {
         return Ok(None);
     }
@@ -325,10 +335,18 @@ async fn spawn_stream(cfg: &Config, supervisor: &Supervisor, client: &Arc<Polyma
 /// The drain, within `daemon.drain_grace_secs`, asking systemd for time meanwhile: the stream
 /// first (planned gap, connections closed, the writer stores or spools what they accepted),
 /// then the polling collectors. A second signal exits at once (130).
-async fn drain(cfg: &Config, stop: &Result<&str, String>, stream: Option<StreamHandle>, supervisor: &Supervisor, signals: &mut Signals) -> Result<(), AppError> {
+async fn drain(
+    cfg: &Config,
+    stop: &Result<&str, String>,
+    stream: Option<StreamHandle>,
+    supervisor: &Supervisor,
+    signals: &mut Signals,
+) -> Result<(), AppError> {
     let grace = cfg.daemon.drain_grace;
     match stop {
-        Ok(signal) => tracing::info!(message_id = journal::LIFECYCLE, signal, grace_secs = grace.as_secs(), "stopping: draining collectors"),
+        Ok(signal) => {
+            tracing::info!(message_id = journal::LIFECYCLE, signal, grace_secs = grace.as_secs(), "stopping: draining collectors")
+        }
         Err(reason) => tracing::error!(message_id = journal::LIFECYCLE, reason = %reason, "stopping: {reason}"),
     }
     systemd::stopping();
@@ -359,12 +377,8 @@ async fn drain(cfg: &Config, stop: &Result<&str, String>, stream: Option<StreamH
 /// The polling collectors that are enabled, each under the supervisor.
 fn spawn_polling(supervisor: &Supervisor, cfg: &Config, client: &Arc<PolymarketClient>, pool: &db::Pool) {
     if cfg.catalog.enabled {
-        let ctx = CatalogCtx {
-            client: client.clone(),
-            pool: pool.clone(),
-            cfg: cfg.catalog.clone(),
-            state: Arc::new(CatalogState::default()),
-        };
+        let ctx =
+            CatalogCtx { client: client.clone(), pool: pool.clone(), cfg: cfg.catalog.clone(), state: Arc::new(CatalogState::default()) };
         let c = ctx.clone();
         supervisor.spawn_polling(move || FullSweep(c.clone()));
         let c = ctx.clone();

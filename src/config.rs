@@ -324,29 +324,14 @@ impl Config {
                 None => "none configured".into(),
             }),
         });
-        let database = DatabaseConfig {
-            url,
-            password,
-            password_source,
-            ssl_root_cert,
-            pool_size,
-            connect_timeout,
-            startup_deadline,
-        };
+        let database = DatabaseConfig { url, password, password_source, ssl_root_cert, pool_size, connect_timeout, startup_deadline };
 
         let mut s = Section::new("upstream", upstream_t, &mut problems, &mut settings);
         let gamma_url = s.url("gamma_url", "https://gamma-api.polymarket.com", &["http", "https"]);
         let clob_url = s.url("clob_url", "https://clob.polymarket.com", &["http", "https"]);
         let data_url = s.url("data_url", "https://data-api.polymarket.com", &["http", "https"]);
-        let ws_url = s.url(
-            "ws_url",
-            "wss://ws-subscriptions-clob.polymarket.com/ws/market",
-            &["ws", "wss"],
-        );
-        let user_agent = s.string(
-            "user_agent",
-            concat!("collector/", env!("CARGO_PKG_VERSION"), " (polymarket market-data recorder)"),
-        );
+        let ws_url = s.url("ws_url", "wss://ws-subscriptions-clob.polymarket.com/ws/market", &["ws", "wss"]);
+        let user_agent = s.string("user_agent", concat!("collector/", env!("CARGO_PKG_VERSION"), " (polymarket market-data recorder)"));
         if user_agent.trim().is_empty() {
             s.problem("user_agent", "must not be empty (a default agent gets 403 error 1010)");
         }
@@ -374,9 +359,7 @@ impl Config {
             new_markets_interval: s.secs("new_markets_interval_secs", 60, 1, 86_400),
             new_markets_max_pages: s.int("new_markets_max_pages", 5, 1, 1000) as u32,
             resolutions_interval: s.secs("resolutions_interval_secs", 300, 1, 86_400),
-            resolution_watch: Duration::from_secs(
-                s.int("resolution_watch_days", 14, 0, 3650) * 86_400,
-            ),
+            resolution_watch: Duration::from_secs(s.int("resolution_watch_days", 14, 0, 3650) * 86_400),
             page_size: s.int("page_size", 100, 1, 500) as u32,
             history: s.bool("history", true),
             history_interval: s.secs("history_interval_secs", 10, 1, 86_400),
@@ -834,9 +817,7 @@ mod tests {
 
     #[test]
     fn unreadable_password_file_is_a_problem() {
-        let problems =
-            Config::parse("[database]\npassword_file = \"/nonexistent/pw\"\n", &Env::default())
-                .unwrap_err();
+        let problems = Config::parse("[database]\npassword_file = \"/nonexistent/pw\"\n", &Env::default()).unwrap_err();
         assert!(problems[0].starts_with("database.password_file: cannot read"), "{problems:?}");
     }
 }

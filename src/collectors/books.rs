@@ -41,9 +41,7 @@ impl BooksCollector {
         let mut pending = vec![tokens];
         let mut out = Vec::new();
         while let Some(batch) = pending.pop() {
-            let body = Value::Array(
-                batch.iter().map(|t| serde_json::json!({ "token_id": t })).collect(),
-            );
+            let body = Value::Array(batch.iter().map(|t| serde_json::json!({ "token_id": t })).collect());
             let url = self.client.clob_url.join("books").expect("static path");
             match self.client.post_json(Route::ClobBooks, url, &body).await {
                 Ok(Value::Array(books)) => out.extend(books),
@@ -92,8 +90,7 @@ impl Collector for BooksCollector {
         let active: std::collections::HashSet<&str> = tokens.iter().map(String::as_str).collect();
         self.last.retain(|t, _| active.contains(t.as_str()));
 
-        let batches: Vec<Vec<String>> =
-            tokens.chunks(self.cfg.batch_size as usize).map(<[String]>::to_vec).collect();
+        let batches: Vec<Vec<String>> = tokens.chunks(self.cfg.batch_size as usize).map(<[String]>::to_vec).collect();
         let this = &*self;
         let mut results = futures_util::stream::iter(batches)
             .map(move |batch: Vec<String>| async move { (this.fetch(&batch).await, Utc::now()) })
@@ -113,8 +110,7 @@ impl Collector for BooksCollector {
                 match clob::decode_book(&obj) {
                     Ok(book) => {
                         let key = (book.source_ts, book.hash.clone());
-                        let unchanged = this.last.get(&book.token_id) == Some(&key)
-                            || seen_now.get(&book.token_id) == Some(&key);
+                        let unchanged = this.last.get(&book.token_id) == Some(&key) || seen_now.get(&book.token_id) == Some(&key);
                         if !unchanged {
                             seen_now.insert(book.token_id.clone(), key);
                             fresh.push((book, received_at));

@@ -171,8 +171,13 @@ impl Collector for FullSweep {
             }
         }
         *ctx.state.last_full_sweep.lock().expect("state lock") = Some(started);
-        tracing::info!(collector = "catalog", pages, markets = stored,
-            secs = (Utc::now() - started).num_milliseconds() as f64 / 1000.0, "full sweep done");
+        tracing::info!(
+            collector = "catalog",
+            pages,
+            markets = stored,
+            secs = (Utc::now() - started).num_milliseconds() as f64 / 1000.0,
+            "full sweep done"
+        );
         Ok(stored)
     }
 }
@@ -208,8 +213,7 @@ impl Collector for NewMarkets {
                 let conn = ctx.pool.get().await?;
                 db::catalog::known_market_ids(&*conn, &ids).await?
             };
-            let new: Vec<MarketRecord> =
-                markets.into_iter().filter(|m| !known.contains(&m.id)).collect();
+            let new: Vec<MarketRecord> = markets.into_iter().filter(|m| !known.contains(&m.id)).collect();
             if !new.is_empty() {
                 tracing::info!(collector = "new_markets", count = new.len(), "new markets listed");
             }
@@ -240,8 +244,7 @@ impl Collector for Resolutions {
     async fn collect_once(&mut self) -> Result<u64, CollectError> {
         let ctx = &self.0;
         let stale_before = *ctx.state.last_full_sweep.lock().expect("state lock");
-        let watch_since = Utc::now()
-            - chrono::Duration::from_std(ctx.cfg.resolution_watch).unwrap_or(chrono::Duration::days(14));
+        let watch_since = Utc::now() - chrono::Duration::from_std(ctx.cfg.resolution_watch).unwrap_or(chrono::Duration::days(14));
         let ids = {
             let conn = ctx.pool.get().await?;
             db::catalog::markets_awaiting_resolution(&*conn, stale_before, watch_since).await?
@@ -315,7 +318,12 @@ impl Collector for History {
             if !more {
                 let conn = ctx.pool.get().await?;
                 let p = db::catalog::history_progress(&*conn).await?;
-                tracing::info!(collector = "history", pages = p.pages, markets = p.markets, "catalog history complete: every closed event and market stored");
+                tracing::info!(
+                    collector = "history",
+                    pages = p.pages,
+                    markets = p.markets,
+                    "catalog history complete: every closed event and market stored"
+                );
                 break;
             }
         }

@@ -126,15 +126,18 @@ impl Health {
             .filter(|(_, t)| t.kind == TaskKind::Polling)
             .map(|(name, t)| {
                 let s = t.stats.snapshot();
-                (name.to_string(), CollectorHealth {
-                    last_collect_ts: s.last_collect_ts,
-                    total_items: s.total_items,
-                    error_count: s.error_count,
-                    last_error: s.last_error,
-                    restarts: t.restarts.load(Ordering::Relaxed),
-                    alive: t.alive.load(Ordering::Relaxed),
-                    pass_running_secs: t.stats.pass_running_for().map(|d| d.as_secs_f64()),
-                })
+                (
+                    name.to_string(),
+                    CollectorHealth {
+                        last_collect_ts: s.last_collect_ts,
+                        total_items: s.total_items,
+                        error_count: s.error_count,
+                        last_error: s.last_error,
+                        restarts: t.restarts.load(Ordering::Relaxed),
+                        alive: t.alive.load(Ordering::Relaxed),
+                        pass_running_secs: t.stats.pass_running_for().map(|d| d.as_secs_f64()),
+                    },
+                )
             })
             .collect();
         let c = &self.client_stats;
@@ -212,13 +215,13 @@ pub fn format_uptime(d: Duration) -> String {
 pub fn report_lines(h: &HealthSnapshot) -> Vec<String> {
     let mut lines = vec![format!(
         "=== Daemon Health === uptime: {} | tasks: {} alive, {} dead | restarts: {}",
-        format_uptime(Duration::from_secs(h.uptime_seconds)), h.tasks_alive, h.tasks_dead, h.total_restarts
+        format_uptime(Duration::from_secs(h.uptime_seconds)),
+        h.tasks_alive,
+        h.tasks_dead,
+        h.total_restarts
     )];
     for (name, c) in &h.collectors {
-        let last = c.last_collect_ts.map_or_else(
-            || "never".to_string(),
-            |ts| ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        );
+        let last = c.last_collect_ts.map_or_else(|| "never".to_string(), |ts| ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         lines.push(format!("  {}: items={} errors={} last={}", name, c.total_items, c.error_count, last));
     }
     if let Some(t) = &h.trade_listener {
@@ -341,7 +344,8 @@ fn log_report(h: &HealthSnapshot) {
         replayed_rows = t.replayed_rows,
         write_failures = t.write_failures_in_a_row,
         gaps = t.gaps,
-        "{}", lines[0]
+        "{}",
+        lines[0]
     );
     for (line, (name, c)) in lines[1..].iter().zip(&h.collectors) {
         tracing::info!(
@@ -357,9 +361,15 @@ fn log_report(h: &HealthSnapshot) {
         tracing::info!(message_id = journal::HEALTH, collector = "trades", "{}", lines.last().expect("stream line"));
     }
     if t.spool_bytes > 0 || t.write_failures_in_a_row > 0 {
-        tracing::warn!(message_id = journal::HEALTH, collector = "trades",
+        tracing::warn!(
+            message_id = journal::HEALTH,
+            collector = "trades",
             "  spool: bytes={} spooled={} replayed={} write_failures_in_a_row={}",
-            t.spool_bytes, t.spooled_rows, t.replayed_rows, t.write_failures_in_a_row);
+            t.spool_bytes,
+            t.spooled_rows,
+            t.replayed_rows,
+            t.write_failures_in_a_row
+        );
     }
 }
 
@@ -376,17 +386,32 @@ mod tests {
 
     fn snapshot() -> HealthSnapshot {
         let mut collectors = BTreeMap::new();
-        collectors.insert("books".to_string(), CollectorHealth {
-            last_collect_ts: Some("2026-11-28T04:01:00Z".parse().unwrap()),
-            total_items: 48213, error_count: 2, last_error: None, restarts: 1, alive: true,
-            pass_running_secs: None,
-        });
+        collectors.insert(
+            "books".to_string(),
+            CollectorHealth {
+                last_collect_ts: Some("2026-11-28T04:01:00Z".parse().unwrap()),
+                total_items: 48213,
+                error_count: 2,
+                last_error: None,
+                restarts: 1,
+                alive: true,
+                pass_running_secs: None,
+            },
+        );
         HealthSnapshot {
             uptime_seconds: 2 * 3600 + 13 * 60,
-            tasks_alive: 5, tasks_dead: 0, total_restarts: 1, collectors,
+            tasks_alive: 5,
+            tasks_dead: 0,
+            total_restarts: 1,
+            collectors,
             trade_listener: Some(TradeListenerHealth {
-                trades_received: 91234, trades_inserted: 91234, connections_active: 12,
-                connections_total: 12, queue_depth: 0, gaps: 2, ..Default::default()
+                trades_received: 91234,
+                trades_inserted: 91234,
+                connections_active: 12,
+                connections_total: 12,
+                queue_depth: 0,
+                gaps: 2,
+                ..Default::default()
             }),
             upstream: UpstreamHealth::default(),
             open_markets: Some(15234),
@@ -396,11 +421,14 @@ mod tests {
 
     #[test]
     fn report_lines_match_the_design_exactly() {
-        assert_eq!(report_lines(&snapshot()), vec![
-            "=== Daemon Health === uptime: 2h 13m | tasks: 5 alive, 0 dead | restarts: 1",
-            "  books: items=48213 errors=2 last=2026-11-28T04:01:00Z",
-            "  trades: received=91234 inserted=91234 conns=12 queue=0",
-        ]);
+        assert_eq!(
+            report_lines(&snapshot()),
+            vec![
+                "=== Daemon Health === uptime: 2h 13m | tasks: 5 alive, 0 dead | restarts: 1",
+                "  books: items=48213 errors=2 last=2026-11-28T04:01:00Z",
+                "  trades: received=91234 inserted=91234 conns=12 queue=0",
+            ]
+        );
     }
 
     #[test]

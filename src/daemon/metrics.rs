@@ -44,7 +44,8 @@ pub fn render(h: &HealthSnapshot) -> String {
     tasks.get_or_create(&labels(&[("state", "dead")])).set(h.tasks_dead as i64);
     r.register("tasks", "Supervised tasks by state", tasks);
     counter(&mut r, "restarts", "Task restarts after a panic", h.total_restarts);
-    let (items, errors, last) = (Family::<Labels, Counter>::default(), Family::<Labels, Counter>::default(), Family::<Labels, Gauge<f64, AtomicU64>>::default());
+    let (items, errors, last) =
+        (Family::<Labels, Counter>::default(), Family::<Labels, Counter>::default(), Family::<Labels, Gauge<f64, AtomicU64>>::default());
     for (name, c) in &h.collectors {
         let l = labels(&[("collector", name)]);
         items.get_or_create(&l).inc_by(c.total_items);

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::fault::{self, Fault};
 use crate::collectors::Collector;
+use crate::fault::{self, Fault};
 
 /// Per-collector stats, updated by its polling loop.
 #[derive(Debug)]
@@ -95,7 +95,13 @@ impl CollectorStats {
 /// and counted and the loop goes on; cancellation is honoured between passes and while
 /// waiting, and also interrupts a pass in progress (its transaction rolls back, and every pass
 /// is idempotent). `fault` is the test-only hook (see [`crate::fault`]).
-pub async fn run<C: Collector>(mut collector: C, stats: &CollectorStats, cancel: CancellationToken, fault: Option<Fault>, mut interval: watch::Receiver<Duration>) {
+pub async fn run<C: Collector>(
+    mut collector: C,
+    stats: &CollectorStats,
+    cancel: CancellationToken,
+    fault: Option<Fault>,
+    mut interval: watch::Receiver<Duration>,
+) {
     let name = collector.name();
     let span = tracing::info_span!("collector", collector = name);
     async move {

@@ -186,13 +186,8 @@ impl Restarts for Supervisor {
             recent.len()
         };
         if deaths as u32 > self.max_restarts {
-            let reason = GaveUp {
-                task: name.to_string(),
-                deaths,
-                window: self.restart_window,
-                budget: self.max_restarts,
-                error: error.to_string(),
-            };
+            let reason =
+                GaveUp { task: name.to_string(), deaths, window: self.restart_window, budget: self.max_restarts, error: error.to_string() };
             tracing::error!(message_id = journal::RESTART, collector = name, restarts, "{reason}; giving up");
             self.fatal_reason.lock().expect("fatal lock").get_or_insert(reason);
             self.fatal.cancel();

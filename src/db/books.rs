@@ -2,11 +2,11 @@
 
 use std::borrow::Borrow;
 
+use super::copy::CopyIn;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio_postgres::GenericClient;
-use super::copy::CopyIn;
 
 use crate::polymarket::clob::Book;
 
@@ -61,10 +61,7 @@ pub async fn insert_snapshots<C: GenericClient, B: Borrow<Book>>(
             AS u(token_id, source_ts, hash, received_at, condition_id, best_bid, best_ask, bids,
             asks, tick_size, min_order_size, last_trade_price, neg_risk)
          ON CONFLICT (token_id, source_ts, hash) DO NOTHING",
-        &[
-            &token, &source_ts, &hash, &received, &source.as_str(), &cond, &best_bid, &best_ask,
-            &bids, &asks, &tick, &min_size, &last, &neg,
-        ],
+        &[&token, &source_ts, &hash, &received, &source.as_str(), &cond, &best_bid, &best_ask, &bids, &asks, &tick, &min_size, &last, &neg],
     )
     .await
 }
@@ -72,7 +69,11 @@ pub async fn insert_snapshots<C: GenericClient, B: Borrow<Book>>(
 /// Binary `COPY` of snapshots into `book_snapshots`: the stream's fast path. It fails as a whole
 /// with a unique violation when one of them is stored already (a re-dump after a reconnect);
 /// the caller then takes [`insert_snapshots`].
-pub async fn copy_snapshots(tx: &tokio_postgres::Transaction<'_>, books: &[(&Book, DateTime<Utc>)], source: BookSource) -> Result<u64, tokio_postgres::Error> {
+pub async fn copy_snapshots(
+    tx: &tokio_postgres::Transaction<'_>,
+    books: &[(&Book, DateTime<Utc>)],
+    source: BookSource,
+) -> Result<u64, tokio_postgres::Error> {
     let columns = "token_id, source_ts, hash, received_at, source, condition_id, best_bid, best_ask, \
                    bids, asks, tick_size, min_order_size, last_trade_price, neg_risk";
     let mut copy = CopyIn::start(tx, "book_snapshots", columns).await?;

@@ -58,8 +58,23 @@ pub async fn upsert_events<C: GenericClient>(db: &C, events: &[EventRecord]) -> 
             volume = EXCLUDED.volume, liquidity = EXCLUDED.liquidity,
             open_interest = EXCLUDED.open_interest, raw = EXCLUDED.raw, last_seen_at = now()",
         &[
-            &ids, &ticker, &slug, &title, &active, &closed, &archived, &neg_risk, &start, &end,
-            &created, &updated, &closed_time, &volume, &liquidity, &oi, &raw,
+            &ids,
+            &ticker,
+            &slug,
+            &title,
+            &active,
+            &closed,
+            &archived,
+            &neg_risk,
+            &start,
+            &end,
+            &created,
+            &updated,
+            &closed_time,
+            &volume,
+            &liquidity,
+            &oi,
+            &raw,
         ],
     )
     .await
@@ -127,10 +142,8 @@ pub async fn upsert_markets<C: GenericClient>(db: &C, markets: &[MarketRecord]) 
     // UNNEST flattens nested arrays, so outcome prices travel as array literals.
     let prices: Vec<Option<String>> = rows.iter().map(|m| numeric_array_literal(&m.outcome_prices)).collect();
     let winner: Vec<Option<i32>> = rows.iter().map(|m| m.winning_outcome_index().map(|i| i as i32)).collect();
-    let resolved: Vec<bool> = rows
-        .iter()
-        .map(|m| m.uma_resolution_status.as_deref() == Some("resolved") || m.winning_outcome_index().is_some())
-        .collect();
+    let resolved: Vec<bool> =
+        rows.iter().map(|m| m.uma_resolution_status.as_deref() == Some("resolved") || m.winning_outcome_index().is_some()).collect();
     let raw: Vec<&Value> = rows.iter().map(|m| &m.raw).collect();
     let written = db
         .execute(
@@ -171,10 +184,32 @@ pub async fn upsert_markets<C: GenericClient>(db: &C, markets: &[MarketRecord]) 
                 resolved = markets.resolved OR EXCLUDED.resolved,
                 raw = EXCLUDED.raw, last_seen_at = now()",
             &[
-                &ids, &condition, &event, &question, &slug, &version, &uma, &active, &closed,
-                &archived, &accepting, &book_enabled, &neg_risk, &start, &end, &created,
-                &updated, &closed_time, &volume, &liquidity, &tick, &min_size, &prices, &winner,
-                &resolved, &raw,
+                &ids,
+                &condition,
+                &event,
+                &question,
+                &slug,
+                &version,
+                &uma,
+                &active,
+                &closed,
+                &archived,
+                &accepting,
+                &book_enabled,
+                &neg_risk,
+                &start,
+                &end,
+                &created,
+                &updated,
+                &closed_time,
+                &volume,
+                &liquidity,
+                &tick,
+                &min_size,
+                &prices,
+                &winner,
+                &resolved,
+                &raw,
             ],
         )
         .await?;
@@ -231,8 +266,7 @@ fn numeric_array_literal(prices: &[Option<Decimal>]) -> Option<String> {
     if prices.is_empty() {
         return None;
     }
-    let parts: Vec<String> =
-        prices.iter().map(|p| p.map_or_else(|| "NULL".to_string(), |d| d.to_string())).collect();
+    let parts: Vec<String> = prices.iter().map(|p| p.map_or_else(|| "NULL".to_string(), |d| d.to_string())).collect();
     Some(format!("{{{}}}", parts.join(",")))
 }
 
@@ -328,9 +362,7 @@ pub async fn stream_token_ids<C: GenericClient>(db: &C, scope: &StreamScope) -> 
 
 /// The condition ids of these tokens.
 pub async fn conditions_of<C: GenericClient>(db: &C, token_ids: &[String]) -> Result<Vec<String>, tokio_postgres::Error> {
-    let rows = db
-        .query("SELECT DISTINCT condition_id FROM tokens WHERE token_id = ANY($1) ORDER BY 1", &[&token_ids])
-        .await?;
+    let rows = db.query("SELECT DISTINCT condition_id FROM tokens WHERE token_id = ANY($1) ORDER BY 1", &[&token_ids]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -357,7 +389,12 @@ pub struct HistoryProgress {
 /// The history sweep's progress (a fresh one when it never ran).
 pub async fn history_progress<C: GenericClient>(db: &C) -> Result<HistoryProgress, tokio_postgres::Error> {
     let row = db.query_opt("SELECT next_cursor, pages, markets, finished_at IS NOT NULL FROM catalog_history WHERE id = 1", &[]).await?;
-    Ok(row.map_or_else(HistoryProgress::default, |r| HistoryProgress { next_cursor: r.get(0), pages: r.get(1), markets: r.get(2), finished: r.get(3) }))
+    Ok(row.map_or_else(HistoryProgress::default, |r| HistoryProgress {
+        next_cursor: r.get(0),
+        pages: r.get(1),
+        markets: r.get(2),
+        finished: r.get(3),
+    }))
 }
 
 /// Records one more page of the history sweep: the cursor of the next page (`None`: done).

@@ -208,8 +208,8 @@ fn numeric_digits(d: &Decimal) -> ([i16; 10], usize, i16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_postgres::types::{ToSql, Type};
     use std::str::FromStr;
+    use tokio_postgres::types::{ToSql, Type};
 
     fn ours(d: &Decimal) -> Vec<u8> {
         let mut buf = BytesMut::new();
@@ -231,9 +231,26 @@ mod tests {
     #[test]
     fn numerics_encode_as_postgres_reads_them() {
         let texts = [
-            "0.5", "0.0025", "0.00001", "123.45", "1", "10000", "100000000", "9999.9999", "0.0001", "1.5", "0.50", "-0.1",
-            "-12345678.90123", "79228162514264337593543950335", "-79228162514264337593543950335",
-            "0.0000000000000000000000000001", "7.9228162514264337593543950335", "100.001", "1e-5", "31.4159e3",
+            "0.5",
+            "0.0025",
+            "0.00001",
+            "123.45",
+            "1",
+            "10000",
+            "100000000",
+            "9999.9999",
+            "0.0001",
+            "1.5",
+            "0.50",
+            "-0.1",
+            "-12345678.90123",
+            "79228162514264337593543950335",
+            "-79228162514264337593543950335",
+            "0.0000000000000000000000000001",
+            "7.9228162514264337593543950335",
+            "100.001",
+            "1e-5",
+            "31.4159e3",
         ];
         for t in texts {
             let d = Decimal::from_str(t).or_else(|_| Decimal::from_scientific(t)).unwrap();
@@ -260,7 +277,15 @@ mod tests {
         let json = serde_json::json!([{"price": "0.5", "size": "1é"}]);
         Fields(&mut buf).timestamptz(&t).timestamptz(&early).int2(-7).int4(70_000).bool(true).text("é").jsonb(&json).null();
         let mut want = BytesMut::new();
-        let fields: [(&(dyn ToSql + Sync), Type); 7] = [(&t, Type::TIMESTAMPTZ), (&early, Type::TIMESTAMPTZ), (&-7i16, Type::INT2), (&70_000i32, Type::INT4), (&true, Type::BOOL), (&"é", Type::TEXT), (&json, Type::JSONB)];
+        let fields: [(&(dyn ToSql + Sync), Type); 7] = [
+            (&t, Type::TIMESTAMPTZ),
+            (&early, Type::TIMESTAMPTZ),
+            (&-7i16, Type::INT2),
+            (&70_000i32, Type::INT4),
+            (&true, Type::BOOL),
+            (&"é", Type::TEXT),
+            (&json, Type::JSONB),
+        ];
         for (v, ty) in fields {
             let at = want.len();
             want.put_i32(0);

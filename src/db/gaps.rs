@@ -76,7 +76,13 @@ pub async fn last_captured(pool: &Pool) -> Result<Option<DateTime<Utc>>, DbError
 }
 
 /// Records a gap whose both ends are known (`reason` says why), returning it.
-pub async fn insert_closed(pool: &Pool, assets: &[String], from: DateTime<Utc>, to: DateTime<Utc>, reason: &str) -> Result<GapRow, DbError> {
+pub async fn insert_closed(
+    pool: &Pool,
+    assets: &[String],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    reason: &str,
+) -> Result<GapRow, DbError> {
     let db = pool.get().await?;
     let row = db
         .query_one(
@@ -101,7 +107,13 @@ pub async fn insert_planned(pool: &Pool, assets: &[String], at: DateTime<Utc>, r
 }
 
 /// Records a backfill attempt's outcome on its gap; returns the attempts so far.
-pub async fn set_backfill(pool: &Pool, id: i64, status: &str, trades: Option<i32>, covered_from: Option<DateTime<Utc>>) -> Result<i32, DbError> {
+pub async fn set_backfill(
+    pool: &Pool,
+    id: i64,
+    status: &str,
+    trades: Option<i32>,
+    covered_from: Option<DateTime<Utc>>,
+) -> Result<i32, DbError> {
     let db = pool.get().await?;
     let row = db
         .query_one(

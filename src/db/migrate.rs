@@ -49,7 +49,9 @@ const LOCK_KEY: i64 = 0x636f6c6c6563746f;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("database holds migration {version} ({name}) that this binary does not know; refusing to run an older binary against a newer schema")]
+    #[error(
+        "database holds migration {version} ({name}) that this binary does not know; refusing to run an older binary against a newer schema"
+    )]
     Unknown { version: i64, name: String },
     #[error("migration {version} ({name}) was altered: database checksum {applied}, binary {expected}")]
     Altered { version: i64, name: String, applied: String, expected: String },
@@ -102,9 +104,7 @@ async fn apply_pending(client: &mut Client, last: i64) -> Result<Vec<(i64, &'sta
             )",
         )
         .await?;
-    let rows = client
-        .query("SELECT version, name, checksum FROM schema_migrations ORDER BY version", &[])
-        .await?;
+    let rows = client.query("SELECT version, name, checksum FROM schema_migrations ORDER BY version", &[]).await?;
     for row in &rows {
         let (version, name, applied): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
         let Some(known) = MIGRATIONS.iter().find(|m| m.version == version) else {
@@ -124,12 +124,9 @@ async fn apply_pending(client: &mut Client, last: i64) -> Result<Vec<(i64, &'sta
         let fail = |source| MigrateError::Failed { version: m.version, name: m.name, source };
         let tx = client.transaction().await.map_err(fail)?;
         tx.batch_execute(&sql).await.map_err(fail)?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            &[&m.version, &m.name, &checksum(&sql)],
-        )
-        .await
-        .map_err(fail)?;
+        tx.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)", &[&m.version, &m.name, &checksum(&sql)])
+            .await
+            .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         tracing::info!(version = m.version, name = m.name, "migration applied");
         applied_now.push((m.version, m.name));
@@ -150,7 +147,17 @@ mod tests {
     /// SQL, or an edit of a released file, fails here instead of refusing deployed databases.
     #[test]
     fn released_migrations_are_unchanged() {
-        let pinned = [(1, "5eb14fa7afbe3289"), (2, "54ad5e46cc3c36e1"), (3, "2abb8eedc709d9f3"), (4, "5291e4c8cce6f401"), (5, "9ea48bce7e423c81"), (6, "b2070d1199fe77cd"), (7, "742e6540374c7c2f"), (8, "d94f1b5d2b925dac"), (9, "1c99a2fb8ee4931f")];
+        let pinned = [
+            (1, "5eb14fa7afbe3289"),
+            (2, "54ad5e46cc3c36e1"),
+            (3, "2abb8eedc709d9f3"),
+            (4, "5291e4c8cce6f401"),
+            (5, "9ea48bce7e423c81"),
+            (6, "b2070d1199fe77cd"),
+            (7, "742e6540374c7c2f"),
+            (8, "d94f1b5d2b925dac"),
+            (9, "1c99a2fb8ee4931f"),
+        ];
         for (version, sum) in pinned {
             let m = MIGRATIONS.iter().find(|m| m.version == version).unwrap();
             assert_eq!(checksum(&(m.sql)()), sum, "migration {version} changed:\n{}", (m.sql)());

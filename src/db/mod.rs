@@ -4,8 +4,8 @@
 pub mod books;
 pub mod catalog;
 pub mod copy;
-pub mod migrate;
 pub mod gaps;
+pub mod migrate;
 pub mod partitions;
 pub mod stream;
 pub mod url;
@@ -91,24 +91,23 @@ impl DbError {
 /// exception), 53 (insufficient resources), 57P01–57P03 (shutdown, cannot connect now), 40001
 /// and 40P01 (serialization failure, deadlock), 55P03 (lock not available), 58 (system error).
 pub fn sqlstate_is_transient(code: &str) -> bool {
-    matches!(&code[..2.min(code.len())], "08" | "53" | "58")
-        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03")
+    matches!(&code[..2.min(code.len())], "08" | "53" | "58") || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03")
 }
 
 /// This database's identity: its name and the id migration 3 made once for it (a copy of the
 /// database, e.g. a restored backup, keeps it; a new database gets another).
 pub async fn identity(pool: &Pool) -> Result<String, DbError> {
     let conn = pool.get().await?;
-    let row = conn.query_one("SELECT current_database() || '/' || (SELECT id::text FROM collector_database ORDER BY created_at LIMIT 1)", &[]).await?;
+    let row = conn
+        .query_one("SELECT current_database() || '/' || (SELECT id::text FROM collector_database ORDER BY created_at LIMIT 1)", &[])
+        .await?;
     Ok(row.get(0))
 }
 
 /// The `tokio_postgres::Config` for `cfg`, password applied.
 pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
-    let mut pg: tokio_postgres::Config = split_sslmode(&cfg.url)
-        .0
-        .parse()
-        .map_err(|e| DbError::Settings(format!("{e}: {}", redact_url(&cfg.url))))?;
+    let mut pg: tokio_postgres::Config =
+        split_sslmode(&cfg.url).0.parse().map_err(|e| DbError::Settings(format!("{e}: {}", redact_url(&cfg.url))))?;
     if let Some(p) = &cfg.password {
         pg.password(p);
     }
@@ -131,10 +130,7 @@ pub fn tls(cfg: &DatabaseConfig) -> Result<MakeTls, DbError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| DbError::Settings(format!("TLS: {e}")))?;
     if !verify {
-        let config = builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-            .with_no_client_auth();
+        let config = builder.dangerous().with_custom_certificate_verifier(Arc::new(EncryptOnly(provider))).with_no_client_auth();
         return Ok(MakeTls(MakeRustlsConnect::new(config)));
     }
     let mut roots = rustls::RootCertStore::empty();

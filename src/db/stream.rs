@@ -29,13 +29,13 @@
 //! Queueing, batching, spooling and retries are the stream collector's
 //! (`collectors::stream::{sink, writer}`); this module is SQL only.
 
+use super::copy::CopyIn;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_postgres::Transaction;
-use super::copy::CopyIn;
 use tokio_postgres::error::SqlState;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,9 +45,9 @@ use std::sync::{Arc, Mutex};
 use super::books::{self, BookSource};
 use super::partitions;
 use super::{DbError, Pool};
-use crate::polymarket::decode::Side;
 use crate::polymarket::clob::Book;
-use crate::polymarket::ws::{Lifecycle, LifecycleKind, LevelChange, Quote, TickSizeChange, Trade};
+use crate::polymarket::decode::Side;
+use crate::polymarket::ws::{LevelChange, Lifecycle, LifecycleKind, Quote, TickSizeChange, Trade};
 
 /// Where a trade row came from (`trades.source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,14 +68,40 @@ impl TradeSource {
 /// One row for the database, with its local receive time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Row {
-    Trade { trade: Trade, received_at: DateTime<Utc>, source: TradeSource },
-    Book { book: Book, received_at: DateTime<Utc> },
+    Trade {
+        trade: Trade,
+        received_at: DateTime<Utc>,
+        source: TradeSource,
+    },
+    Book {
+        book: Book,
+        received_at: DateTime<Utc>,
+    },
     /// `condition_id` is shared by the changes of one message (one allocation per message).
-    PriceChange { change: LevelChange, condition_id: Option<Arc<str>>, source_ts: DateTime<Utc>, received_at: DateTime<Utc> },
-    Quote { quote: Quote, received_at: DateTime<Utc> },
-    TickSize { change: TickSizeChange, received_at: DateTime<Utc> },
-    Lifecycle { event: Lifecycle, received_at: DateTime<Utc> },
-    Quarantine { connection: Option<i32>, reason: String, frame: String, received_at: DateTime<Utc> },
+    PriceChange {
+        change: LevelChange,
+        condition_id: Option<Arc<str>>,
+        source_ts: DateTime<Utc>,
+        received_at: DateTime<Utc>,
+    },
+    Quote {
+        quote: Quote,
+        received_at: DateTime<Utc>,
+    },
+    TickSize {
+        change: TickSizeChange,
+        received_at: DateTime<Utc>,
+    },
+    Lifecycle {
+        event: Lifecycle,
+        received_at: DateTime<Utc>,
+    },
+    Quarantine {
+        connection: Option<i32>,
+        reason: String,
+        frame: String,
+        received_at: DateTime<Utc>,
+    },
 }
 
 impl Row {
@@ -327,7 +353,8 @@ async fn stored_received_through(tx: &Transaction<'_>, table: &Table, rows: &[&R
             _ => None,
         })
         .collect();
-    let span = |pick: fn(&(DateTime<Utc>, DateTime<Utc>)) -> DateTime<Utc>| Some((times.iter().map(pick).min()?, times.iter().map(pick).max()?));
+    let span =
+        |pick: fn(&(DateTime<Utc>, DateTime<Utc>)) -> DateTime<Utc>| Some((times.iter().map(pick).min()?, times.iter().map(pick).max()?));
     let (Some((s0, s1)), Some((r0, r1))) = (span(|t| t.0), span(|t| t.1)) else {
         return Ok(None);
     };
@@ -349,8 +376,14 @@ async fn stored_received_through(tx: &Transaction<'_>, table: &Table, rows: &[&R
 /// replayed batch, and a spool filled in a burst drained slower than the stream filled it.
 /// This reads each new range once. A role that does not own the tables may not summarize:
 /// the check then scans as before.
-async fn summarize_new_ranges(tx: &Transaction<'_>, table: &Table, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), tokio_postgres::Error> {
-    let (first, last) = (partitions::partition_name(table.name, from.date_naive()), partitions::partition_name(table.name, to.date_naive()));
+async fn summarize_new_ranges(
+    tx: &Transaction<'_>,
+    table: &Table,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    let (first, last) =
+        (partitions::partition_name(table.name, from.date_naive()), partitions::partition_name(table.name, to.date_naive()));
     tx.batch_execute("SAVEPOINT summarize").await?;
     let summarized = tx
         .query(
@@ -440,10 +473,20 @@ macro_rules! level_changes_table {
             // anti-joined by hash.
             insert: concat!(
                 "WITH n AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS n(source_ts timestamptz, received_at timestamptz, token_key int,
-                    buy bool, price ", $price, ", size numeric, best_bid ", $price, ", best_ask ", $price, ", hash bytea)),
-                o AS MATERIALIZED (SELECT token_key, source_ts, buy, price, size, hash FROM ", $name, "
+                    buy bool, price ",
+                $price,
+                ", size numeric, best_bid ",
+                $price,
+                ", best_ask ",
+                $price,
+                ", hash bytea)),
+                o AS MATERIALIZED (SELECT token_key, source_ts, buy, price, size, hash FROM ",
+                $name,
+                "
                     WHERE source_ts BETWEEN (SELECT min(source_ts) FROM n) AND (SELECT max(source_ts) FROM n))
-            INSERT INTO ", $name, " (source_ts, received_at, token_key, buy, price, size, best_bid, best_ask, hash)
+            INSERT INTO ",
+                $name,
+                " (source_ts, received_at, token_key, buy, price, size, best_bid, best_ask, hash)
             SELECT DISTINCT ON (n.token_key, n.source_ts, n.buy, n.price, n.size, n.hash)
                 n.source_ts, n.received_at, n.token_key, n.buy, n.price, n.size, n.best_bid, n.best_ask, n.hash
             FROM n
@@ -684,8 +727,10 @@ impl Keys {
         let db = pool.get().await?;
         if !conditions.is_empty() {
             let conditions: Vec<&str> = conditions.into_iter().collect();
-            db.execute("INSERT INTO stream_conditions (condition_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&conditions]).await?;
-            let rows = db.query("SELECT condition_id, condition_key FROM stream_conditions WHERE condition_id = ANY($1)", &[&conditions]).await?;
+            db.execute("INSERT INTO stream_conditions (condition_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&conditions])
+                .await?;
+            let rows =
+                db.query("SELECT condition_id, condition_key FROM stream_conditions WHERE condition_id = ANY($1)", &[&conditions]).await?;
             let mut known = self.conditions.lock().expect("keys lock");
             for r in rows {
                 known.insert(r.get(0), r.get(1));
@@ -701,7 +746,9 @@ impl Keys {
                 &[&ids, &markets],
             )
             .await?;
-            let rows = db.query("SELECT token_id, token_key, condition_key IS NOT NULL FROM stream_tokens WHERE token_id = ANY($1)", &[&ids]).await?;
+            let rows = db
+                .query("SELECT token_id, token_key, condition_key IS NOT NULL FROM stream_tokens WHERE token_id = ANY($1)", &[&ids])
+                .await?;
             let mut known = self.tokens.lock().expect("keys lock");
             for r in rows {
                 known.insert(r.get(0), (r.get(1), r.get(2)));
@@ -848,7 +895,6 @@ async fn apply_lifecycle(tx: &tokio_postgres::Transaction<'_>, rows: &[&Row]) ->
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -858,8 +904,16 @@ mod tests {
     #[test]
     fn prices_in_ticks_only_where_they_read_back_the_same() {
         let ticks = |p: &str| price_ticks(&p.parse().unwrap());
-        for (price, want) in [("0", Some(0)), ("0.0001", Some(1)), ("0.0025", Some(25)), ("0.47", Some(4700)), ("0.5", Some(5000)),
-                              ("1", Some(10000)), ("1.5", Some(15000)), ("3.2767", Some(32767))] {
+        for (price, want) in [
+            ("0", Some(0)),
+            ("0.0001", Some(1)),
+            ("0.0025", Some(25)),
+            ("0.47", Some(4700)),
+            ("0.5", Some(5000)),
+            ("1", Some(10000)),
+            ("1.5", Some(15000)),
+            ("3.2767", Some(32767)),
+        ] {
             assert_eq!(ticks(price), want, "{price}");
             let back = Decimal::new(want.unwrap().into(), 4).normalize();
             assert_eq!(back.to_string(), price, "{price} reads back as itself");

@@ -159,7 +159,10 @@ mod tests {
             ("postgresql://u:s3cret@db.example/x", "postgresql://u:***@db.example/x"),
             ("postgres://u:s3cret@db.example:5432/x?sslmode=require", "postgres://u:***@db.example:5432/x?sslmode=require"),
             ("postgresql://u@host/db?password=s3cret", "postgresql://u@host/db?password=***"),
-            ("postgresql://u@host/db?sslmode=require&password=s3cret&application_name=c", "postgresql://u@host/db?sslmode=require&password=***&application_name=c"),
+            (
+                "postgresql://u@host/db?sslmode=require&password=s3cret&application_name=c",
+                "postgresql://u@host/db?sslmode=require&password=***&application_name=c",
+            ),
             ("postgresql://u:s3cret@h1:5432,h2:5432/db", "postgresql://u:***@h1:5432,h2:5432/db"),
             ("postgresql://u:p%40ss@h/db", "postgresql://u:***@h/db"),
             ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),

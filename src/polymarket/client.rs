@@ -189,11 +189,7 @@ impl PolymarketClient {
                     Ok(value) => return Ok(value),
                     Err((Outcome::ClientError, status, text)) => {
                         self.stats.count(Outcome::ClientError);
-                        return Err(ClientError::Rejected {
-                            url: url.to_string(),
-                            status,
-                            body: snippet(&text),
-                        });
+                        return Err(ClientError::Rejected { url: url.to_string(), status, body: snippet(&text) });
                     }
                     Err((outcome, status, text)) => (outcome, format!("{status}: {}", snippet(&text))),
                 },
@@ -201,11 +197,7 @@ impl PolymarketClient {
             self.stats.count(outcome);
             if attempt >= self.max_retries {
                 self.stats.gave_up.fetch_add(1, Ordering::Relaxed);
-                return Err(ClientError::GaveUp {
-                    url: url.to_string(),
-                    attempts: attempt + 1,
-                    last: format!("{outcome:?} {detail}"),
-                });
+                return Err(ClientError::GaveUp { url: url.to_string(), attempts: attempt + 1, last: format!("{outcome:?} {detail}") });
             }
             let delay = retry_delay(&self.backoff, attempt, outcome, fastrand::f64());
             tracing::warn!(
@@ -224,10 +216,7 @@ impl PolymarketClient {
 async fn classify(resp: reqwest::Response, retry_after_max: Duration) -> Result<Value, (Outcome, u16, String)> {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let is_html = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("text/html"));
+    let is_html = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("text/html"));
     let cf_ray = headers.get("cf-ray").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let bytes = match resp.bytes().await {
         Ok(b) => b,
@@ -243,9 +232,7 @@ async fn classify(resp: reqwest::Response, retry_after_max: Duration) -> Result<
     let looks_html = is_html || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<');
     match status {
         200..=299 if looks_html => Err((Outcome::HtmlPage, status, text())),
-        200..=299 => serde_json::from_slice(&bytes).map_err(|e| {
-            (Outcome::Malformed, status, format!("invalid JSON ({e}): {}", text()))
-        }),
+        200..=299 => serde_json::from_slice(&bytes).map_err(|e| (Outcome::Malformed, status, format!("invalid JSON ({e}): {}", text()))),
         429 => {
             let retry_after = headers
                 .get(RETRY_AFTER)

@@ -47,15 +47,7 @@ impl Book {
     /// Levels as JSON `[["price","size"], ...]`, best first, strings as received.
     pub fn levels_json(levels: &[Level]) -> Value {
         Value::Array(
-            levels
-                .iter()
-                .map(|l| {
-                    Value::Array(vec![
-                        Value::String(l.price_text.clone()),
-                        Value::String(l.size_text.clone()),
-                    ])
-                })
-                .collect(),
+            levels.iter().map(|l| Value::Array(vec![Value::String(l.price_text.clone()), Value::String(l.size_text.clone())])).collect(),
         )
     }
 }
@@ -100,8 +92,7 @@ fn levels(obj: &Value, field: &str, legacy: &str) -> Result<Vec<Level>, FieldErr
             let (Some(price_text), Some(size_text)) = (text("price"), text("size")) else {
                 return Err(FieldError::new(name, format!("level without price/size: {l}")));
             };
-            let price = decode::parse_decimal(&price_text)
-                .ok_or_else(|| FieldError::new(name, format!("bad price {price_text:?}")))?;
+            let price = decode::parse_decimal(&price_text).ok_or_else(|| FieldError::new(name, format!("bad price {price_text:?}")))?;
             if decode::parse_decimal(&size_text).is_none() {
                 return Err(FieldError::new(name, format!("bad size {size_text:?}")));
             }

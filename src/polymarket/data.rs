@@ -10,7 +10,8 @@ use super::ws::Trade;
 /// One trade row of either version.
 pub fn decode_trade(obj: &Value) -> Result<Trade, FieldError> {
     let pick = |a: &str, b: &str| decode::string(obj, a).or_else(|| decode::string(obj, b));
-    let asset_id = pick("token_id", "asset").or_else(|| decode::string(obj, "asset_id")).ok_or_else(|| FieldError::new("token_id", "missing"))?;
+    let asset_id =
+        pick("token_id", "asset").or_else(|| decode::string(obj, "asset_id")).ok_or_else(|| FieldError::new("token_id", "missing"))?;
     Ok(Trade {
         asset_id,
         condition_id: pick("condition_id", "conditionId"),

@@ -147,8 +147,7 @@ pub fn string_array(obj: &Value, field: &str) -> Result<Option<Vec<String>>, Fie
     let arr = match v {
         Value::Array(a) => a,
         Value::String(s) => {
-            unpacked = serde_json::from_str::<Value>(s)
-                .map_err(|e| FieldError::new(field, format!("packed array is not JSON: {e}")))?;
+            unpacked = serde_json::from_str::<Value>(s).map_err(|e| FieldError::new(field, format!("packed array is not JSON: {e}")))?;
             match &unpacked {
                 Value::Array(a) => a,
                 _ => return Err(FieldError::new(field, "packed value is not an array")),
@@ -177,9 +176,7 @@ pub fn timestamp(obj: &Value, field: &str) -> Result<Option<DateTime<Utc>>, Fiel
         Value::Number(n) => n.to_string(),
         _ => return Err(FieldError::new(field, "expected a timestamp")),
     };
-    parse_timestamp(&text)
-        .map(Some)
-        .ok_or_else(|| FieldError::new(field, format!("not a timestamp: {text:?}")))
+    parse_timestamp(&text).map(Some).ok_or_else(|| FieldError::new(field, format!("not a timestamp: {text:?}")))
 }
 
 /// See [`timestamp`].
@@ -188,11 +185,7 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
         let n: i64 = t.parse().ok()?;
         // Below 10^11 a value is seconds (year 5138 in seconds vs. 1973 in milliseconds).
-        return if n < 100_000_000_000 {
-            Utc.timestamp_opt(n, 0).single()
-        } else {
-            Utc.timestamp_millis_opt(n).single()
-        };
+        return if n < 100_000_000_000 { Utc.timestamp_opt(n, 0).single() } else { Utc.timestamp_millis_opt(n).single() };
     }
     if let Ok(d) = DateTime::parse_from_rfc3339(t) {
         return Some(d.with_timezone(&Utc));
@@ -208,9 +201,7 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
             return Some(d.and_utc());
         }
     }
-    NaiveDate::parse_from_str(t, "%Y-%m-%d")
-        .ok()
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
+    NaiveDate::parse_from_str(t, "%Y-%m-%d").ok().map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
 }
 
 #[cfg(test)]

@@ -79,9 +79,7 @@ impl MarketRecord {
     /// Resolved: UMA says so, or the outcome prices settled to one winner (`["1","0"]`).
     pub fn winning_outcome_index(&self) -> Option<usize> {
         let settled = self.closed == Some(true)
-            && self.outcome_prices.iter().all(|p| {
-                p.is_some_and(|p| p == Decimal::ONE || p.is_zero())
-            })
+            && self.outcome_prices.iter().all(|p| p.is_some_and(|p| p == Decimal::ONE || p.is_zero()))
             && self.outcome_prices.iter().filter(|p| **p == Some(Decimal::ONE)).count() == 1;
         if !settled {
             return None;
@@ -99,10 +97,7 @@ pub struct Oddity {
 
 /// Decodes a Gamma event object; its nested full markets are returned too, with `event_id`
 /// set to this event.
-pub fn decode_event(
-    obj: &Value,
-    odd: &mut Vec<Oddity>,
-) -> Result<(EventRecord, Vec<MarketRecord>), FieldError> {
+pub fn decode_event(obj: &Value, odd: &mut Vec<Oddity>) -> Result<(EventRecord, Vec<MarketRecord>), FieldError> {
     let id = decode::string(obj, "id").ok_or_else(|| FieldError::new("id", "missing"))?;
     let mut raw = obj.clone();
     let markets_json = match raw.as_object_mut().and_then(|o| o.remove("markets")) {
@@ -118,10 +113,7 @@ pub fn decode_event(
                 markets.push(market);
             }
             Ok(None) => {}
-            Err(e) => odd.push(Oddity {
-                market_id: decode::string(m, "id").unwrap_or_default(),
-                what: format!("skipped: {e}"),
-            }),
+            Err(e) => odd.push(Oddity { market_id: decode::string(m, "id").unwrap_or_default(), what: format!("skipped: {e}") }),
         }
     }
     Ok((event, markets))
@@ -188,8 +180,7 @@ pub fn decode_market(obj: &Value, odd: &mut Vec<Oddity>) -> Result<Option<Market
     };
     let outcomes = decode::string_array(obj, "outcomes")?.unwrap_or_default();
     let prices_text = decode::string_array(obj, "outcomePrices")?.unwrap_or_default();
-    let outcome_prices: Vec<Option<Decimal>> =
-        prices_text.iter().map(|p| decode::parse_decimal(p)).collect();
+    let outcome_prices: Vec<Option<Decimal>> = prices_text.iter().map(|p| decode::parse_decimal(p)).collect();
 
     if token_ids.is_empty() {
         note("no outcome token ids".into());
@@ -201,11 +192,7 @@ pub fn decode_market(obj: &Value, odd: &mut Vec<Oddity>) -> Result<Option<Market
             .iter()
             .enumerate()
             .filter(|(_, t)| !t.is_empty())
-            .map(|(i, t)| TokenRecord {
-                token_id: t.clone(),
-                outcome: outcomes.get(i).cloned(),
-                outcome_index: i as i32,
-            })
+            .map(|(i, t)| TokenRecord { token_id: t.clone(), outcome: outcomes.get(i).cloned(), outcome_index: i as i32 })
             .collect()
     } else {
         Vec::new()
@@ -261,9 +248,7 @@ mod tests {
     #[test]
     fn captured_live_market_decodes_exactly() {
         let mut odd = Vec::new();
-        let m = decode_market(&fixture("captured/gamma_market_live.json"), &mut odd)
-            .unwrap()
-            .unwrap();
+        let m = decode_market(&fixture("captured/gamma_market_live.json"), &mut odd).unwrap().unwrap();
         assert!(odd.is_empty(), "{odd:?}");
         assert_eq!(m.id, "612408");
         assert_eq!(m.volume.unwrap().to_string(), "18814545.294374414");
@@ -271,10 +256,7 @@ mod tests {
         assert_eq!(m.tick_size.unwrap().to_string(), "0.001");
         assert_eq!(m.event_id.as_deref(), Some("41077"));
         assert_eq!(m.tokens.len(), 2);
-        assert_eq!(
-            m.tokens[0].token_id,
-            "71093358244715600382916450012873346690018225563791045520917733608412097705531"
-        );
+        assert_eq!(m.tokens[0].token_id, "71093358244715600382916450012873346690018225563791045520917733608412097705531");
         assert_eq!(m.tokens[1].outcome.as_deref(), Some("No"));
         assert_eq!(m.outcome_prices[0].unwrap().to_string(), "0.1875");
         assert_eq!(m.winning_outcome_index(), None);
@@ -319,10 +301,7 @@ mod tests {
         assert!(decode_market(&no_id, &mut odd).unwrap().is_none());
 
         let whats: Vec<_> = odd.iter().map(|o| o.what.as_str()).collect();
-        assert_eq!(
-            whats,
-            ["empty condition id", "no outcome token ids", "market without id skipped"],
-        );
+        assert_eq!(whats, ["empty condition id", "no outcome token ids", "market without id skipped"],);
     }
 
     #[test]

@@ -11,7 +11,9 @@ pub use crate::backoff::Backoff;
 pub enum Outcome {
     Success,
     /// 429. `retry_after` from the header, when given.
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        retry_after: Option<Duration>,
+    },
     /// 500–599.
     ServerError,
     /// A Cloudflare (or other) HTML page instead of JSON, e.g. `403 Attention Required`.
@@ -85,10 +87,7 @@ mod tests {
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z").unwrap().into();
         assert_eq!(parse_retry_after("3", now, MAX), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("1.5", now, MAX), Some(Duration::from_millis(1500)));
-        assert_eq!(
-            parse_retry_after("Sat, 28 Nov 2026 04:00:07 GMT", now, MAX),
-            Some(Duration::from_secs(7))
-        );
+        assert_eq!(parse_retry_after("Sat, 28 Nov 2026 04:00:07 GMT", now, MAX), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("soon", now, MAX), None);
     }
 

@@ -275,9 +275,7 @@ pub fn decode_event(obj: &Value) -> Result<Event, String> {
                 kind,
                 condition_id: decode::string(obj, "market").or_else(|| decode::string(obj, "condition_id")),
                 market_id: decode::string(obj, "id"),
-                assets: decode::string_array(obj, "assets_ids")?
-                    .or(decode::string_array(obj, "clob_token_ids")?)
-                    .unwrap_or_default(),
+                assets: decode::string_array(obj, "assets_ids")?.or(decode::string_array(obj, "clob_token_ids")?).unwrap_or_default(),
                 winning_asset_id: decode::string(obj, "winning_asset_id"),
                 source_ts: ts(obj)?,
                 payload: obj.clone(),
@@ -358,7 +356,9 @@ mod tests {
 
     #[test]
     fn event_texts_are_the_decoded_elements_in_order() {
-        let trade = |id: &str| format!(r#"{{"event_type":"last_trade_price","asset_id":"{id}","price":"0.5","size":"1","side":"BUY","timestamp":"1"}}"#);
+        let trade = |id: &str| {
+            format!(r#"{{"event_type":"last_trade_price","asset_id":"{id}","price":"0.5","size":"1","side":"BUY","timestamp":"1"}}"#)
+        };
         let frame = format!(r#" [{}, {{"event_type":"mystery"}}, {}] "#, trade("1"), trade("2"));
         let Frame::Events { events, rejected } = decode_frame(&frame) else { panic!() };
         assert_eq!((events.len(), rejected.len()), (2, 1));

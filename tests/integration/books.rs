@@ -47,7 +47,9 @@ async fn books_are_stored_once_per_token_timestamp_and_hash() {
     assert_eq!(books.collect_once().await.unwrap(), 1);
     assert_eq!(db.count("SELECT count(*) FROM book_snapshots").await, 21);
 
-    let row = db.client().await
+    let row = db
+        .client()
+        .await
         .query_one(
             "SELECT best_bid::text, best_ask::text, bids::text, asks->-1->>1, source, last_trade_price::text,
                     (extract(epoch from source_ts) * 1000)::bigint, condition_id
@@ -74,9 +76,13 @@ async fn a_rejected_batch_is_split_and_the_good_tokens_still_stored() {
     let (db, fake, mut books) = setup(5).await;
     fake::books_for_all(&fake, 1_795_683_663_127);
     // A malformed token id in the catalog makes upstream reject any batch holding it.
-    db.client().await
-        .execute("INSERT INTO tokens (token_id, condition_id, market_id, outcome, outcome_index)
-                  VALUES ('not-a-token', '0x1', '700000', 'Maybe', 2)", &[])
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO tokens (token_id, condition_id, market_id, outcome, outcome_index)
+                  VALUES ('not-a-token', '0x1', '700000', 'Maybe', 2)",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(books.collect_once().await.unwrap(), 10);

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
-use collector::collectors::Collector;
 use collector::collectors::CollectError;
+use collector::collectors::Collector;
 use collector::collectors::catalog::{CatalogCtx, CatalogState, FullSweep, NewMarkets, Resolutions};
 use collector::polymarket::client::PolymarketClient;
 use serde_json::json;
@@ -76,11 +76,7 @@ async fn full_sweep_stores_exactly_the_fakes_catalog() {
     assert_eq!(row.get::<_, String>(3), "{0.1875,0.8125}");
     assert_eq!(row.get::<_, String>(4), "91000");
     assert_eq!(row.get::<_, String>(5), "0x5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f");
-    let v: String = client
-        .query_one("SELECT volume::text FROM markets WHERE id = '700005'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let v: String = client.query_one("SELECT volume::text FROM markets WHERE id = '700005'", &[]).await.unwrap().get(0);
     assert_eq!(v, "5.000000000000000001", "a decimal that f64 cannot hold");
     let t = client
         .query_one(
@@ -91,16 +87,15 @@ async fn full_sweep_stores_exactly_the_fakes_catalog() {
         .await
         .unwrap();
     assert_eq!((t.get::<_, String>(0), t.get::<_, i32>(1), t.get::<_, String>(2)), ("No".into(), 1, "612408".into()));
-    let broken: Option<String> = client
-        .query_one("SELECT condition_id FROM markets WHERE id = '900001'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let broken: Option<String> = client.query_one("SELECT condition_id FROM markets WHERE id = '900001'", &[]).await.unwrap().get(0);
     assert_eq!(broken, None, "an empty condition id is stored as NULL, without tokens");
     // Every stored token has its stream dictionary key and, through it, its market.
     assert_eq!(
-        db.count("SELECT count(*) FROM tokens k JOIN stream_tokens s ON s.token_id = k.token_id
-                  JOIN stream_conditions c ON c.condition_key = s.condition_key AND c.condition_id = k.condition_id").await,
+        db.count(
+            "SELECT count(*) FROM tokens k JOIN stream_tokens s ON s.token_id = k.token_id
+                  JOIN stream_conditions c ON c.condition_key = s.condition_key AND c.condition_id = k.condition_id"
+        )
+        .await,
         60 * 2 + 2 + 3
     );
 }
@@ -124,8 +119,7 @@ async fn rerunning_the_sweep_stores_no_duplicates() {
         db.count("SELECT count(*) FROM events").await,
     );
     assert_eq!(before, after);
-    let v: String = db.client().await
-        .query_one("SELECT volume::text FROM markets WHERE id = '700003'", &[]).await.unwrap().get(0);
+    let v: String = db.client().await.query_one("SELECT volume::text FROM markets WHERE id = '700003'", &[]).await.unwrap().get(0);
     assert_eq!(v, "42.5", "the second sweep updated the market in place");
 }
 
@@ -155,10 +149,8 @@ async fn stuck_url(fake: &Fake) -> String {
         .route(
             "/events/keyset",
             axum::routing::get(|State(t): State<String>, Query(p): Query<Vec<(String, String)>>| async move {
-                let q: Vec<String> = p
-                    .iter()
-                    .map(|(k, v)| format!("{}={v}", if k == "after_cursor" { "cursor" } else { k.as_str() }))
-                    .collect();
+                let q: Vec<String> =
+                    p.iter().map(|(k, v)| format!("{}={v}", if k == "after_cursor" { "cursor" } else { k.as_str() })).collect();
                 let body = reqwest::get(format!("{t}/events/keyset?{}", q.join("&"))).await.unwrap().text().await.unwrap();
                 ([("content-type", "application/json")], body)
             }),
@@ -185,8 +177,7 @@ async fn new_markets_pass_picks_up_listings_and_stops_at_known_ones() {
     let stored = NewMarkets(c.clone()).collect_once().await.unwrap();
     assert_eq!(stored, 1);
     assert_eq!(fake.hits("markets/keyset") - before, 1, "one page: the rest were known");
-    let row = db.client().await
-        .query_one("SELECT event_id FROM markets WHERE id = '705000'", &[]).await.unwrap();
+    let row = db.client().await.query_one("SELECT event_id FROM markets WHERE id = '705000'", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "90000");
     assert_eq!(db.count("SELECT count(*) FROM tokens WHERE market_id = '705000'").await, 2);
 }
@@ -215,13 +206,14 @@ async fn resolutions_pass_captures_a_closed_and_resolved_market() {
     FullSweep(c.clone()).collect_once().await.unwrap();
     let stored = Resolutions(c.clone()).collect_once().await.unwrap();
     assert_eq!(stored, 2);
-    let row = db.client().await
+    let row = db
+        .client()
+        .await
         .query_one("SELECT closed, resolved, winning_outcome_index, closed_time IS NOT NULL FROM markets WHERE id = '700004'", &[])
         .await
         .unwrap();
     assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1), row.get::<_, i32>(2), row.get::<_, bool>(3)), (true, true, 1, true));
-    let row = db.client().await
-        .query_one("SELECT closed, resolved FROM markets WHERE id = '700005'", &[]).await.unwrap();
+    let row = db.client().await.query_one("SELECT closed, resolved FROM markets WHERE id = '700005'", &[]).await.unwrap();
     assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1)), (true, false));
     let queries = fake.with(|s| s.queries["markets/keyset"].clone());
     let last = queries.last().unwrap();

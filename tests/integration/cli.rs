@@ -25,11 +25,7 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
 
 async fn run(args: &[&str]) -> (i32, String, String) {
     let out = collector().args(args).output().await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[tokio::test]
@@ -47,8 +43,12 @@ async fn bad_config_exits_78_listing_every_problem() {
     let path = write_config(&dir, "[database]\nurl = 5\npool_size = -1\n[upstream]\nclob_url = \"nope\"\n[surprise]\n");
     let (code, out, err) = run(&["check-config", "--config", path.to_str().unwrap()]).await;
     assert_eq!(code, 78, "{out}{err}");
-    for needle in ["database.url: expected a string", "database.pool_size: -1 is out of range",
-                   "upstream.clob_url: not a URL", "surprise: unknown key"] {
+    for needle in [
+        "database.url: expected a string",
+        "database.pool_size: -1 is out of range",
+        "upstream.clob_url: not a URL",
+        "surprise: unknown key",
+    ] {
         assert!(err.contains(needle), "missing {needle:?} in {err}");
     }
     // collect refuses the same file the same way, before touching anything.
@@ -63,9 +63,13 @@ async fn bad_config_exits_78_listing_every_problem() {
 async fn check_config_prints_the_effective_config_without_the_password() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), "hunter2-secret\n").unwrap();
-    let path = write_config(&dir, &format!(
-        "[database]\nurl = \"postgresql://app:inline-secret@db.internal/c\"\npassword_file = \"{}\"\n",
-        dir.path().join("pw").display()));
+    let path = write_config(
+        &dir,
+        &format!(
+            "[database]\nurl = \"postgresql://app:inline-secret@db.internal/c\"\npassword_file = \"{}\"\n",
+            dir.path().join("pw").display()
+        ),
+    );
     let (code, out, err) = run(&["check-config", "--config", path.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("postgresql://app:***@db.internal/c"), "{out}");
@@ -77,9 +81,8 @@ async fn check_config_prints_the_effective_config_without_the_password() {
 async fn unreachable_database_exits_69_after_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-server-here");
-    let path = write_config(&dir, &format!(
-        "[database]\nurl = \"host={} user=nobody dbname=x\"\nstartup_deadline_secs = 2\n",
-        missing.display()));
+    let path =
+        write_config(&dir, &format!("[database]\nurl = \"host={} user=nobody dbname=x\"\nstartup_deadline_secs = 2\n", missing.display()));
     let started = std::time::Instant::now();
     let (code, _, err) = run(&["collect", "--config", path.to_str().unwrap()]).await;
     let took = started.elapsed();
@@ -101,7 +104,8 @@ async fn migrate_applies_once_and_refuses_a_newer_schema() {
     let (code, out, _) = run(&["migrate", "--config", p]).await;
     assert_eq!(code, 0);
     assert!(out.contains("nothing applied"), "{out}");
-    db.client().await
+    db.client()
+        .await
         .execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (999, 'from_the_future', 'x')", &[])
         .await
         .unwrap();
@@ -117,21 +121,24 @@ async fn collect_fills_the_catalog_and_books_keeps_them_current_and_stops_cleanl
     fake.with(|s| s.events = (0..20).map(|e| fake::event(e, 2)).collect());
     fake::books_for_all(&fake, 1_795_683_663_127);
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(&dir, &config_text(&db, &fake.url(),
-        "[catalog]\nfull_sweep_interval_secs = 1\nnew_markets_interval_secs = 1\nresolutions_interval_secs = 1\n\
-         [books]\ninterval_secs = 1\n[health]\nlog_interval_secs = 1\n"));
-    let mut child = collector()
-        .args(["collect", "--config", path.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let path = write_config(
+        &dir,
+        &config_text(
+            &db,
+            &fake.url(),
+            "[catalog]\nfull_sweep_interval_secs = 1\nnew_markets_interval_secs = 1\nresolutions_interval_secs = 1\n\
+         [books]\ninterval_secs = 1\n[health]\nlog_interval_secs = 1\n",
+        ),
+    );
+    let mut child = collector().args(["collect", "--config", path.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
 
     eventually(30, "catalog and books stored", || async {
         db.try_count("SELECT count(*) FROM markets").await == Some(40)
             && db.try_count("SELECT count(*) FROM tokens").await == Some(80)
             && db.try_count("SELECT count(*) FROM events").await == Some(20)
             && db.try_count("SELECT count(*) FROM book_snapshots").await == Some(80)
-    }).await;
+    })
+    .await;
 
     // A new listing and a moved book are picked up while running.
     fake.with(|s| {
@@ -144,11 +151,14 @@ async fn collect_fills_the_catalog_and_books_keeps_them_current_and_stops_cleanl
     eventually(30, "new market and its book stored", || async {
         db.count("SELECT count(*) FROM markets WHERE id = '709999'").await == 1
             && db.count("SELECT count(*) FROM book_snapshots").await == 81
-    }).await;
+    })
+    .await;
 
     let pid = child.id().unwrap() as i32;
     // SAFETY: plain kill(2) on our own child.
-    unsafe extern "C" { fn kill(pid: i32, sig: i32) -> i32; }
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
     assert_eq!(unsafe { kill(pid, 15) }, 0);
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("stops within 30 s").unwrap();
     let mut err = String::new();
@@ -175,8 +185,10 @@ async fn the_packaged_example_config_is_valid_and_shows_the_defaults() {
     for line in text.lines().filter(|l| !l.starts_with('#') && l.contains(" = ")) {
         let (key, value) = line.split_once(" = ").unwrap();
         let value = value.trim_matches('"');
-        assert!(out.lines().any(|l| l.starts_with(&format!("{key} = ")) && l.contains(value)),
-            "example says {key} = {value}, effective config:\n{out}");
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{key} = ")) && l.contains(value)),
+            "example says {key} = {value}, effective config:\n{out}"
+        );
     }
 }
 

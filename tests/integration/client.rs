@@ -20,12 +20,7 @@ fn url(fake: &Fake) -> url::Url {
 async fn rate_limits_server_errors_html_and_garbage_are_retried_and_counted() {
     let fake = Fake::start().await;
     fake.with(|s| s.events = (0..3).map(|e| crate::fake::event(e, 1)).collect());
-    for f in [
-        Fault::TooManyRequests { retry_after_secs: Some(1) },
-        Fault::ServerError,
-        Fault::CloudflareHtml,
-        Fault::MalformedJson,
-    ] {
+    for f in [Fault::TooManyRequests { retry_after_secs: Some(1) }, Fault::ServerError, Fault::CloudflareHtml, Fault::MalformedJson] {
         fake.push_fault("events/keyset", f);
     }
     let client = client_for(&fake).await;

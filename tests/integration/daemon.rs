@@ -132,9 +132,10 @@ impl Daemon {
     async fn stubborn_pass_running(&self) {
         eventually(20, "the stubborn books pass", || async {
             let (code, json) = self.status(true).await;
-            code == 0 && serde_json::from_str::<serde_json::Value>(&json).unwrap()["collectors"]["books"]["pass_running_secs"]
-                .as_f64()
-                .is_some_and(|s| s > 0.5)
+            code == 0
+                && serde_json::from_str::<serde_json::Value>(&json).unwrap()["collectors"]["books"]["pass_running_secs"]
+                    .as_f64()
+                    .is_some_and(|s| s > 0.5)
         })
         .await;
     }
@@ -161,7 +162,8 @@ async fn small_fake() -> Fake {
 }
 
 /// The stream with fast test cadences.
-const FAST_STREAM: &str = "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n";
+const FAST_STREAM: &str =
+    "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n";
 
 const FAST: &str = "[catalog]\nfull_sweep_interval_secs = 1\nnew_markets_interval_secs = 1\nresolutions_interval_secs = 1\n\
                     [books]\ninterval_secs = 1\n[health]\nlog_interval_secs = 1\n";
@@ -225,8 +227,13 @@ async fn ready_after_migrations_then_status_watchdog_health_and_clean_stop() {
 async fn a_wedged_collector_stops_the_watchdog_pings() {
     let db = pg::fresh_db().await;
     let fake = small_fake().await;
-    let d = Daemon::start(&db, &fake, &format!("stall_timeout_secs = 1\n{FAST}"),
-        &[("WATCHDOG_USEC", "400000"), ("COLLECTOR_FAULT_INJECT", "wedge:books")]).await;
+    let d = Daemon::start(
+        &db,
+        &fake,
+        &format!("stall_timeout_secs = 1\n{FAST}"),
+        &[("WATCHDOG_USEC", "400000"), ("COLLECTOR_FAULT_INJECT", "wedge:books")],
+    )
+    .await;
     eventually(20, "watchdog pings while healthy", || async { d.notes.times_of("WATCHDOG=1").len() >= 2 }).await;
     eventually(20, "wedge detected", || async { d.log.count("withholding watchdog pings") >= 1 }).await;
     let detected = Instant::now();
@@ -240,9 +247,13 @@ async fn a_wedged_collector_stops_the_watchdog_pings() {
 async fn a_crashing_collector_is_restarted_with_growing_delays_until_the_budget_is_spent() {
     let db = pg::fresh_db().await;
     let fake = small_fake().await;
-    let mut d = Daemon::start(&db, &fake,
+    let mut d = Daemon::start(
+        &db,
+        &fake,
         &format!("max_restarts = 3\nrestart_window_secs = 60\nrestart_backoff_base_ms = 200\n{FAST}"),
-        &[("COLLECTOR_FAULT_INJECT", "panic:books")]).await;
+        &[("COLLECTOR_FAULT_INJECT", "panic:books")],
+    )
+    .await;
     eventually(20, "first restart", || async { d.log.count("collector task died, restarting") >= 1 }).await;
     // Restarts are ≥ 700 ms apart in total before the budget is spent: the daemon still runs.
     let (code, json) = d.status(true).await;
@@ -252,9 +263,7 @@ async fn a_crashing_collector_is_restarted_with_growing_delays_until_the_budget_
     assert!(h["total_restarts"].as_u64().unwrap() >= 1, "{json}");
     assert_eq!(d.exit_code(30).await, 70, "budget spent: exit 70 for systemd to restart");
     let log = d.log.text();
-    let field = |l: &str, f: &str| -> u64 {
-        l.split(&format!("{f}=")).nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
-    };
+    let field = |l: &str, f: &str| -> u64 { l.split(&format!("{f}=")).nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap() };
     let restarts: Vec<(u64, u64)> = log
         .lines()
         .filter(|l| l.contains("collector task died, restarting"))
@@ -274,8 +283,7 @@ async fn a_crashing_collector_is_restarted_with_growing_delays_until_the_budget_
 async fn a_second_signal_during_the_drain_exits_at_once() {
     let db = pg::fresh_db().await;
     let fake = small_fake().await;
-    let mut d = Daemon::start(&db, &fake, &format!("drain_grace_secs = 60\n{FAST}"),
-        &[("COLLECTOR_FAULT_INJECT", "stubborn:books")]).await;
+    let mut d = Daemon::start(&db, &fake, &format!("drain_grace_secs = 60\n{FAST}"), &[("COLLECTOR_FAULT_INJECT", "stubborn:books")]).await;
     d.stubborn_pass_running().await;
     d.signal(SIGTERM);
     eventually(10, "STOPPING", || async { d.notes.has("STOPPING=1") }).await;
@@ -290,8 +298,7 @@ async fn a_second_signal_during_the_drain_exits_at_once() {
 async fn the_drain_is_bounded_by_the_grace_period() {
     let db = pg::fresh_db().await;
     let fake = small_fake().await;
-    let mut d = Daemon::start(&db, &fake, &format!("drain_grace_secs = 1\n{FAST}"),
-        &[("COLLECTOR_FAULT_INJECT", "stubborn:books")]).await;
+    let mut d = Daemon::start(&db, &fake, &format!("drain_grace_secs = 1\n{FAST}"), &[("COLLECTOR_FAULT_INJECT", "stubborn:books")]).await;
     d.stubborn_pass_running().await;
     let t = Instant::now();
     d.signal(SIGTERM);
@@ -346,12 +353,18 @@ async fn health_records_reach_journald_with_fields_and_message_ids() {
     std::fs::create_dir(&jdir).unwrap();
     let sock = UnixDatagram::bind(jdir.join("socket")).unwrap();
     let config = dir.path().join("collector.toml");
-    std::fs::write(&config, config_text(&db, &fake.url(),
-        &format!("[daemon]\nstatus_socket = \"{}/s.sock\"\n{FAST}", dir.path().display()))).unwrap();
+    std::fs::write(
+        &config,
+        config_text(&db, &fake.url(), &format!("[daemon]\nstatus_socket = \"{}/s.sock\"\n{FAST}", dir.path().display())),
+    )
+    .unwrap();
     let script = format!(
         "mount --make-rprivate / && mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
          mount --bind {jdir} /run/systemd/journal && exec {bin} collect --config {config}",
-        jdir = jdir.display(), bin = env!("CARGO_BIN_EXE_collector"), config = config.display());
+        jdir = jdir.display(),
+        bin = env!("CARGO_BIN_EXE_collector"),
+        config = config.display()
+    );
     let mut child = Command::new("unshare")
         .args(["-m", "sh", "-c", &script])
         .env("JOURNAL_STREAM", "8:1234")
@@ -370,7 +383,9 @@ async fn health_records_reach_journald_with_fields_and_message_ids() {
             records.push(decode_journal(&buf[..n]));
         }
         let headers = records.iter().filter(|r| r.iter().any(|(k, v)| k == "MESSAGE" && v.starts_with("=== Daemon Health ==="))).count();
-        if headers >= 1 && records.iter().any(|r| r.iter().any(|(k, v)| k == "COLLECTOR" && v == "books") && r.iter().any(|(k, _)| k == "ITEMS")) {
+        if headers >= 1
+            && records.iter().any(|r| r.iter().any(|(k, v)| k == "COLLECTOR" && v == "books") && r.iter().any(|(k, _)| k == "ITEMS"))
+        {
             break;
         }
     }
@@ -429,14 +444,20 @@ async fn the_stream_daemon_commits_what_it_received_and_records_planned_and_uncl
     eventually(30, "every trade received", || async {
         let (code, json) = d.status(true).await;
         code == 0 && serde_json::from_str::<serde_json::Value>(&json).unwrap()["trade_listener"]["trades_received"] == 2000
-    }).await;
+    })
+    .await;
     eventually(10, "health shows the stream", || async {
         d.log.count("  trades: received=") >= 1 && d.notes.all().iter().any(|(_, l)| l.starts_with("STATUS=") && l.contains("| ws 1/1 |"))
-    }).await;
+    })
+    .await;
     d.signal(SIGTERM);
     assert_eq!(d.exit_code(30).await, 0, "{}", d.log.text());
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(2000), "every trade received before the signal is committed");
-    assert_eq!(db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND reason = 'shutdown' AND ended_at IS NULL AND asset_count = 12").await, Some(1));
+    assert_eq!(
+        db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND reason = 'shutdown' AND ended_at IS NULL AND asset_count = 12")
+            .await,
+        Some(1)
+    );
 
     // Upstream trades while the collector is stopped (an upgrade's restart): the Data API
     // lists them, and the restart closes the planned gap and backfills it.
@@ -449,15 +470,19 @@ async fn the_stream_daemon_commits_what_it_received_and_records_planned_and_uncl
     });
     let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(30, "planned gap closed and backfilled", || async {
-        db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND ended_at IS NOT NULL AND backfill_status = 'done'").await == Some(1)
-    }).await;
+        db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND ended_at IS NOT NULL AND backfill_status = 'done'").await
+            == Some(1)
+    })
+    .await;
     assert_eq!(db.try_count("SELECT count(*) FROM trades WHERE tx_hash LIKE '0xplanned%'").await, Some(3));
-    eventually(30, "streaming again", || async { ws.live_connections() == 1 && ws.with(|s| s.conns.len()) >= 2 && d.notes.has("READY=1") }).await;
+    eventually(30, "streaming again", || async { ws.live_connections() == 1 && ws.with(|s| s.conns.len()) >= 2 && d.notes.has("READY=1") })
+        .await;
     // A crash leaves no planned gap: the next start records the unclean stop as a gap and
     // backfills it.
     eventually(30, "a stream book since the restart", || async {
         db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws'").await.unwrap_or(0) >= 1
-    }).await;
+    })
+    .await;
     d.signal(9);
     let _ = d.exit_code(10).await;
     let _d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
@@ -477,15 +502,23 @@ async fn a_panicking_stream_shard_is_restarted_counted_and_its_assets_covered_by
     // The first lines land in the harness's [daemon] section.
     let extra = format!("restart_backoff_base_ms = 200\n{FAST}{FAST_STREAM}");
     let d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[("COLLECTOR_FAULT_INJECT", "panic-once:shard")]).await;
-    let restarted = tokio::time::timeout(Duration::from_secs(30), eventually(30, "restart", || async {
-        ws.live_assets().len() == 12 && ws.with(|s| s.conns.len()) >= 2 && d.log.count("collector task died, restarting") >= 1
-    }));
+    let restarted = tokio::time::timeout(
+        Duration::from_secs(30),
+        eventually(30, "restart", || async {
+            ws.live_assets().len() == 12 && ws.with(|s| s.conns.len()) >= 2 && d.log.count("collector task died, restarting") >= 1
+        }),
+    );
     assert!(restarted.await.is_ok(), "the shard restarted and streaming again; log:\n{}", d.log.text());
     assert!(d.log.text().contains("stream shard 0 panicked: injected fault"), "{}", d.log.text());
     eventually(20, "the gap of the dead task closed at the first data after the restart", || async {
-        db.try_count("SELECT count(*) FROM stream_gaps WHERE reason = 'task panicked' AND connection = 0 AND asset_count = 12
-                      AND NOT planned AND ended_at IS NOT NULL AND ended_at >= started_at").await == Some(1)
-    }).await;
+        db.try_count(
+            "SELECT count(*) FROM stream_gaps WHERE reason = 'task panicked' AND connection = 0 AND asset_count = 12
+                      AND NOT planned AND ended_at IS NOT NULL AND ended_at >= started_at",
+        )
+        .await
+            == Some(1)
+    })
+    .await;
     let (code, json) = d.status(true).await;
     assert_eq!(code, 0, "{}", d.log.text());
     let h: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -512,9 +545,13 @@ async fn a_database_outage_longer_than_the_stall_timeout_keeps_the_watchdog_fed_
     // The stream alone, on an explicit token list: polling passes waiting on the absent
     // database are another matter (they fail at the pool timeout and count as errors).
     let tokens: Vec<String> = (0..6).flat_map(|m| [fake::token_id(m, 0), fake::token_id(m, 1)]).map(|t| format!("\"{t}\"")).collect();
-    let stream = format!("[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n\
-                  queue_capacity = 50\nbatch_size = 20\ntoken_ids = [{}]\n", tokens.join(", "));
-    let extra = format!("stall_timeout_secs = 2\n[catalog]\nenabled = false\n[books]\nenabled = false\n[health]\nlog_interval_secs = 1\n{stream}");
+    let stream = format!(
+        "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n\
+                  queue_capacity = 50\nbatch_size = 20\ntoken_ids = [{}]\n",
+        tokens.join(", ")
+    );
+    let extra =
+        format!("stall_timeout_secs = 2\n[catalog]\nenabled = false\n[books]\nenabled = false\n[health]\nlog_interval_secs = 1\n{stream}");
     let d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[("WATCHDOG_USEC", "400000")]).await;
     eventually(30, "streaming", || async { ws.live_assets().len() == 12 && d.notes.has("READY=1") }).await;
     let asset = fake::token_id(1, 0);
@@ -574,9 +611,13 @@ async fn trades_while_the_daemon_was_killed_are_backfilled_at_the_restart() {
     let _d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(40, "the downtime's trades backfilled", || async {
         db.try_count("SELECT count(*) FROM trades WHERE source = 'backfill'").await == Some(5)
-    }).await;
+    })
+    .await;
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(15), "the live ones not twice");
-    assert_eq!(db.try_count("SELECT count(*) FROM stream_gaps WHERE reason = 'restart after an unclean stop' AND backfill_status = 'done'").await, Some(1));
+    assert_eq!(
+        db.try_count("SELECT count(*) FROM stream_gaps WHERE reason = 'restart after an unclean stop' AND backfill_status = 'done'").await,
+        Some(1)
+    );
 }
 
 /// SIGTERM while the database hangs (connections open, no answer): the stop still ends
@@ -589,7 +630,9 @@ async fn a_stop_while_the_database_hangs_spools_everything_for_the_next_start() 
     let fake = small_fake().await;
     let ws = crate::fake_ws::FakeWs::start().await;
     let spool = crate::spool_dir();
-    let stream = format!("[stream]\nspool_dir = \"{spool}\"\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n");
+    let stream = format!(
+        "[stream]\nspool_dir = \"{spool}\"\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n"
+    );
     let extra = format!("drain_grace_secs = 3\n{FAST}{stream}");
     let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(30, "streaming", || async { ws.live_assets().len() == 12 && d.notes.has("READY=1") }).await;
@@ -606,7 +649,8 @@ async fn a_stop_while_the_database_hangs_spools_everything_for_the_next_start() 
     eventually(20, "every trade received", || async {
         let (code, json) = d.status(true).await;
         code == 0 && serde_json::from_str::<serde_json::Value>(&json).unwrap()["trade_listener"]["trades_received"] == 250
-    }).await;
+    })
+    .await;
     let stopped = Instant::now();
     d.signal(SIGTERM);
     assert_eq!(d.exit_code(30).await, 0, "{}", d.log.text());
@@ -616,7 +660,8 @@ async fn a_stop_while_the_database_hangs_spools_everything_for_the_next_start() 
     let _d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(40, "the spooled trades stored at the next start", || async {
         db.try_count("SELECT count(*) FROM trades").await == Some(250)
-    }).await;
+    })
+    .await;
     assert_eq!(db.try_count("SELECT count(DISTINCT tx_hash) FROM trades").await, Some(250));
 }
 
@@ -633,13 +678,22 @@ async fn scenario_every_generated_trade_is_stored_once_through_drops_silence_out
     let fake = small_fake().await;
     let ws = crate::fake_ws::FakeWs::start().await;
     let spool = crate::spool_dir();
-    let stream = format!("[stream]\nspool_dir = \"{spool}\"\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\n\
-                          reconnect_max_secs = 1\nconnect_interval_ms = 10\nsilence_timeout_secs = 3\nqueue_capacity = 200\n");
+    let stream = format!(
+        "[stream]\nspool_dir = \"{spool}\"\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\n\
+                          reconnect_max_secs = 1\nconnect_interval_ms = 10\nsilence_timeout_secs = 3\nqueue_capacity = 200\n"
+    );
     let extra = format!("drain_grace_secs = 5\nstall_timeout_secs = 3\n{FAST}{stream}");
     let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(30, "streaming", || async { ws.live_assets().len() == 12 && d.notes.has("READY=1") }).await;
-    let conds: Vec<(String, String)> = db.client().await.query("SELECT token_id, condition_id FROM tokens ORDER BY token_id", &[]).await.unwrap()
-        .iter().map(|r| (r.get(0), r.get(1))).collect();
+    let conds: Vec<(String, String)> = db
+        .client()
+        .await
+        .query("SELECT token_id, condition_id FROM tokens ORDER BY token_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
 
     // Upstream: a trade every 20 ms on a rotating asset, listed by the Data API (block time
     // in seconds, a float price) and sent on the stream to whoever is connected.
@@ -654,7 +708,15 @@ async fn scenario_every_generated_trade_is_stored_once_through_drops_silence_out
                 let ts = crate::now_ms();
                 let side = if n % 2 == 0 { "BUY" } else { "SELL" };
                 let size = format!("{}.{:06}", 10 + n / 1_000_000, n % 1_000_000);
-                fake.lock().unwrap().trades.push(fake::data_trade(asset, cond, "0.3500000001", &size, side, (ts / 1000) as i64, &format!("0x{n:064x}")));
+                fake.lock().unwrap().trades.push(fake::data_trade(
+                    asset,
+                    cond,
+                    "0.3500000001",
+                    &size,
+                    side,
+                    (ts / 1000) as i64,
+                    &format!("0x{n:064x}"),
+                ));
                 ws_handle.send_to_asset(asset, &crate::fake_ws::trade_frame(asset, n, ts));
                 n += 1;
                 generated.store(n, Ordering::SeqCst);
@@ -692,18 +754,26 @@ async fn scenario_every_generated_trade_is_stored_once_through_drops_silence_out
     generator.await.unwrap();
     let total = generated.load(Ordering::SeqCst) as i64;
     eventually(60, "every gap backfilled", || async {
-        db.try_count("SELECT count(*) FROM stream_gaps WHERE NOT (planned AND ended_at IS NULL)
-                       AND (ended_at IS NULL OR backfill_status IS NULL OR backfill_status LIKE 'retrying%')").await == Some(0)
+        db.try_count(
+            "SELECT count(*) FROM stream_gaps WHERE NOT (planned AND ended_at IS NULL)
+                       AND (ended_at IS NULL OR backfill_status IS NULL OR backfill_status LIKE 'retrying%')",
+        )
+        .await
+            == Some(0)
             && db.try_count("SELECT count(DISTINCT tx_hash) FROM trades").await == Some(total)
-    }).await;
+    })
+    .await;
     let count = |sql: &'static str| db.try_count(sql);
     let stored = count("SELECT count(*) FROM trades").await.unwrap();
     let distinct = count("SELECT count(DISTINCT tx_hash) FROM trades").await.unwrap();
     let live = count("SELECT count(*) FROM trades WHERE source = 'ws'").await.unwrap();
     let backfilled = count("SELECT count(*) FROM trades WHERE source = 'backfill'").await.unwrap();
     let gaps = count("SELECT count(*) FROM stream_gaps").await.unwrap();
-    println!("SCENARIO generated={total} stored_live={live} backfilled={backfilled} missing={} duplicated={} gaps={gaps}",
-        total - distinct, stored - distinct);
+    println!(
+        "SCENARIO generated={total} stored_live={live} backfilled={backfilled} missing={} duplicated={} gaps={gaps}",
+        total - distinct,
+        stored - distinct
+    );
     assert_eq!(stored, total, "nothing missing, nothing twice");
     assert!(count("SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'refused by the database%'").await.unwrap() >= 1);
 }
@@ -727,7 +797,11 @@ async fn status_finds_the_socket_from_the_configuration() {
         .unwrap();
     let status = |args: Vec<String>| async move {
         let out = Command::new(env!("CARGO_BIN_EXE_collector")).args(&args).output().await.unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let args = vec!["status".to_string(), "--config".into(), config.display().to_string()];
     eventually(20, "status through --config", || async { status(args.clone()).await.0 == 0 }).await;
@@ -735,7 +809,8 @@ async fn status_finds_the_socket_from_the_configuration() {
     assert!(out.starts_with("=== Daemon Health ==="), "{out}");
     // A configuration naming a socket nobody serves: the error says so.
     let other = dir.path().join("other.toml");
-    std::fs::write(&other, config_text(&db, &fake.url(), &format!("[daemon]\nstatus_socket = \"{}/none.sock\"\n", dir.path().display()))).unwrap();
+    std::fs::write(&other, config_text(&db, &fake.url(), &format!("[daemon]\nstatus_socket = \"{}/none.sock\"\n", dir.path().display())))
+        .unwrap();
     let (code, _, err) = status(vec!["status".into(), "--config".into(), other.display().to_string()]).await;
     assert_eq!(code, 69);
     assert!(err.contains("no status socket at") && err.contains("none.sock"), "{err}");
@@ -796,7 +871,12 @@ async fn a_metrics_scrape_shows_collectors_stream_and_upstream() {
     let extra = format!("{FAST}{FAST_STREAM}[metrics]\nlisten = \"127.0.0.1:0\"\n");
     let d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(30, "streaming and polled", || async { ws.live_assets().len() == 12 && d.log.count("  books: items=") >= 1 }).await;
-    let line = d.log.text().lines().find(|l| l.contains("metrics endpoint listening on http://")).map(str::to_owned)
+    let line = d
+        .log
+        .text()
+        .lines()
+        .find(|l| l.contains("metrics endpoint listening on http://"))
+        .map(str::to_owned)
         .unwrap_or_else(|| panic!("no metrics line: {}", d.log.text()));
     let addr = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_string();
     let get = |path: &'static str| {
@@ -810,13 +890,17 @@ async fn a_metrics_scrape_shows_collectors_stream_and_upstream() {
         }
     };
     let books_items = |scrape: &str| -> f64 {
-        scrape.lines().find(|l| l.starts_with("collector_items_total{collector=\"books\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+        scrape
+            .lines()
+            .find(|l| l.starts_with("collector_items_total{collector=\"books\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
     };
     eventually(20, "books stored and disk growth projected, as the scrape says", || async {
         let scrape = get("/metrics").await;
         books_items(&scrape) >= 12.0 && scrape.contains("collector_database_growth_bytes_per_day ")
-    }).await;
+    })
+    .await;
     let scrape = get("/metrics").await;
     if std::env::var_os("SHOW_SCRAPE").is_some() {
         println!("{scrape}");
@@ -841,14 +925,18 @@ async fn a_metrics_scrape_shows_collectors_stream_and_upstream() {
     }
     assert!(get("/other").await.starts_with("HTTP/1.1 404"));
     // Every metric the packaged Grafana dashboard plots exists in a scrape.
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/grafana-dashboard.json")).unwrap()).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/grafana-dashboard.json")).unwrap())
+            .unwrap();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap();
             for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("collector_")) {
-                assert!(scrape.lines().any(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])),
-                    "dashboard panel {:?} plots {name}, absent from the scrape", panel["title"]);
+                assert!(
+                    scrape.lines().any(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])),
+                    "dashboard panel {:?} plots {name}, absent from the scrape",
+                    panel["title"]
+                );
             }
         }
     }
@@ -865,7 +953,8 @@ async fn a_reload_applies_the_stream_scope_live() {
     let d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(20, "catalog stored, nothing in scope", || async {
         db.try_count("SELECT count(*) FROM tokens").await == Some(12) && d.notes.has("READY=1")
-    }).await;
+    })
+    .await;
     assert!(ws.live_assets().is_empty());
     let config = d._dir.path().join("collector.toml");
     let text = std::fs::read_to_string(&config).unwrap();

@@ -130,8 +130,7 @@ fn enter(state: &Mutex<FakeState>, route: &'static str, query: String) -> Option
     let fault = s.faults.get_mut(route).and_then(VecDeque::pop_front)?;
     Some(match fault {
         Fault::TooManyRequests { retry_after_secs } => {
-            let mut r = (StatusCode::TOO_MANY_REQUESTS,
-                Json(json!({"error": "rate_limited", "code": "rate_limited", "retryable": true})))
+            let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "rate_limited", "code": "rate_limited", "retryable": true})))
                 .into_response();
             if let Some(secs) = retry_after_secs {
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -140,9 +139,12 @@ fn enter(state: &Mutex<FakeState>, route: &'static str, query: String) -> Option
         }
         Fault::ServerError => (StatusCode::BAD_GATEWAY, "upstream connect error").into_response(),
         Fault::CloudflareHtml => {
-            let mut r = (StatusCode::FORBIDDEN,
+            let mut r = (
+                StatusCode::FORBIDDEN,
                 "<!DOCTYPE html><html><head><title>Attention Required! | Cloudflare</title></head>\
-                 <body>Sorry, you have been blocked</body></html>").into_response();
+                 <body>Sorry, you have been blocked</body></html>",
+            )
+                .into_response();
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=UTF-8"));
             r.headers_mut().insert("cf-ray", HeaderValue::from_static("8f00000000000000-FRA"));
             r
@@ -173,8 +175,7 @@ fn query_string(p: &Params) -> String {
 /// honoured; `cursor=` is ignored like upstream does (page 1 again, same `next_cursor`).
 fn keyset(items: &[&Value], p: &Params, key: &str, max_limit: usize) -> Response {
     if param(p, "offset").is_some() {
-        return (StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"error": "offset not supported on keyset endpoints"}))).into_response();
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": "offset not supported on keyset endpoints"}))).into_response();
     }
     let limit = param(p, "limit").and_then(|l| l.parse().ok()).unwrap_or(20usize).min(max_limit);
     let start = match param(p, "after_cursor") {
@@ -240,8 +241,7 @@ async fn legacy_markets(State(state): State<Arc<Mutex<FakeState>>>, Query(p): Qu
     }
     let offset: usize = param(&p, "offset").and_then(|o| o.parse().ok()).unwrap_or(0);
     if offset > 2000 {
-        return (StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"error": "offset too large, use /markets/keyset for deeper pagination"})))
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": "offset too large, use /markets/keyset for deeper pagination"})))
             .into_response();
     }
     let limit: usize = param(&p, "limit").and_then(|l| l.parse().ok()).unwrap_or(20);
@@ -303,7 +303,8 @@ async fn trades_v2(State(state): State<Arc<Mutex<FakeState>>>, Query(p): Query<P
     };
     let end = (start + limit).min(rows.len());
     let next = (end < rows.len()).then(|| format!("{end}:{limit}"));
-    Json(json!({"data": rows[start.min(end)..end], "pagination": {"limit": limit, "has_more": next.is_some(), "next_cursor": next}})).into_response()
+    Json(json!({"data": rows[start.min(end)..end], "pagination": {"limit": limit, "has_more": next.is_some(), "next_cursor": next}}))
+        .into_response()
 }
 
 /// Data API v1: bare camelCase array, offset paging, `start`/`end` in seconds.
@@ -317,8 +318,10 @@ async fn trades_v1(State(state): State<Arc<Mutex<FakeState>>>, Query(p): Query<P
         .into_iter()
         .filter(|t| num("start").is_none_or(|st| t["timestamp"].as_i64().unwrap() >= st))
         .filter(|t| num("end").is_none_or(|en| t["timestamp"].as_i64().unwrap() <= en))
-        .map(|t| json!({"asset": t["token_id"], "conditionId": t["condition_id"], "side": t["side"],
-            "size": t["size"], "price": t["price"], "timestamp": t["timestamp"], "transactionHash": t["transaction_hash"]}))
+        .map(|t| {
+            json!({"asset": t["token_id"], "conditionId": t["condition_id"], "side": t["side"],
+            "size": t["size"], "price": t["price"], "timestamp": t["timestamp"], "transactionHash": t["transaction_hash"]})
+        })
         .collect();
     let offset = num("offset").unwrap_or(0) as usize;
     let limit = num("limit").unwrap_or(100) as usize;
@@ -389,9 +392,7 @@ pub fn books_for_all(fake: &Fake, ts_ms: u64) {
     let tokens: Vec<String> = fake
         .markets()
         .iter()
-        .flat_map(|m| {
-            collector::polymarket::decode::string_array(m, "clobTokenIds").unwrap().unwrap_or_default()
-        })
+        .flat_map(|m| collector::polymarket::decode::string_array(m, "clobTokenIds").unwrap().unwrap_or_default())
         .collect();
     fake.with(|s| {
         for t in tokens {

@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::fake;
 
@@ -29,7 +29,6 @@ enum Cmd {
 }
 
 pub struct Conn {
-
     pub assets: HashSet<String>,
     pub alive: bool,
     pub silent: bool,

@@ -39,10 +39,7 @@ async fn altered_or_unknown_migrations_are_refused() {
 
     let real = migrate::checksum(&(migrate::MIGRATIONS[0].sql)());
     client.execute("UPDATE schema_migrations SET checksum = $1 WHERE version = 1", &[&real]).await.unwrap();
-    client
-        .execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (999, 'future', 'x')", &[])
-        .await
-        .unwrap();
+    client.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (999, 'future', 'x')", &[]).await.unwrap();
     let err = migrate::run(&mut client).await.unwrap_err();
     assert!(matches!(err, MigrateError::Unknown { version: 999, .. }), "{err}");
 }
@@ -100,8 +97,11 @@ async fn the_previous_release_is_converted_in_place_to_compact_partitioned_level
     assert_eq!(db.count("SELECT count(*) FROM price_changes_compact").await, 3);
     assert_eq!(db.count("SELECT count(*) FROM stream_tokens").await, 2);
     let parts: Vec<String> = client
-        .query("SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'price_changes_compact' ORDER BY 1", &[])
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'price_changes_compact' ORDER BY 1",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -122,8 +122,10 @@ async fn the_previous_release_is_converted_in_place_to_compact_trades_and_quotes
     let db = pg::fresh_db().await;
     let mut client = db.client().await;
     migrate::run_to(&mut client, 6).await.unwrap();
-    let (a, b) = ("84417201957632105529310086432218840511209736675081273397001256649120375528161",
-                  "29041767350298712648890443219501120378874553109275648113086250047715329904432");
+    let (a, b) = (
+        "84417201957632105529310086432218840511209736675081273397001256649120375528161",
+        "29041767350298712648890443219501120378874553109275648113086250047715329904432",
+    );
     let tx = format!("0x{}", "5c2b9f0e".repeat(8));
     client
         .execute(
@@ -162,7 +164,15 @@ async fn the_previous_release_is_converted_in_place_to_compact_trades_and_quotes
     ];
     let mut before = Vec::new();
     for q in snapshots {
-        before.push(client.query(q, &[]).await.unwrap().iter().map(|r| (0..10).map(|i| r.get::<_, Option<String>>(i)).collect::<Vec<_>>()).collect::<Vec<_>>());
+        before.push(
+            client
+                .query(q, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (0..10).map(|i| r.get::<_, Option<String>>(i)).collect::<Vec<_>>())
+                .collect::<Vec<_>>(),
+        );
     }
     assert_eq!(before.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2, 1]);
     // Through every later migration too (7, then 8's rewrite of the trades).
@@ -179,9 +189,12 @@ async fn the_previous_release_is_converted_in_place_to_compact_trades_and_quotes
     assert_eq!(db.count("SELECT count(*) FROM stream_tokens WHERE condition_key IS NOT NULL").await, 2);
     // The identity holds on the converted rows: the same fill again is refused.
     let dup = client
-        .execute("INSERT INTO trades_compact (token_key, buy, backfill, source_ts, received_at, price, size, tx)
+        .execute(
+            "INSERT INTO trades_compact (token_key, buy, backfill, source_ts, received_at, price, size, tx)
                   SELECT token_key, true, false, '2026-11-27 10:00:00.123+00', now(), 0.34, 2710.170, trade_tx_bytes($1)
-                  FROM stream_tokens WHERE token_id = $2", &[&tx, &a])
+                  FROM stream_tokens WHERE token_id = $2",
+            &[&tx, &a],
+        )
         .await;
     assert!(dup.is_err_and(|e| e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)));
 }
@@ -246,11 +259,17 @@ async fn the_previous_release_is_converted_in_place_to_leaner_level_changes_and_
     assert_eq!(db.count("SELECT count(*) FROM price_changes_ticks_p20261127").await, 0);
     assert_eq!(db.count("SELECT count(*) FROM price_changes_ticks_p20261128").await, 0);
     assert_eq!(db.count("SELECT count(*) FROM trades_p20261127").await, 3);
-    assert_eq!(db.count("SELECT count(*) FROM stream_tokens WHERE token_id = '8441' AND condition_key = 7").await, 1,
-        "the level changes' market is now the token's");
+    assert_eq!(
+        db.count("SELECT count(*) FROM stream_tokens WHERE token_id = '8441' AND condition_key = 7").await,
+        1,
+        "the level changes' market is now the token's"
+    );
     let indexes: Vec<String> = client
-        .query("SELECT am.amname || ' ' || pg_get_indexdef(i.indexrelid, 1, true) FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
-                JOIN pg_am am ON am.oid = x.relam WHERE i.indrelid = 'price_changes_compact'::regclass ORDER BY 1", &[])
+        .query(
+            "SELECT am.amname || ' ' || pg_get_indexdef(i.indexrelid, 1, true) FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+                JOIN pg_am am ON am.oid = x.relam WHERE i.indrelid = 'price_changes_compact'::regclass ORDER BY 1",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -276,9 +295,12 @@ async fn the_compact_tables_have_the_shapes_a_distributed_database_needs() {
     let client = db.client().await;
     for table in collector::db::partitions::TABLES {
         let key: String = client
-            .query_one("SELECT a.attname::text FROM pg_partitioned_table pt JOIN pg_class c ON c.oid = pt.partrelid
+            .query_one(
+                "SELECT a.attname::text FROM pg_partitioned_table pt JOIN pg_class c ON c.oid = pt.partrelid
                         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = pt.partattrs[0]
-                        WHERE c.relname = $1 AND pt.partstrat = 'r'", &[table])
+                        WHERE c.relname = $1 AND pt.partstrat = 'r'",
+                &[table],
+            )
             .await
             .unwrap_or_else(|e| panic!("{table} is range partitioned: {e}"))
             .get(0);
@@ -288,12 +310,15 @@ async fn the_compact_tables_have_the_shapes_a_distributed_database_needs() {
         // Every B-tree leads with the token key (a shard's lookups); every unique index also
         // holds the partition column. A BRIN index on the time needs neither.
         let indexes = client
-            .query("SELECT a.attname::text, i.indisunique, 'source_ts' = ANY(ARRAY(SELECT b.attname::text FROM pg_attribute b
+            .query(
+                "SELECT a.attname::text, i.indisunique, 'source_ts' = ANY(ARRAY(SELECT b.attname::text FROM pg_attribute b
                         WHERE b.attrelid = c.oid AND b.attnum = ANY(i.indkey))), am.amname::text
                     FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
                     JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_am am ON am.oid = x.relam
                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
-                    WHERE c.relname = $1", &[&table])
+                    WHERE c.relname = $1",
+                &[&table],
+            )
             .await
             .unwrap();
         assert!(!indexes.is_empty(), "{table} has indexes");
@@ -306,12 +331,30 @@ async fn the_compact_tables_have_the_shapes_a_distributed_database_needs() {
             }
             assert!(!unique || has_ts, "{table}: a unique index holds source_ts");
         }
-        assert_eq!(db.count(&format!("SELECT count(*) FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'f'")).await, 0, "{table}");
+        assert_eq!(
+            db.count(&format!("SELECT count(*) FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'f'")).await,
+            0,
+            "{table}"
+        );
     }
-    assert_eq!(db.count("SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
-                         WHERE c.relname = 'trades_compact' AND i.indisunique").await, 1, "trades have a unique identity");
-    assert_eq!(db.count("SELECT count(*) FROM pg_partitioned_table pt JOIN pg_inherits i ON i.inhparent = pt.partrelid
-                         JOIN pg_partitioned_table sub ON sub.partrelid = i.inhrelid").await, 0, "single level");
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+                         WHERE c.relname = 'trades_compact' AND i.indisunique"
+        )
+        .await,
+        1,
+        "trades have a unique identity"
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM pg_partitioned_table pt JOIN pg_inherits i ON i.inhparent = pt.partrelid
+                         JOIN pg_partitioned_table sub ON sub.partrelid = i.inhrelid"
+        )
+        .await,
+        0,
+        "single level"
+    );
 }
 
 /// The daemon's partition maintenance: days ahead exist; with a retention, older days go.
@@ -363,7 +406,9 @@ async fn closed_days_are_compacted_once_and_stay_unique() {
     let today = Utc::now().date_naive();
     partitions::ensure(&pool, today - Duration::days(3), today).await.unwrap();
     let c = db.client().await;
-    c.batch_execute("INSERT INTO stream_tokens (token_key, token_id) SELECT g, 'token ' || g FROM generate_series(1, 300) g").await.unwrap();
+    c.batch_execute("INSERT INTO stream_tokens (token_key, token_id) SELECT g, 'token ' || g FROM generate_series(1, 300) g")
+        .await
+        .unwrap();
     // Trades as the stream stores them: time order, the tokens interleaved, so each token's
     // new rows land at the end of its key range in the middle of the index.
     for day in [3, 1] {
@@ -371,7 +416,10 @@ async fn closed_days_are_compacted_once_and_stay_unique() {
             "INSERT INTO trades_compact (source_ts, received_at, token_key, buy, backfill, price, size, tx, fee_rate_bps)
              SELECT date_trunc('day', now()) - interval '{day} days' + i * interval '1 ms', now(), 1 + (i * 7919) % 300, i % 2 = 0,
                     false, 0.35, 10 + i / 1000000.0, '\\x01'::bytea || sha256(i::text::bytea), 0
-             FROM generate_series(1, 30000) i")).await.unwrap();
+             FROM generate_series(1, 30000) i"
+        ))
+        .await
+        .unwrap();
     }
     // A rebuild of three days ago was interrupted: its invalid leftover is there.
     let old = partition_name("trades_compact", today - Duration::days(3));
@@ -386,18 +434,32 @@ async fn closed_days_are_compacted_once_and_stay_unique() {
             assert!(names.contains(&partition_name(table, today - Duration::days(d)).as_str()), "{table} day -{d} compacted: {names:?}");
         }
         for d in [1, 0] {
-            assert!(!names.contains(&partition_name(table, today - Duration::days(d)).as_str()), "{table} day -{d} is not closed: {names:?}");
+            assert!(
+                !names.contains(&partition_name(table, today - Duration::days(d)).as_str()),
+                "{table} day -{d} is not closed: {names:?}"
+            );
         }
     }
     let trades = done.iter().find(|c| c.partition == old).unwrap();
     assert_eq!(trades.indexes, 1);
     // Packed full: a 36-byte entry per row and the inner pages (at the default fillfactor of
     // 90 a rebuild gives ~40.5 bytes a row; left as written, ~44 here).
-    assert!(trades.bytes_after < trades.bytes_before && (trades.bytes_after as f64) < 38.5 * 30_000.0, "the identity index packed: {trades:?}");
-    assert_eq!(db.count(&format!("SELECT count(*) FROM pg_index WHERE indrelid = '{old}'::regclass AND NOT indisvalid")).await, 0, "leftover dropped");
+    assert!(
+        trades.bytes_after < trades.bytes_before && (trades.bytes_after as f64) < 38.5 * 30_000.0,
+        "the identity index packed: {trades:?}"
+    );
     assert_eq!(
-        db.count(&format!("SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
-                           WHERE x.indrelid = '{old}'::regclass AND obj_description(c.oid, 'pg_class') = '{}'", partitions::COMPACTED)).await,
+        db.count(&format!("SELECT count(*) FROM pg_index WHERE indrelid = '{old}'::regclass AND NOT indisvalid")).await,
+        0,
+        "leftover dropped"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+                           WHERE x.indrelid = '{old}'::regclass AND obj_description(c.oid, 'pg_class') = '{}'",
+            partitions::COMPACTED
+        ))
+        .await,
         1
     );
     // Once only: a second pass finds nothing to do.

@@ -59,7 +59,8 @@ fn start_cluster() -> Cluster {
     }
     let data = dir.join("data");
     let out = as_pg(&bin.join("initdb"))
-        .arg("-D").arg(&data)
+        .arg("-D")
+        .arg(&data)
         .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
         .output()
         .unwrap();
@@ -89,10 +90,8 @@ fn start_cluster() -> Cluster {
     let admin = format!("host={} user=postgres dbname=postgres", dir.display());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let ready = Command::new(bin.join("pg_isready"))
-            .arg("-h").arg(&dir).args(["-U", "postgres", "-q"])
-            .status()
-            .is_ok_and(|s| s.success());
+        let ready =
+            Command::new(bin.join("pg_isready")).arg("-h").arg(&dir).args(["-U", "postgres", "-q"]).status().is_ok_and(|s| s.success());
         if ready {
             break;
         }
@@ -179,8 +178,10 @@ impl PrivateCluster {
         let data = c.dir.join("data");
         let ok = Command::new("openssl")
             .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=snakeoil"])
-            .arg("-keyout").arg(data.join("server.key"))
-            .arg("-out").arg(data.join("server.crt"))
+            .arg("-keyout")
+            .arg(data.join("server.key"))
+            .arg("-out")
+            .arg(data.join("server.crt"))
             .output()
             .unwrap();
         assert!(ok.status.success(), "openssl: {}", String::from_utf8_lossy(&ok.stderr));
@@ -195,8 +196,13 @@ impl PrivateCluster {
         let mut hba = std::fs::OpenOptions::new().append(true).open(data.join("pg_hba.conf")).unwrap();
         writeln!(hba, "hostssl all all 127.0.0.1/32 trust").unwrap();
         let out = as_pg(&c.bin.join("pg_ctl"))
-            .arg("-D").arg(&data).arg("-l").arg(c.dir.join("log")).arg("-w")
-            .arg("-o").arg(format!("-k {}", c.dir.display()))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(c.dir.join("log"))
+            .arg("-w")
+            .arg("-o")
+            .arg(format!("-k {}", c.dir.display()))
             .arg("start")
             .output()
             .unwrap();
@@ -211,7 +217,8 @@ impl PrivateCluster {
             assert!(Command::new("chown").arg("postgres:").arg(&dir).status().unwrap().success());
         }
         let out = as_pg(&bin.join("initdb"))
-            .arg("-D").arg(dir.join("data"))
+            .arg("-D")
+            .arg(dir.join("data"))
             .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
             .output()
             .unwrap();
@@ -223,10 +230,13 @@ impl PrivateCluster {
 
     pub fn up(&self) {
         let out = as_pg(&self.bin.join("pg_ctl"))
-            .arg("-D").arg(self.dir.join("data"))
-            .arg("-l").arg(self.dir.join("log"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
             .arg("-w")
-            .arg("-o").arg(format!("-k {} -c listen_addresses= -c fsync=off", self.dir.display()))
+            .arg("-o")
+            .arg(format!("-k {} -c listen_addresses= -c fsync=off", self.dir.display()))
             .arg("start")
             .output()
             .unwrap();
@@ -234,11 +244,7 @@ impl PrivateCluster {
     }
 
     pub fn down(&self) {
-        let out = as_pg(&self.bin.join("pg_ctl"))
-            .arg("-D").arg(self.dir.join("data"))
-            .args(["-m", "fast", "-w", "stop"])
-            .output()
-            .unwrap();
+        let out = as_pg(&self.bin.join("pg_ctl")).arg("-D").arg(self.dir.join("data")).args(["-m", "fast", "-w", "stop"]).output().unwrap();
         assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -249,10 +255,7 @@ impl PrivateCluster {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        let _ = as_pg(&self.bin.join("pg_ctl"))
-            .arg("-D").arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
+        let _ = as_pg(&self.bin.join("pg_ctl")).arg("-D").arg(self.dir.join("data")).args(["-m", "immediate", "-w", "stop"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -14,9 +14,9 @@ use collector::config::{Config, Env};
 use collector::daemon::supervisor::Supervisor;
 use collector::db::partitions::partition_name;
 use collector::db::stream::{Keys, Origin, Row, TradeSource, write_batch};
+use collector::polymarket::client::PolymarketClient;
 use collector::polymarket::decode::Side;
 use collector::polymarket::ws::Trade;
-use collector::polymarket::client::PolymarketClient;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +54,8 @@ impl Harness {
         let cfg = Config::parse(&text, &Env::default()).unwrap();
         let client = Arc::new(PolymarketClient::new(&cfg.upstream).unwrap());
         let pool = db.pool().await;
-        let ctx = CatalogCtx { client: client.clone(), pool: pool.clone(), cfg: cfg.catalog.clone(), state: Arc::new(CatalogState::default()) };
+        let ctx =
+            CatalogCtx { client: client.clone(), pool: pool.clone(), cfg: cfg.catalog.clone(), state: Arc::new(CatalogState::default()) };
         FullSweep(ctx).collect_once().await.unwrap();
         let supervisor = Supervisor::new(CancellationToken::new(), &cfg.daemon, collector::fault::from_env());
         let handle = stream::spawn(StreamDeps {
@@ -102,7 +103,10 @@ async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarant
         // Sharded by market: both tokens of every market on one connection.
         for m in 0..110 {
             let (a, b) = (fake::token_id(m, 0), fake::token_id(m, 1));
-            assert!(s.conns.iter().filter(|c| c.alive).any(|c| c.assets.contains(&a) && c.assets.contains(&b)), "market {m} split over connections");
+            assert!(
+                s.conns.iter().filter(|c| c.alive).any(|c| c.assets.contains(&a) && c.assets.contains(&b)),
+                "market {m} split over connections"
+            );
         }
         let first = s.frames.iter().filter(|f| f["type"] == "market").count();
         assert_eq!(first, 3, "each connection opened with one type:market frame");
@@ -110,7 +114,8 @@ async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarant
     });
     eventually(20, "initial dumps stored", || async {
         h.db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws'").await == Some(220)
-    }).await;
+    })
+    .await;
 
     // Trades, one of them delivered twice: stored once each.
     let asset = fake::token_id(7, 1);
@@ -120,17 +125,24 @@ async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarant
     }
     h.ws.send_to_asset(&asset, &trade_frame(&asset, 3, t0 + 3));
     // An array frame mixing a trade, an unknown event and a malformed trade.
-    let mixed = format!("[{}, {{\"event_type\": \"mystery\", \"x\": 1}}, {{\"event_type\": \"last_trade_price\", \"asset_id\": \"{asset}\"}}]",
-        trade_frame(&asset, 100, t0 + 100));
+    let mixed = format!(
+        "[{}, {{\"event_type\": \"mystery\", \"x\": 1}}, {{\"event_type\": \"last_trade_price\", \"asset_id\": \"{asset}\"}}]",
+        trade_frame(&asset, 100, t0 + 100)
+    );
     h.ws.send_to_asset(&asset, &mixed);
     h.ws.send_to_asset(&asset, "NO NEW ASSETS");
     h.ws.send_to_asset(&asset, "SOMETHING ODD");
     eventually(20, "51 distinct trades", || async { h.trades().await == 51 }).await;
-    let row = h.db.client().await
-        .query_one("SELECT price::text, size::text, side, source, tx_hash, (extract(epoch from source_ts)*1000)::bigint,
-                    received_at > now() - interval '1 minute' FROM trades WHERE size = 10.000003", &[])
-        .await
-        .unwrap();
+    let row =
+        h.db.client()
+            .await
+            .query_one(
+                "SELECT price::text, size::text, side, source, tx_hash, (extract(epoch from source_ts)*1000)::bigint,
+                    received_at > now() - interval '1 minute' FROM trades WHERE size = 10.000003",
+                &[],
+            )
+            .await
+            .unwrap();
     assert_eq!(row.get::<_, String>(0), "0.35");
     assert_eq!(row.get::<_, String>(1), "10.000003");
     assert_eq!(row.get::<_, String>(2), "SELL");
@@ -138,12 +150,16 @@ async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarant
     assert_eq!(row.get::<_, String>(4), format!("0x{:064x}", 3));
     assert_eq!(row.get::<_, i64>(5), (t0 + 3) as i64);
     assert!(row.get::<_, bool>(6));
-    eventually(10, "quarantined frames", || async {
-        h.db.try_count("SELECT count(*) FROM stream_quarantine").await == Some(3)
-    }).await;
-    let reasons: Vec<String> = h.db.client().await
-        .query("SELECT reason FROM stream_quarantine ORDER BY id", &[]).await.unwrap()
-        .iter().map(|r| r.get(0)).collect();
+    eventually(10, "quarantined frames", || async { h.db.try_count("SELECT count(*) FROM stream_quarantine").await == Some(3) }).await;
+    let reasons: Vec<String> =
+        h.db.client()
+            .await
+            .query("SELECT reason FROM stream_quarantine ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
     assert!(reasons.iter().any(|r| r.contains("unknown event_type")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("last_trade_price")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("unexpected text")), "{reasons:?}");
@@ -160,7 +176,8 @@ async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarant
         h.db.try_count("SELECT count(*) FROM price_changes WHERE size = 99").await == Some(1)
             && h.db.try_count("SELECT count(*) FROM quotes").await == Some(1)
             && h.db.try_count("SELECT count(*) FROM tick_size_changes WHERE new_tick_size = 0.001").await == Some(1)
-    }).await;
+    })
+    .await;
 
     // A new market on the stream is subscribed at once; a resolved one is dropped.
     let mut nm: serde_json::Value = fake::fixture("ws_other_events.json");
@@ -170,31 +187,39 @@ async fn assets_are_sharded_books_dumped_trades_stored_once_and_oddities_quarant
     eventually(10, "new market subscribed", || async {
         let live = h.ws.live_assets();
         new_assets.iter().all(|a| live.contains(a))
-    }).await;
+    })
+    .await;
     eventually(10, "new market registered", || async {
         h.db.try_count("SELECT count(*) FROM tokens WHERE market_id = '690377'").await == Some(2)
             && h.db.try_count("SELECT count(*) FROM market_events WHERE kind = 'new_market'").await == Some(1)
-    }).await;
+    })
+    .await;
     let resolved = json!({"event_type": "market_resolved", "id": "700007", "market": format!("0x{:064x}", 8),
         "assets_ids": [fake::token_id(7, 0), fake::token_id(7, 1)], "winning_asset_id": fake::token_id(7, 1),
         "winning_outcome": "No", "timestamp": "1795700100448"});
     h.ws.broadcast(&resolved.to_string());
     eventually(10, "resolved market unsubscribed", || async { !h.ws.live_assets().contains(&asset) }).await;
     eventually(10, "resolved market updated", || async {
-        h.db.try_count("SELECT count(*) FROM markets WHERE id = '700007' AND resolved AND closed AND winning_outcome_index = 1").await == Some(1)
-    }).await;
+        h.db.try_count("SELECT count(*) FROM markets WHERE id = '700007' AND resolved AND closed AND winning_outcome_index = 1").await
+            == Some(1)
+    })
+    .await;
 
     // Pings: never before subscribing, then every second on every connection — past the
     // fake's 2.5 s deadline, so upstream never had a reason to close one.
     eventually(20, "three pings on every connection", || async {
         h.ws.with(|s| s.conns.iter().filter(|c| c.alive).all(|c| c.pings.len() >= 3))
-    }).await;
+    })
+    .await;
     let (early, no_ping) = h.ws.with(|s| (s.early_pings, s.closed_for_no_ping));
     assert_eq!(early, 0);
     assert_eq!(no_ping, 0);
     assert_eq!(h.stats.reconnects.load(Ordering::Relaxed), 0);
     h.stop().await;
-    assert_eq!(h.db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND reason = 'shutdown' AND ended_at IS NULL").await, Some(1));
+    assert_eq!(
+        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE planned AND reason = 'shutdown' AND ended_at IS NULL").await,
+        Some(1)
+    );
 }
 
 /// The running stream compacts the partitions of closed days beside its writing.
@@ -208,7 +233,9 @@ async fn the_stream_compacts_closed_days() {
     let compacted = format!(
         "SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
          WHERE x.indrelid = '{}'::regclass AND obj_description(c.oid, 'pg_class') = '{}'",
-        partition_name("trades_compact", closed), partitions::COMPACTED);
+        partition_name("trades_compact", closed),
+        partitions::COMPACTED
+    );
     eventually(20, "the closed day's trades compacted", || async { h.db.try_count(&compacted).await == Some(1) }).await;
     h.stop().await;
 }
@@ -222,10 +249,16 @@ async fn a_silent_stall_is_detected_rebuilt_and_recorded_as_a_gap() {
     h.ws.silence_all();
     eventually(20, "stall detected and a new connection up", || async {
         h.stats.stalls.load(Ordering::Relaxed) >= 1 && h.ws.live_connections() == 1 && h.ws.with(|s| s.conns.len()) >= 2
-    }).await;
+    })
+    .await;
     eventually(20, "gap closed", || async {
-        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE reason = 'stall' AND ended_at IS NOT NULL AND asset_count = 6 AND NOT planned").await == Some(1)
-    }).await;
+        h.db.try_count(
+            "SELECT count(*) FROM stream_gaps WHERE reason = 'stall' AND ended_at IS NOT NULL AND asset_count = 6 AND NOT planned",
+        )
+        .await
+            == Some(1)
+    })
+    .await;
     // The resubscription asked for a fresh dump; trades flow again.
     let asset = fake::token_id(1, 0);
     assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, 1, crate::now_ms())));
@@ -264,19 +297,26 @@ async fn an_abrupt_drop_is_a_gap_whose_trades_are_backfilled_once() {
     eventually(30, "reconnected after the refusals", || async { h.ws.live_connections() == 1 && h.ws.with(|s| s.refused) == 2 }).await;
     eventually(30, "gap backfilled", || async {
         h.db.try_count("SELECT count(*) FROM stream_gaps WHERE backfill_status = 'done' AND ended_at IS NOT NULL").await == Some(1)
-    }).await;
-    let rows = h.db.client().await
-        .query("SELECT price::text, size::text, source FROM trades ORDER BY source, size", &[]).await.unwrap();
+    })
+    .await;
+    let rows = h.db.client().await.query("SELECT price::text, size::text, source FROM trades ORDER BY source, size", &[]).await.unwrap();
     let got: Vec<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-    assert_eq!(got, vec![
-        ("0.709999959".into(), "1.464786".into(), "backfill".into()),
-        ("0.2972581967".into(), "244".into(), "backfill".into()),
-        ("0.35".into(), "10.000001".into(), "ws".into()),
-    ]);
-    let gap = h.db.client().await
-        .query_one("SELECT reason, backfill_trades, asset_count FROM stream_gaps", &[]).await.unwrap();
-    assert!(gap.get::<_, String>(0).contains("closed") || gap.get::<_, String>(0).contains("error") || gap.get::<_, String>(0).contains("end of stream"),
-        "{}", gap.get::<_, String>(0));
+    assert_eq!(
+        got,
+        vec![
+            ("0.709999959".into(), "1.464786".into(), "backfill".into()),
+            ("0.2972581967".into(), "244".into(), "backfill".into()),
+            ("0.35".into(), "10.000001".into(), "ws".into()),
+        ]
+    );
+    let gap = h.db.client().await.query_one("SELECT reason, backfill_trades, asset_count FROM stream_gaps", &[]).await.unwrap();
+    assert!(
+        gap.get::<_, String>(0).contains("closed")
+            || gap.get::<_, String>(0).contains("error")
+            || gap.get::<_, String>(0).contains("end of stream"),
+        "{}",
+        gap.get::<_, String>(0)
+    );
     assert_eq!(gap.get::<_, Option<i32>>(1), Some(2));
     assert_eq!(gap.get::<_, i32>(2), 4);
     assert!(h.http.with(|s| s.queries["v2/trades"][0].contains("condition=")));
@@ -299,7 +339,8 @@ async fn backfill_falls_back_to_v1_when_v2_is_retired() {
     });
     eventually(30, "backfilled through v1", || async {
         h.db.try_count("SELECT count(*) FROM trades WHERE source = 'backfill' AND price = 0.42").await == Some(1)
-    }).await;
+    })
+    .await;
     assert!(h.http.hits("trades") >= 1);
     h.stop().await;
 }
@@ -328,7 +369,8 @@ async fn a_database_restart_mid_stream_loses_no_trade_and_duplicates_none() {
     }
     eventually(20, "rows spooled while the database is down", || async {
         h.sink.stats.spooled_rows.load(Ordering::Relaxed) > 0 && h.stats.trades_received.load(Ordering::Relaxed) == 420
-    }).await;
+    })
+    .await;
     cluster.up();
     eventually(60, "every trade stored once", || async { h.trades().await == 400 }).await;
     let distinct = h.db.try_count("SELECT count(DISTINCT tx_hash) FROM trades").await;
@@ -355,7 +397,8 @@ async fn an_asset_without_a_first_book_gets_its_connection_rebuilt_once() {
     h.ws.drop_all();
     eventually(30, "rebuilt for the missing book, then left alone", || async {
         h.db.try_count("SELECT count(*) FROM stream_gaps WHERE reason LIKE 'no first book%' AND ended_at IS NOT NULL").await == Some(1)
-    }).await;
+    })
+    .await;
     let conns = h.ws.with(|s| s.conns.len());
     // Longer than first_book_timeout: a second rebuild would have happened by now.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -379,22 +422,29 @@ async fn a_silent_connections_gap_starts_at_its_last_data_and_its_trades_are_all
     let last_data = chrono::Utc::now();
     h.ws.silence_all();
     // Upstream keeps trading; the silent connection delivers none of it, the Data API has it.
-    h.http.with(|s| s.trades.push(fake::data_trade(&asset, &cond, "0.35", "10.000001", "SELL", (t_live / 1000) as i64, &format!("0x{:064x}", 1))));
+    h.http.with(|s| {
+        s.trades.push(fake::data_trade(&asset, &cond, "0.35", "10.000001", "SELL", (t_live / 1000) as i64, &format!("0x{:064x}", 1)))
+    });
     for k in 0..4 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         let ts = chrono::Utc::now().timestamp();
-        h.http.with(|s| s.trades.push(fake::data_trade(&asset, &cond, "0.4100000001", &format!("{}.5", k + 1), "BUY", ts, &format!("0xs{k}"))));
+        h.http.with(|s| {
+            s.trades.push(fake::data_trade(&asset, &cond, "0.4100000001", &format!("{}.5", k + 1), "BUY", ts, &format!("0xs{k}")))
+        });
     }
     // (A quiet connection stalls again every 3 s once the silence is over: the first stall
     // is the one of the silence.)
     let first_stall = "(SELECT id FROM stream_gaps WHERE reason = 'stall' ORDER BY started_at LIMIT 1)";
     eventually(30, "the stall's gap backfilled", || async {
         h.db.try_count(&format!("SELECT count(*) FROM stream_gaps WHERE id = {first_stall} AND backfill_status = 'done'")).await == Some(1)
-    }).await;
-    let started: chrono::DateTime<chrono::Utc> = h.db.client().await
-        .query_one(&format!("SELECT started_at FROM stream_gaps WHERE id = {first_stall}"), &[]).await.unwrap().get(0);
-    assert!(started <= last_data + chrono::Duration::milliseconds(500),
-        "the gap starts at the last data frame ({last_data}), not at detection 3 s later: {started}");
+    })
+    .await;
+    let started: chrono::DateTime<chrono::Utc> =
+        h.db.client().await.query_one(&format!("SELECT started_at FROM stream_gaps WHERE id = {first_stall}"), &[]).await.unwrap().get(0);
+    assert!(
+        started <= last_data + chrono::Duration::milliseconds(500),
+        "the gap starts at the last data frame ({last_data}), not at detection 3 s later: {started}"
+    );
     assert_eq!(h.trades().await, 5, "1 live + 4 traded while silent, none twice");
     assert_eq!(h.db.try_count("SELECT count(*) FROM trades WHERE source = 'backfill' AND price = 0.4100000001").await, Some(4));
     h.stop().await;
@@ -477,10 +527,17 @@ async fn poison_frames_are_quarantined_and_the_writer_keeps_writing() {
     eventually(20, "the good trades stored", || async { h.trades().await == 10 }).await;
     eventually(20, "both poison rows quarantined", || async {
         h.db.try_count("SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'refused by the database (SQLSTATE 2%'").await == Some(2)
-    }).await;
-    let frames: Vec<String> = h.db.client().await
-        .query("SELECT frame FROM stream_quarantine WHERE reason LIKE 'refused%'", &[]).await.unwrap()
-        .iter().map(|r| r.get(0)).collect();
+    })
+    .await;
+    let frames: Vec<String> =
+        h.db.client()
+            .await
+            .query("SELECT frame FROM stream_quarantine WHERE reason LIKE 'refused%'", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
     assert!(frames.iter().all(|f| f.contains("\\u0000")), "NULs shown escaped: {frames:?}");
     assert_eq!(h.sink.stats.poisoned_rows.load(Ordering::Relaxed), 2);
     // Still writing afterwards.
@@ -498,7 +555,9 @@ async fn out_of_domain_values_are_quarantined_not_stored() {
     eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
     let t0 = crate::now_ms();
     let mut bad = Vec::new();
-    for (field, value) in [("price", json!("-9223372036854775809")), ("price", json!("1.5")), ("size", json!("0")), ("timestamp", json!("86400000"))] {
+    for (field, value) in
+        [("price", json!("-9223372036854775809")), ("price", json!("1.5")), ("size", json!("0")), ("timestamp", json!("86400000"))]
+    {
         let mut t: serde_json::Value = serde_json::from_str(&trade_frame(&asset, bad.len() as u64, t0)).unwrap();
         t[field] = value;
         bad.push(t.to_string());
@@ -518,10 +577,17 @@ async fn out_of_domain_values_are_quarantined_not_stored() {
     eventually(10, "the good trades stored", || async { h.trades().await == 2 }).await;
     eventually(10, "the bad ones quarantined", || async {
         h.db.try_count("SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'out of domain:%'").await == Some(7)
-    }).await;
-    let frames: Vec<String> = h.db.client().await
-        .query("SELECT frame FROM stream_quarantine WHERE reason LIKE 'out of domain:%' ORDER BY id DESC LIMIT 2", &[]).await.unwrap()
-        .iter().map(|r| r.get(0)).collect();
+    })
+    .await;
+    let frames: Vec<String> =
+        h.db.client()
+            .await
+            .query("SELECT frame FROM stream_quarantine WHERE reason LIKE 'out of domain:%' ORDER BY id DESC LIMIT 2", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
     assert_eq!(frames, [in_frame[1].clone(), in_frame[0].clone()]);
     h.stop().await;
 }
@@ -542,8 +608,11 @@ async fn failed_backfills_are_retried_and_owed_ones_resumed_at_start() {
         .await.unwrap();
     let mut h = Harness::start(db, 1, "").await;
     eventually(30, "the owed backfill resumed and done", || async {
-        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE reason = 'stall' AND backfill_status = 'done' AND backfill_attempts = 2").await == Some(1)
-    }).await;
+        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE reason = 'stall' AND backfill_status = 'done' AND backfill_attempts = 2")
+            .await
+            == Some(1)
+    })
+    .await;
     assert!(h.http.with(|s| s.queries["v2/trades"].len()) >= 1);
 
     // A new gap whose first backfill attempt fails: every request of it gets a 502.
@@ -554,10 +623,14 @@ async fn failed_backfills_are_retried_and_owed_ones_resumed_at_start() {
     h.http.with(|s| s.trades.push(fake::data_trade(&asset, &cond, "0.34", "4.5", "SELL", ts, "0xretry")));
     eventually(40, "backfilled on a later attempt", || async {
         h.db.try_count("SELECT count(*) FROM trades WHERE tx_hash = '0xretry'").await == Some(1)
-    }).await;
+    })
+    .await;
     eventually(10, "the gap shows two attempts", || async {
-        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE backfill_status = 'done' AND backfill_attempts = 2 AND reason <> 'stall'").await == Some(1)
-    }).await;
+        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE backfill_status = 'done' AND backfill_attempts = 2 AND reason <> 'stall'")
+            .await
+            == Some(1)
+    })
+    .await;
     h.stop().await;
 }
 
@@ -578,9 +651,14 @@ async fn a_backfill_cut_by_the_page_cap_is_marked_partial_with_what_it_covered()
     });
     h.ws.drop_all();
     eventually(30, "backfill marked partial", || async {
-        h.db.try_count("SELECT count(*) FROM stream_gaps WHERE backfill_status = 'partial' AND backfill_trades = 1000
-                        AND backfill_covered_from > started_at AND backfill_covered_from <= ended_at + interval '5 seconds'").await == Some(1)
-    }).await;
+        h.db.try_count(
+            "SELECT count(*) FROM stream_gaps WHERE backfill_status = 'partial' AND backfill_trades = 1000
+                        AND backfill_covered_from > started_at AND backfill_covered_from <= ended_at + interval '5 seconds'",
+        )
+        .await
+            == Some(1)
+    })
+    .await;
     h.stop().await;
 }
 
@@ -598,31 +676,51 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     let ts = chrono::Utc::now();
     let change = |price: &str, hash: Option<&str>| Row::PriceChange {
         change: LevelChange {
-            asset_id: "a".into(), price: price.parse().unwrap(), size: "12.5".parse().unwrap(), side: Side::Buy,
-            hash: hash.map(Into::into), best_bid: None, best_ask: None,
+            asset_id: "a".into(),
+            price: price.parse().unwrap(),
+            size: "12.5".parse().unwrap(),
+            side: Side::Buy,
+            hash: hash.map(Into::into),
+            best_bid: None,
+            best_ask: None,
         },
-        condition_id: Some("0xc".into()), source_ts: ts, received_at: ts,
+        condition_id: Some("0xc".into()),
+        source_ts: ts,
+        received_at: ts,
     };
-    let quote = Row::Quote { quote: Quote { asset_id: "a".into(), condition_id: None, best_bid: None, best_ask: None, spread: None, source_ts: ts }, received_at: ts };
+    let quote = Row::Quote {
+        quote: Quote { asset_id: "a".into(), condition_id: None, best_bid: None, best_ask: None, spread: None, source_ts: ts },
+        received_at: ts,
+    };
     let book = collector::polymarket::clob::decode_book(&fake::book("a", crate::now_ms(), "b1")).unwrap();
     let book = Row::Book { book, received_at: ts };
-    let batch = vec![change("0.41", Some("h1")), change("0.42", None), quote, trade_row("a", "0.4", "1", ts, Some("0x1"), TradeSource::Ws), book];
+    let batch =
+        vec![change("0.41", Some("h1")), change("0.42", None), quote, trade_row("a", "0.4", "1", ts, Some("0x1"), TradeSource::Ws), book];
     // 30,000 level changes of another token first (two full BRIN ranges of 128 pages), with
     // autovacuum's summarizing off, so only the replay check can summarize them.
     let partition = collector::db::partitions::partition_name("price_changes_ticks", ts.date_naive());
-    let brin: String = db.client().await
-        .query_one("SELECT x.relname::text FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_class x ON x.oid = i.indexrelid \
-                    JOIN pg_am a ON a.oid = x.relam WHERE a.amname = 'brin' AND t.relname = $1", &[&partition])
-        .await.unwrap().get(0);
+    let brin: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT x.relname::text FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_class x ON x.oid = i.indexrelid \
+                    JOIN pg_am a ON a.oid = x.relam WHERE a.amname = 'brin' AND t.relname = $1",
+            &[&partition],
+        )
+        .await
+        .unwrap()
+        .get(0);
     db.client().await.batch_execute(&format!("ALTER INDEX {brin} SET (autosummarize = off)")).await.unwrap();
-    let bulk: Vec<Row> = (0..30_000).map(|i| match change("0.3", None) {
-        Row::PriceChange { mut change, condition_id, .. } => {
-            change.asset_id = "bulk".into();
-            let at = ts - chrono::Duration::seconds(10) + chrono::Duration::microseconds(i);
-            Row::PriceChange { change, condition_id, source_ts: at, received_at: at }
-        }
-        _ => unreachable!(),
-    }).collect();
+    let bulk: Vec<Row> = (0..30_000)
+        .map(|i| match change("0.3", None) {
+            Row::PriceChange { mut change, condition_id, .. } => {
+                change.asset_id = "bulk".into();
+                let at = ts - chrono::Duration::seconds(10) + chrono::Duration::microseconds(i);
+                Row::PriceChange { change, condition_id, source_ts: at, received_at: at }
+            }
+            _ => unreachable!(),
+        })
+        .collect();
     write_batch(&pool, &keys, &bulk, Origin::Live).await.unwrap();
     write_batch(&pool, &keys, &batch, Origin::Live).await.unwrap();
     write_batch(&pool, &keys, &batch, Origin::MaybeStored).await.unwrap();
@@ -637,24 +735,51 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(1));
     assert_eq!(db.try_count("SELECT count(*) FROM book_snapshots WHERE source = 'ws' AND bids <> '[]'").await, Some(1));
-    let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes WHERE asset_id = 'a'", &[]).await.unwrap().get(0);
+    let exact: String = db
+        .client()
+        .await
+        .query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes WHERE asset_id = 'a'", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(exact, "0.41,0.42");
     // A replay of which part is stored (same times) stores only the rest; one of which nothing
     // is stored (other receive times: the spool's rows) is copied in whole.
     write_batch(&pool, &keys, &[change("0.41", Some("h1")), change("0.43", Some("h3"))], Origin::MaybeStored).await.unwrap();
     let later = |price: &str| match change(price, None) {
-        Row::PriceChange { change, condition_id, source_ts, .. } => Row::PriceChange { change, condition_id, source_ts, received_at: ts + chrono::Duration::seconds(1) },
+        Row::PriceChange { change, condition_id, source_ts, .. } => {
+            Row::PriceChange { change, condition_id, source_ts, received_at: ts + chrono::Duration::seconds(1) }
+        }
         _ => unreachable!(),
     };
     write_batch(&pool, &keys, &[later("0.44"), later("0.45")], Origin::MaybeStored).await.unwrap();
     // Stored and new rows in one replay: those received after the newest stored one are
     // copied, the rest anti-joined.
-    write_batch(&pool, &keys, &[change("0.41", Some("h1")), later("0.45"), later("0.46"), match later("0.47") {
-        Row::PriceChange { change, condition_id, source_ts, received_at } =>
-            Row::PriceChange { change, condition_id, source_ts, received_at: received_at + chrono::Duration::seconds(1) },
-        _ => unreachable!(),
-    }], Origin::MaybeStored).await.unwrap();
-    let exact: String = db.client().await.query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes WHERE asset_id = 'a'", &[]).await.unwrap().get(0);
+    write_batch(
+        &pool,
+        &keys,
+        &[
+            change("0.41", Some("h1")),
+            later("0.45"),
+            later("0.46"),
+            match later("0.47") {
+                Row::PriceChange { change, condition_id, source_ts, received_at } => {
+                    Row::PriceChange { change, condition_id, source_ts, received_at: received_at + chrono::Duration::seconds(1) }
+                }
+                _ => unreachable!(),
+            },
+        ],
+        Origin::MaybeStored,
+    )
+    .await
+    .unwrap();
+    let exact: String = db
+        .client()
+        .await
+        .query_one("SELECT string_agg(price::text, ',' ORDER BY price) FROM price_changes WHERE asset_id = 'a'", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(exact, "0.41,0.42,0.43,0.44,0.45,0.46,0.47");
     // The replay check summarized the day's BRIN ranges before looking (an unsummarized range
     // matches every look): no full range is left to summarize.
@@ -677,22 +802,41 @@ async fn level_changes_read_back_exactly_through_the_view_by_either_path() {
     let keys = Keys::default();
     let now = chrono::Utc::now();
     let hex = "0123456789abcdef0123456789abcdef01234567".to_string();
-    let hashes: Vec<Option<String>> = vec![Some(hex.clone()), Some(hex.to_uppercase()), Some("x".repeat(19)), Some("y".repeat(20)),
-        Some(hex[..39].to_string()), Some(format!("{hex}0")), Some(String::new()), None];
+    let hashes: Vec<Option<String>> = vec![
+        Some(hex.clone()),
+        Some(hex.to_uppercase()),
+        Some("x".repeat(19)),
+        Some("y".repeat(20)),
+        Some(hex[..39].to_string()),
+        Some(format!("{hex}0")),
+        Some(String::new()),
+        None,
+    ];
     // The best bid has a trailing zero (so the row is kept as received) for i = 0, 3, 6.
     let best_bid = |i: usize| if i % 3 == 0 { "0.40" } else { "0.4" };
     let change = |asset: &str, i: usize, price: &str, hash: &Option<String>| Row::PriceChange {
         change: LevelChange {
-            asset_id: asset.into(), price: price.parse().unwrap(), size: format!("{}.50", i + 1).parse().unwrap(), side: Side::Sell,
-            hash: hash.clone(), best_bid: Some(best_bid(i).parse().unwrap()), best_ask: if i % 2 == 0 { None } else { Some("0.6".parse().unwrap()) },
+            asset_id: asset.into(),
+            price: price.parse().unwrap(),
+            size: format!("{}.50", i + 1).parse().unwrap(),
+            side: Side::Sell,
+            hash: hash.clone(),
+            best_bid: Some(best_bid(i).parse().unwrap()),
+            best_ask: if i % 2 == 0 { None } else { Some("0.6".parse().unwrap()) },
         },
-        condition_id: Some("0xc".into()), source_ts: now, received_at: now,
+        condition_id: Some("0xc".into()),
+        source_ts: now,
+        received_at: now,
     };
     // Fit in ticks: 0.5, 0.0025, 1, 0, 3.2767. Kept as received: the rest.
     let prices = ["0.50", "0.5", "0.0025", "1", "0", "0.00001", "3.2767", "3.2768", "12", "0.10"];
     let rows = |prefix: &str| -> Vec<Row> {
-        prices.iter().enumerate().flat_map(|(k, p)| hashes.iter().enumerate().map(move |(i, h)| (k, p, i, h)))
-            .map(|(k, p, i, h)| change(&format!("{prefix}{k}"), i, p, h)).collect()
+        prices
+            .iter()
+            .enumerate()
+            .flat_map(|(k, p)| hashes.iter().enumerate().map(move |(i, h)| (k, p, i, h)))
+            .map(|(k, p, i, h)| change(&format!("{prefix}{k}"), i, p, h))
+            .collect()
     };
     let (live, replayed) = (rows("live"), rows("replayed"));
     write_batch(&pool, &keys, &live, Origin::Live).await.unwrap();
@@ -704,8 +848,11 @@ async fn level_changes_read_back_exactly_through_the_view_by_either_path() {
         for (k, price) in prices.iter().enumerate() {
             let asset = format!("{prefix}{k}");
             let rows = client
-                .query("SELECT hash, price::text, size::text, side, best_bid::text, best_ask::text, condition_id FROM price_changes
-                        WHERE asset_id = $1 ORDER BY size", &[&asset])
+                .query(
+                    "SELECT hash, price::text, size::text, side, best_bid::text, best_ask::text, condition_id FROM price_changes
+                        WHERE asset_id = $1 ORDER BY size",
+                    &[&asset],
+                )
                 .await
                 .unwrap();
             let got: Vec<(Option<String>, String, String, String, Option<String>, Option<String>, Option<String>)> =
@@ -713,8 +860,17 @@ async fn level_changes_read_back_exactly_through_the_view_by_either_path() {
             let want: Vec<_> = hashes
                 .iter()
                 .enumerate()
-                .map(|(i, h)| (h.clone(), price.to_string(), format!("{}.50", i + 1), "SELL".to_string(), Some(best_bid(i).to_string()),
-                               (i % 2 == 1).then(|| "0.6".to_string()), Some("0xc".to_string())))
+                .map(|(i, h)| {
+                    (
+                        h.clone(),
+                        price.to_string(),
+                        format!("{}.50", i + 1),
+                        "SELL".to_string(),
+                        Some(best_bid(i).to_string()),
+                        (i % 2 == 1).then(|| "0.6".to_string()),
+                        Some("0xc".to_string()),
+                    )
+                })
                 .collect();
             assert_eq!(got, want, "{asset} ({price}): each once, exactly as received");
         }
@@ -780,7 +936,8 @@ async fn trades_read_back_exactly_through_the_view_by_either_path() {
         assert_eq!(Some(sql), collector::db::stream::tx_bytes(Some(h)), "{h}");
     }
     // The same fills again, live: the identity (normalised price and size) keeps them once.
-    let again: Vec<Row> = hashes.iter().enumerate().map(|(i, h)| trade_row("a", "0.5", &format!("{}.1", i + 1), now, *h, TradeSource::Ws)).collect();
+    let again: Vec<Row> =
+        hashes.iter().enumerate().map(|(i, h)| trade_row("a", "0.5", &format!("{}.1", i + 1), now, *h, TradeSource::Ws)).collect();
     write_batch(&pool, &keys, &again, Origin::Live).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(10));
 }

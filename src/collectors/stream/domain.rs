@@ -96,7 +96,9 @@ mod tests {
     }
 
     fn trade(price: &str, size: &str, ts_ms: i64) -> String {
-        format!(r#"{{"event_type":"last_trade_price","asset_id":"7","market":"0xc","price":"{price}","size":"{size}","side":"BUY","timestamp":"{ts_ms}"}}"#)
+        format!(
+            r#"{{"event_type":"last_trade_price","asset_id":"7","market":"0xc","price":"{price}","size":"{size}","side":"BUY","timestamp":"{ts_ms}"}}"#
+        )
     }
 
     #[test]
@@ -119,7 +121,9 @@ mod tests {
         }
         let other: BTreeSet<String> = ["8".to_string()].into();
         assert!(check(&event(&trade("0.5", "10", ms)), now, &other).unwrap_err().contains("not subscribed"));
-        let change = format!(r#"{{"event_type":"price_change","market":"0xc","timestamp":"{ms}","price_changes":[{{"asset_id":"7","price":"0.4","size":"-1","side":"BUY"}}]}}"#);
+        let change = format!(
+            r#"{{"event_type":"price_change","market":"0xc","timestamp":"{ms}","price_changes":[{{"asset_id":"7","price":"0.4","size":"-1","side":"BUY"}}]}}"#
+        );
         assert!(check(&event(&change), now, &assets).unwrap_err().contains("negative"));
     }
 

@@ -117,8 +117,13 @@ async fn apply(pool: &Pool, event: &GapEvent, stats: &StreamStats) -> Result<Opt
         GapEvent::Close { conn, at } => {
             let closed = db_gaps::close(pool, *conn, *at).await?;
             if let Some(g) = &closed {
-                tracing::info!(message_id = journal::GAP_CLOSED, gap_id = g.id, conn,
-                    secs = (g.ended_at - g.started_at).num_milliseconds() as f64 / 1000.0, "capture gap closed");
+                tracing::info!(
+                    message_id = journal::GAP_CLOSED,
+                    gap_id = g.id,
+                    conn,
+                    secs = (g.ended_at - g.started_at).num_milliseconds() as f64 / 1000.0,
+                    "capture gap closed"
+                );
             }
             Ok(closed)
         }
@@ -174,7 +179,12 @@ pub struct Backfiller {
 /// always stored first). A failed attempt is retried with backoff (`retry_tx` puts the gap
 /// back on the queue later); the attempts and the outcome are on the gap's row, so a restart
 /// picks up what is still owed ([`db_gaps::owed`]). Restartable like [`record`].
-pub async fn backfill_loop(b: Backfiller, rx: Arc<Mutex<mpsc::Receiver<GapRow>>>, retry_tx: mpsc::WeakSender<GapRow>, cancel: CancellationToken) {
+pub async fn backfill_loop(
+    b: Backfiller,
+    rx: Arc<Mutex<mpsc::Receiver<GapRow>>>,
+    retry_tx: mpsc::WeakSender<GapRow>,
+    cancel: CancellationToken,
+) {
     let Backfiller { pool, client, sink, stats, max_pages } = b;
     let mut rx = rx.lock_owned().await;
     loop {
@@ -208,8 +218,10 @@ pub async fn backfill_loop(b: Backfiller, rx: Arc<Mutex<mpsc::Receiver<GapRow>>>
         }
         match &outcome {
             BackfillOutcome::Done(n) => tracing::info!(message_id = journal::BACKFILL, gap_id = gap.id, trades = n, "gap backfilled"),
-            BackfillOutcome::Partial(n, from) => tracing::warn!(message_id = journal::BACKFILL, gap_id = gap.id, trades = n, covered_from = %from,
-                "gap {} backfilled only from {from} (a page cap cut it short): trades before may be missing", gap.id),
+            BackfillOutcome::Partial(n, from) => {
+                tracing::warn!(message_id = journal::BACKFILL, gap_id = gap.id, trades = n, covered_from = %from,
+                "gap {} backfilled only from {from} (a page cap cut it short): trades before may be missing", gap.id)
+            }
             BackfillOutcome::Failed(e) => tracing::error!(message_id = journal::BACKFILL, gap_id = gap.id, error = %e,
                 "gap {} backfill failed, trades of the gap may be missing: {e}", gap.id),
             BackfillOutcome::Retrying(e) => tracing::warn!(message_id = journal::BACKFILL, gap_id = gap.id, error = %e,
@@ -349,7 +361,12 @@ pub struct Backfilled {
 /// start — the oldest time reached (the window is covered only from there).
 type Fetched = (Vec<crate::polymarket::ws::Trade>, Option<DateTime<Utc>>);
 
-async fn fetch_v2(client: &PolymarketClient, conditions: &[String], from: DateTime<Utc>, max_pages: usize) -> Result<Fetched, BackfillError> {
+async fn fetch_v2(
+    client: &PolymarketClient,
+    conditions: &[String],
+    from: DateTime<Utc>,
+    max_pages: usize,
+) -> Result<Fetched, BackfillError> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     let mut reached: Option<DateTime<Utc>> = None;
@@ -360,8 +377,12 @@ async fn fetch_v2(client: &PolymarketClient, conditions: &[String], from: DateTi
             q.append_pair("condition", &conditions.join(","));
             q.append_pair("taker_only", "true");
             match &cursor {
-                Some(c) => { q.append_pair("cursor", c); }
-                None => { q.append_pair("limit", "500"); }
+                Some(c) => {
+                    q.append_pair("cursor", c);
+                }
+                None => {
+                    q.append_pair("limit", "500");
+                }
             }
         }
         let body = client.get_json(Route::DataTrades, url).await?;
@@ -386,7 +407,12 @@ async fn fetch_v2(client: &PolymarketClient, conditions: &[String], from: DateTi
     Ok((out, Some(reached.unwrap_or(from))))
 }
 
-async fn fetch_v1(client: &PolymarketClient, conditions: &[String], from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Fetched, BackfillError> {
+async fn fetch_v1(
+    client: &PolymarketClient,
+    conditions: &[String],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Fetched, BackfillError> {
     let mut out: Vec<crate::polymarket::ws::Trade> = Vec::new();
     const PAGE: usize = 500;
     // v1 offsets stop at 10,000.

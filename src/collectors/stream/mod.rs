@@ -206,9 +206,8 @@ impl StreamMonitor {
     /// database outage the queue and the spool absorb is not a stall: the daemon captures.
     pub fn stalled(&self) -> Option<String> {
         let stuck = self.sink.stalled_for().filter(|d| *d > self.stall_timeout)?;
-        (!self.sink.capturing()).then(|| {
-            format!("stream writer has stored nothing for {}s and the spool refuses rows (data is being lost)", stuck.as_secs())
-        })
+        (!self.sink.capturing())
+            .then(|| format!("stream writer has stored nothing for {}s and the spool refuses rows (data is being lost)", stuck.as_secs()))
     }
 }
 
@@ -415,8 +414,13 @@ async fn compact_partitions(pool: Pool, cancel: CancellationToken) {
 }
 
 /// Runs a helper task, restarting it after a panic for as long as the supervisor allows.
-async fn supervised<F, Fut>(name: &'static str, restarts: Arc<dyn Restarts>, stats: Arc<StreamStats>, cancel: CancellationToken, mut make: F)
-where
+async fn supervised<F, Fut>(
+    name: &'static str,
+    restarts: Arc<dyn Restarts>,
+    stats: Arc<StreamStats>,
+    cancel: CancellationToken,
+    mut make: F,
+) where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -645,7 +649,12 @@ impl Manager {
         let shard = &self.shards[idx];
         let assets: BTreeSet<String> = shard.assets.iter().cloned().collect();
         let since = shard.shared.last_data_at().unwrap_or_else(Utc::now);
-        ctx.send_gap(GapEvent::Open { conn: idx as i32, assets: assets.iter().cloned().collect(), reason: GapReason::TaskPanicked, at: since });
+        ctx.send_gap(GapEvent::Open {
+            conn: idx as i32,
+            assets: assets.iter().cloned().collect(),
+            reason: GapReason::TaskPanicked,
+            at: since,
+        });
         let Some(delay) = self.deps.restarts.died(TASK_NAME, &format!("stream shard {idx} panicked: {err}")) else { return };
         let (tx, rx) = mpsc::channel(1024);
         self.shards[idx].tx = tx;

@@ -99,9 +99,7 @@ impl Shard {
                 }
             }
             // Small buffers: hundreds of connections, and frames are read as they come.
-            let ws_config = tungstenite::protocol::WebSocketConfig::default()
-                .read_buffer_size(16 * 1024)
-                .write_buffer_size(0);
+            let ws_config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0);
             let connect = tokio::time::timeout(
                 Duration::from_secs(30),
                 tokio_tungstenite::connect_async_with_config(self.ctx.ws_url.as_str(), Some(ws_config), false),
@@ -113,7 +111,10 @@ impl Shard {
             let (ws, retry_after, failure) = match result {
                 Ok(Ok((ws, _))) => (Some(ws), None, None),
                 Ok(Err(tungstenite::Error::Http(resp))) => {
-                    let ra = resp.headers().get("retry-after").and_then(|v| v.to_str().ok())
+                    let ra = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, Utc::now(), self.ctx.retry_after_max));
                     (None, ra, Some(format!("handshake refused: HTTP {}", resp.status().as_u16())))
                 }

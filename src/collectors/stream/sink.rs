@@ -162,8 +162,11 @@ impl Sink {
                 rows
             };
             st.spooling = true;
-            tracing::warn!(message_id = journal::SPOOL, capacity = self.capacity,
-                "write queue full (database down or slow): spooling rows to disk");
+            tracing::warn!(
+                message_id = journal::SPOOL,
+                capacity = self.capacity,
+                "write queue full (database down or slow): spooling rows to disk"
+            );
             rows
         };
         for row in &rows {
@@ -216,9 +219,8 @@ impl Sink {
     /// Everything received before this moment is committed (the backfill of a gap waits for
     /// its end to be covered, so the stream's own copy of a trade always wins).
     pub fn committed_through(&self) -> chrono::DateTime<chrono::Utc> {
-        let idle = self.stats.writer_idle.load(Ordering::SeqCst)
-            && self.queue_depth() == 0
-            && self.stats.spool_bytes.load(Ordering::Relaxed) == 0;
+        let idle =
+            self.stats.writer_idle.load(Ordering::SeqCst) && self.queue_depth() == 0 && self.stats.spool_bytes.load(Ordering::Relaxed) == 0;
         if idle {
             return chrono::Utc::now();
         }
@@ -396,4 +398,3 @@ mod tests {
         assert_eq!(h.quantile(1.0), Some(10_000));
     }
 }
-

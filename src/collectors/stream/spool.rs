@@ -324,7 +324,14 @@ fn list_segments(root: &Path) -> Result<Vec<Segment>, SpoolError> {
 }
 
 /// Reads JSON lines (an older release's segment) from `at` up to `end`.
-fn read_json_lines<T: Record>(reader: &mut BufReader<File>, at: &mut Position, end: u64, max: usize, rows: &mut Vec<T>, bad: &mut Vec<String>) -> std::io::Result<()> {
+fn read_json_lines<T: Record>(
+    reader: &mut BufReader<File>,
+    at: &mut Position,
+    end: u64,
+    max: usize,
+    rows: &mut Vec<T>,
+    bad: &mut Vec<String>,
+) -> std::io::Result<()> {
     let mut line = String::new();
     while rows.len() < max && at.offset < end {
         line.clear();
@@ -585,10 +592,13 @@ mod tests {
         assert!(s.is_empty(), "rows of db-a are not offered to db-b");
         let (rows, _, _): (Vec<u32>, _, _) = s.peek(10).unwrap();
         assert!(rows.is_empty());
-        let aside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| {
-            let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            n.starts_with("orphaned-").then_some(n)
-        }).collect();
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| {
+                let n = e.unwrap().file_name().to_string_lossy().into_owned();
+                n.starts_with("orphaned-").then_some(n)
+            })
+            .collect();
         assert_eq!(aside.len(), 1, "kept aside, not deleted");
         // A legacy single-file spool (no binding) is kept aside too.
         std::fs::write(dir.path().join("spool.jsonl"), "1\n").unwrap();
@@ -615,7 +625,8 @@ mod tests {
         let (rows, at, bad): (Vec<Row>, _, _) = s.peek(100).unwrap();
         assert!(bad.is_empty(), "{bad:?}");
         assert_eq!(rows, (0..4).map(|i| level_change(TOKEN, i)).collect::<Vec<_>>());
-        let names: Vec<String> = std::fs::read_dir(dir.path().join("spool")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path().join("spool")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(names.contains(&"segment-000000000002.bin".to_string()), "{names:?}");
         s.commit(at).unwrap();
         assert_eq!(s.segment_count(), 0);

@@ -275,8 +275,11 @@ impl Record for crate::db::stream::Row {
         match self {
             Row::PriceChange { change: c, condition_id, source_ts, received_at } => {
                 enc.u8(PRICE_CHANGE);
-                let mut flags = bit(c.side == Side::Buy, 0) | bit(c.hash.is_some(), 1) | bit(c.best_bid.is_some(), 3)
-                    | bit(c.best_ask.is_some(), 4) | bit(condition_id.is_some(), 5);
+                let mut flags = bit(c.side == Side::Buy, 0)
+                    | bit(c.hash.is_some(), 1)
+                    | bit(c.best_bid.is_some(), 3)
+                    | bit(c.best_ask.is_some(), 4)
+                    | bit(condition_id.is_some(), 5);
                 enc.u8(0);
                 enc.id(&c.asset_id);
                 if let Some(m) = condition_id {
@@ -294,8 +297,11 @@ impl Record for crate::db::stream::Row {
             }
             Row::Trade { trade: t, received_at, source } => {
                 enc.u8(TRADE);
-                let mut flags = bit(t.side == Side::Buy, 0) | bit(t.condition_id.is_some(), 1) | bit(t.fee_rate_bps.is_some(), 2)
-                    | bit(t.tx_hash.is_some(), 3) | bit(*source == TradeSource::Backfill, 5);
+                let mut flags = bit(t.side == Side::Buy, 0)
+                    | bit(t.condition_id.is_some(), 1)
+                    | bit(t.fee_rate_bps.is_some(), 2)
+                    | bit(t.tx_hash.is_some(), 3)
+                    | bit(*source == TradeSource::Backfill, 5);
                 enc.u8(0);
                 enc.id(&t.asset_id);
                 if let Some(m) = &t.condition_id {
@@ -313,7 +319,10 @@ impl Record for crate::db::stream::Row {
             }
             Row::Quote { quote: q, received_at } => {
                 enc.u8(QUOTE);
-                enc.u8(bit(q.condition_id.is_some(), 0) | bit(q.best_bid.is_some(), 1) | bit(q.best_ask.is_some(), 2) | bit(q.spread.is_some(), 3));
+                enc.u8(bit(q.condition_id.is_some(), 0)
+                    | bit(q.best_bid.is_some(), 1)
+                    | bit(q.best_ask.is_some(), 2)
+                    | bit(q.spread.is_some(), 3));
                 enc.id(&q.asset_id);
                 if let Some(m) = &q.condition_id {
                     enc.id(m);
@@ -326,8 +335,12 @@ impl Record for crate::db::stream::Row {
             }
             Row::Book { book: b, received_at } => {
                 enc.u8(BOOK);
-                let mut flags = bit(b.condition_id.is_some(), 0) | bit(b.tick_size.is_some(), 1) | bit(b.min_order_size.is_some(), 2)
-                    | bit(b.last_trade_price.is_some(), 3) | bit(b.neg_risk.is_some(), 4) | bit(b.neg_risk == Some(true), 5);
+                let mut flags = bit(b.condition_id.is_some(), 0)
+                    | bit(b.tick_size.is_some(), 1)
+                    | bit(b.min_order_size.is_some(), 2)
+                    | bit(b.last_trade_price.is_some(), 3)
+                    | bit(b.neg_risk.is_some(), 4)
+                    | bit(b.neg_risk == Some(true), 5);
                 enc.u8(0);
                 enc.id(&b.token_id);
                 if let Some(m) = &b.condition_id {
@@ -371,7 +384,12 @@ impl Record for crate::db::stream::Row {
                 let best_bid = if has(3) { Some(dec.decimal()?) } else { None };
                 let best_ask = if has(4) { Some(dec.decimal()?) } else { None };
                 let (source_ts, received_at) = read_times(dec)?;
-                Ok(Row::PriceChange { change: LevelChange { asset_id, price, size, side, hash, best_bid, best_ask }, condition_id, source_ts, received_at })
+                Ok(Row::PriceChange {
+                    change: LevelChange { asset_id, price, size, side, hash, best_bid, best_ask },
+                    condition_id,
+                    source_ts,
+                    received_at,
+                })
             }
             TRADE => {
                 let asset_id = dec.id()?.to_string();
@@ -381,7 +399,11 @@ impl Record for crate::db::stream::Row {
                 let tx_hash = if has(3) { Some(dec.hex_or_text(has(4), "0x", 32)?) } else { None };
                 let (source_ts, received_at) = read_times(dec)?;
                 let source = if has(5) { TradeSource::Backfill } else { TradeSource::Ws };
-                Ok(Row::Trade { trade: Trade { asset_id, condition_id, price, size, side, fee_rate_bps, source_ts, tx_hash }, received_at, source })
+                Ok(Row::Trade {
+                    trade: Trade { asset_id, condition_id, price, size, side, fee_rate_bps, source_ts, tx_hash },
+                    received_at,
+                    source,
+                })
             }
             QUOTE => {
                 let asset_id = dec.id()?.to_string();
@@ -413,7 +435,8 @@ impl Record for crate::db::stream::Row {
                 let last_trade_price = if has(3) { Some(dec.decimal()?) } else { None };
                 let neg_risk = has(4).then_some(has(5));
                 let (source_ts, received_at) = read_times(dec)?;
-                let book = Book { token_id, condition_id, source_ts, hash, bids, asks, tick_size, min_order_size, last_trade_price, neg_risk };
+                let book =
+                    Book { token_id, condition_id, source_ts, hash, bids, asks, tick_size, min_order_size, last_trade_price, neg_risk };
                 Ok(Row::Book { book, received_at })
             }
             kind => Err(format!("unknown record kind {kind}")),
@@ -496,10 +519,17 @@ pub(super) mod tests {
         let at = DateTime::from_timestamp_nanos(1_764_547_200_123_000_000 + i * 1_000_000);
         Row::PriceChange {
             change: LevelChange {
-                asset_id: asset.into(), price: d("0.47"), size: d(&format!("{}.{:02}", 100 + i % 900, i % 100)), side: Side::Buy,
-                hash: Some(format!("{:040x}", i)), best_bid: Some(d("0.47")), best_ask: Some(d("0.48")),
+                asset_id: asset.into(),
+                price: d("0.47"),
+                size: d(&format!("{}.{:02}", 100 + i % 900, i % 100)),
+                side: Side::Buy,
+                hash: Some(format!("{:040x}", i)),
+                best_bid: Some(d("0.47")),
+                best_ask: Some(d("0.48")),
             },
-            condition_id: Some(Arc::from(MARKET)), source_ts: at, received_at: at + chrono::Duration::nanoseconds(3_456_789),
+            condition_id: Some(Arc::from(MARKET)),
+            source_ts: at,
+            received_at: at + chrono::Duration::nanoseconds(3_456_789),
         }
     }
 
@@ -508,8 +538,14 @@ pub(super) mod tests {
         let at = DateTime::from_timestamp_nanos(1_764_547_200_123_456_789);
         let trade = |tx: Option<&str>, fee: Option<&str>, source| Row::Trade {
             trade: Trade {
-                asset_id: TOKEN.into(), condition_id: Some(MARKET.into()), price: d("0.350"), size: d("10.000001"), side: Side::Sell,
-                fee_rate_bps: fee.map(d), source_ts: at, tx_hash: tx.map(Into::into),
+                asset_id: TOKEN.into(),
+                condition_id: Some(MARKET.into()),
+                price: d("0.350"),
+                size: d("10.000001"),
+                side: Side::Sell,
+                fee_rate_bps: fee.map(d),
+                source_ts: at,
+                tx_hash: tx.map(Into::into),
             },
             received_at: at - chrono::Duration::nanoseconds(5),
             source,
@@ -534,11 +570,40 @@ pub(super) mod tests {
             trade(Some(&format!("0x{:064x}", 0xfeed_u64)), Some("0"), TradeSource::Ws),
             trade(Some("0xABC"), None, TradeSource::Backfill),
             trade(None, Some("-1.5"), TradeSource::Ws),
-            Row::Quote { quote: Quote { asset_id: TOKEN.into(), condition_id: None, best_bid: Some(d("0.52")), best_ask: None, spread: Some(d("0.01")), source_ts: at }, received_at: at },
+            Row::Quote {
+                quote: Quote {
+                    asset_id: TOKEN.into(),
+                    condition_id: None,
+                    best_bid: Some(d("0.52")),
+                    best_ask: None,
+                    spread: Some(d("0.01")),
+                    source_ts: at,
+                },
+                received_at: at,
+            },
             // Without a binary form, or with values it cannot hold: JSON.
-            Row::TickSize { change: TickSizeChange { asset_id: TOKEN.into(), condition_id: None, old_tick_size: Some(d("0.01")), new_tick_size: Some(d("0.001")), source_ts: at }, received_at: at },
+            Row::TickSize {
+                change: TickSizeChange {
+                    asset_id: TOKEN.into(),
+                    condition_id: None,
+                    old_tick_size: Some(d("0.01")),
+                    new_tick_size: Some(d("0.001")),
+                    source_ts: at,
+                },
+                received_at: at,
+            },
             Row::Quarantine { connection: Some(3), reason: "odd".into(), frame: "{\"x\":1}".into(), received_at: at },
-            Row::Quote { quote: Quote { asset_id: TOKEN.into(), condition_id: None, best_bid: Some(negative_zero()), best_ask: None, spread: None, source_ts: at }, received_at: at },
+            Row::Quote {
+                quote: Quote {
+                    asset_id: TOKEN.into(),
+                    condition_id: None,
+                    best_bid: Some(negative_zero()),
+                    best_ask: None,
+                    spread: None,
+                    source_ts: at,
+                },
+                received_at: at,
+            },
             book(Some(true), &format!("{:040x}", 77)),
             book(None, "a hash of another form"),
             // A level whose parsed price is not its text's.
@@ -559,9 +624,16 @@ pub(super) mod tests {
         let at = DateTime::from_timestamp_nanos(1_764_547_200_123_000_000);
         Row::Book {
             book: Book {
-                token_id: TOKEN.into(), condition_id: neg_risk.map(|_| MARKET.to_string()), source_ts: at, hash: hash.into(),
-                bids: vec![level("0.47", "1200.5"), level("0.46", "10")], asks: vec![level("0.60", "3.000000")],
-                tick_size: Some(d("0.01")), min_order_size: neg_risk.map(|_| d("5")), last_trade_price: None, neg_risk,
+                token_id: TOKEN.into(),
+                condition_id: neg_risk.map(|_| MARKET.to_string()),
+                source_ts: at,
+                hash: hash.into(),
+                bids: vec![level("0.47", "1200.5"), level("0.46", "10")],
+                asks: vec![level("0.60", "3.000000")],
+                tick_size: Some(d("0.01")),
+                min_order_size: neg_risk.map(|_| d("5")),
+                last_trade_price: None,
+                neg_risk,
             },
             received_at: at + chrono::Duration::milliseconds(2),
         }
@@ -603,7 +675,10 @@ pub(super) mod tests {
                 at = &at[n..];
             }
         }
-        assert_eq!(kinds, [PRICE_CHANGE, PRICE_CHANGE, PRICE_CHANGE, TRADE, TRADE, TRADE, QUOTE, JSON, JSON, JSON, BOOK, BOOK, JSON, PRICE_CHANGE]);
+        assert_eq!(
+            kinds,
+            [PRICE_CHANGE, PRICE_CHANGE, PRICE_CHANGE, TRADE, TRADE, TRADE, QUOTE, JSON, JSON, JSON, BOOK, BOOK, JSON, PRICE_CHANGE]
+        );
         let back = decode_all(&buf);
         assert_eq!(back, rows());
         // Text comes back as sent: the upper-case hash, the short transaction hash, scales.

@@ -213,14 +213,17 @@ impl Writer {
             }
             let (rows, writer) = (Arc::new(batch), self.clone());
             let task_rows = rows.clone();
-            inflight.push_back((rows, tokio::spawn(async move {
-                let stored = writer.store(&task_rows, Origin::Live).await;
-                // At the commit: the writer looks at finished writes only between batches.
-                if stored.is_ok() {
-                    record_latency(&writer.sink.stats.commit_latency, &task_rows);
-                }
-                stored
-            })));
+            inflight.push_back((
+                rows,
+                tokio::spawn(async move {
+                    let stored = writer.store(&task_rows, Origin::Live).await;
+                    // At the commit: the writer looks at finished writes only between batches.
+                    if stored.is_ok() {
+                        record_latency(&writer.sink.stats.commit_latency, &task_rows);
+                    }
+                    stored
+                }),
+            ));
         }
         stats.writer_idle.store(false, Ordering::SeqCst);
         // Abandoned writes may have committed: the drain writes them idempotently. Spool
@@ -295,11 +298,8 @@ impl Writer {
         let q = Row::Quarantine { connection: None, reason: reason.clone(), frame: frame.clone(), received_at: row.received_at() };
         if let Err(qe) = write_batch(&self.pool, &self.keys, std::slice::from_ref(&q), Origin::Live).await {
             let line = serde_json::json!({"reason": reason, "row": frame, "quarantine_error": qe.to_string()});
-            let written = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.poison_file)
-                .and_then(|mut f| writeln!(f, "{line}"));
+            let written =
+                std::fs::OpenOptions::new().create(true).append(true).open(&self.poison_file).and_then(|mut f| writeln!(f, "{line}"));
             match written {
                 Ok(()) => tracing::error!(file = %self.poison_file.display(), "refused row written to the poison file"),
                 Err(fe) => tracing::error!(error = %fe, "DATA LOST: cannot keep a refused row anywhere: {line}"),
@@ -320,12 +320,18 @@ impl Writer {
         let mut written = 0;
         while written < total {
             // Chunks do not mix rows that may be stored with queued ones.
-            let end = if written < replayed { replayed.min(written + self.batch_size.max(1)) } else { total.min(written + self.batch_size.max(1)) };
+            let end = if written < replayed {
+                replayed.min(written + self.batch_size.max(1))
+            } else {
+                total.min(written + self.batch_size.max(1))
+            };
             let chunk = &batch[written..end];
             if Instant::now() >= deadline {
                 break;
             }
-            match tokio::time::timeout_at(deadline, self.store(chunk, if written < replayed { Origin::MaybeStored } else { Origin::Live })).await {
+            match tokio::time::timeout_at(deadline, self.store(chunk, if written < replayed { Origin::MaybeStored } else { Origin::Live }))
+                .await
+            {
                 Ok(Ok(trades)) => {
                     self.sink.stored(chunk.len(), trades, newest(chunk));
                     written = end;
@@ -341,7 +347,9 @@ impl Writer {
         if !rest.is_empty() {
             let n = rest.len();
             match self.sink.spool_all(rest) {
-                Ok(()) => tracing::warn!(message_id = journal::SPOOL, rows = n, "database unavailable at stop: rows spooled for the next start"),
+                Ok(()) => {
+                    tracing::warn!(message_id = journal::SPOOL, rows = n, "database unavailable at stop: rows spooled for the next start")
+                }
                 Err(e) => tracing::error!(message_id = journal::SPOOL, rows = n, error = %e, "DATA LOST at stop: cannot spool rows"),
             }
         }

@@ -266,15 +266,24 @@ mod tests {
         }
         // Books: no levels, null and empty sides, extra fields, the optional fields absent.
         texts.push(r#"{"event_type":"book","asset_id":"9","market":"0xc","timestamp":"1795683665911","bids":[],"asks":null}"#.to_string());
-        texts.push(r#"{"event_type":"book","asset_id":"9","timestamp":"1795683665911","hash":"","neg_risk":null,
-            "bids":[{"price":"0.5","size":"10","x":1},{"price":"0.52","size":"0"}],"tick_size":"0.01","last_trade_price":"0.430"}"#.to_string());
+        texts.push(
+            r#"{"event_type":"book","asset_id":"9","timestamp":"1795683665911","hash":"","neg_risk":null,
+            "bids":[{"price":"0.5","size":"10","x":1},{"price":"0.52","size":"0"}],"tick_size":"0.01","last_trade_price":"0.430"}"#
+                .to_string(),
+        );
         let others: Value = serde_json::from_str(&fixture("ws_other_events.json")).unwrap();
         texts.push(others["best_bid_ask"].to_string());
         // Empty and null optional fields, a lower-case side, an ISO time.
-        texts.push(r#"{"event_type":"last_trade_price","asset_id":"71","market":"","price":"0.5","size":"10",
-            "side":"sell","fee_rate_bps":null,"timestamp":"2026-11-30T10:00:00.5Z"}"#.to_string());
-        texts.push(r#"{"event_type":"price_change","market":"0xc","timestamp":"1795683665911","price_changes":[
-            {"asset_id":"1","price":"0.50","size":"0","side":"BUY","best_bid":"","best_ask":null}]}"#.to_string());
+        texts.push(
+            r#"{"event_type":"last_trade_price","asset_id":"71","market":"","price":"0.5","size":"10",
+            "side":"sell","fee_rate_bps":null,"timestamp":"2026-11-30T10:00:00.5Z"}"#
+                .to_string(),
+        );
+        texts.push(
+            r#"{"event_type":"price_change","market":"0xc","timestamp":"1795683665911","price_changes":[
+            {"asset_id":"1","price":"0.50","size":"0","side":"BUY","best_bid":"","best_ask":null}]}"#
+                .to_string(),
+        );
         for t in &texts {
             let fast = decode(t).unwrap_or_else(|| panic!("fast path declined a documented event: {t}"));
             assert_eq!(Ok(fast), general(t), "{t}");
