@@ -19,7 +19,7 @@
 //! 7. [`config`], [`logging`] — the TOML configuration (each key read in one place) and the
 //!    log output.
 //! 8. Leaves: [`journal`] (message ids), [`errors`] (error chains), [`backoff`] (the one
-//!    capped exponential backoff with full jitter), [`fault`] (test-only fault hook), [`exit`],
+//!    capped exponential backoff with full jitter), [`clock`] (the wall clock, movable in tests), [`fault`] (test-only fault hook), [`exit`],
 //!    [`allocator`] (mimalloc, tuned for resident memory).
 //!
 //! Data flow: Gamma → catalog tables → subscription set → stream connections → sink (queue,
@@ -28,6 +28,7 @@
 pub mod allocator;
 pub mod app;
 pub mod backoff;
+pub mod clock;
 pub mod collectors;
 pub mod config;
 pub mod daemon;

@@ -8,7 +8,9 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio_postgres::GenericClient;
 
+use super::stream::INSERT_MISSING_CONDITIONS;
 use crate::polymarket::gamma::{EventRecord, MarketRecord};
+use crate::polymarket::ws::{Lifecycle, LifecycleKind};
 
 /// Upserts full events. Rows are sorted by id so concurrent batches lock in one order.
 pub async fn upsert_events<C: GenericClient>(db: &C, events: &[EventRecord]) -> Result<u64, tokio_postgres::Error> {
@@ -240,20 +242,26 @@ pub async fn upsert_markets<C: GenericClient>(db: &C, markets: &[MarketRecord]) 
         )
         .await?;
         // The stream's dictionaries too, so every catalog token has its integer key and its
-        // market before the stream sees it. Sorted, like the writer's, so two writers never
-        // wait on each other in opposite orders.
+        // market before the stream sees it: only the ids missing from them are proposed (a
+        // proposed row takes a key whether it is inserted or not), sorted like the writer's so
+        // two writers never wait on each other in opposite orders.
+        let mut markets: Vec<&str> = conds.clone();
+        markets.sort_unstable();
+        markets.dedup();
+        db.execute(INSERT_MISSING_CONDITIONS, &[&markets]).await?;
         db.execute(
-            "INSERT INTO stream_conditions (condition_id) SELECT DISTINCT c FROM unnest($1::text[]) AS c ORDER BY 1
+            "WITH u AS (SELECT u.t, c.condition_key AS c FROM unnest($1::text[], $2::text[]) AS u(t, cond)
+                JOIN stream_conditions c ON c.condition_id = u.cond)
+             INSERT INTO stream_tokens (token_id, condition_key)
+             SELECT u.t, u.c FROM u WHERE NOT EXISTS (SELECT 1 FROM stream_tokens s WHERE s.token_id = u.t) ORDER BY 1
              ON CONFLICT DO NOTHING",
-            &[&conds],
+            &[&token_ids, &conds],
         )
         .await?;
         db.execute(
-            "INSERT INTO stream_tokens (token_id, condition_key)
-             SELECT u.t, c.condition_key FROM unnest($1::text[], $2::text[]) AS u(t, cond)
-             JOIN stream_conditions c ON c.condition_id = u.cond ORDER BY u.t
-             ON CONFLICT (token_id) DO UPDATE SET condition_key = EXCLUDED.condition_key
-             WHERE stream_tokens.condition_key IS NULL",
+            "UPDATE stream_tokens s SET condition_key = c.condition_key
+             FROM unnest($1::text[], $2::text[]) AS u(t, cond) JOIN stream_conditions c ON c.condition_id = u.cond
+             WHERE s.token_id = u.t AND s.condition_key IS NULL",
             &[&token_ids, &conds],
         )
         .await?;
@@ -413,5 +421,46 @@ pub async fn history_page_done<C: GenericClient>(db: &C, next_cursor: Option<&st
 /// Forgets a stored cursor upstream no longer accepts: the sweep starts over (idempotent).
 pub async fn history_restart<C: GenericClient>(db: &C) -> Result<(), tokio_postgres::Error> {
     db.execute("UPDATE catalog_history SET next_cursor = NULL, pages = 0, markets = 0, started_at = now() WHERE id = 1", &[]).await?;
+    Ok(())
+}
+
+/// What the stream's lifecycle events change in the catalog: `new_market` registers the
+/// market and its tokens (so the stream and the books poller see them before the next catalog
+/// pass); `market_resolved` closes and resolves the market.
+pub async fn apply_stream_lifecycle<C: GenericClient>(db: &C, events: &[&Lifecycle]) -> Result<(), tokio_postgres::Error> {
+    for e in events {
+        let Some(cond) = &e.condition_id else { continue };
+        match e.kind {
+            LifecycleKind::NewMarket => {
+                let Some(id) = &e.market_id else { continue };
+                let question = crate::polymarket::decode::string(&e.payload, "question");
+                let slug = crate::polymarket::decode::string(&e.payload, "slug");
+                db.execute(
+                    "INSERT INTO markets (id, condition_id, question, slug, active, closed) VALUES ($1, $2, $3, $4, true, false)
+                     ON CONFLICT (id) DO NOTHING",
+                    &[id, cond, &question, &slug],
+                )
+                .await?;
+                let outcomes = crate::polymarket::decode::string_array(&e.payload, "outcomes").ok().flatten().unwrap_or_default();
+                for (i, token) in e.assets.iter().enumerate() {
+                    db.execute(
+                        "INSERT INTO tokens (token_id, condition_id, market_id, outcome, outcome_index) VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (token_id) DO NOTHING",
+                        &[token, cond, id, &outcomes.get(i), &(i as i32)],
+                    )
+                    .await?;
+                }
+            }
+            LifecycleKind::MarketResolved => {
+                db.execute(
+                    "UPDATE markets SET resolved = true, closed = true,
+                        winning_outcome_index = COALESCE((SELECT outcome_index FROM tokens WHERE token_id = $2), winning_outcome_index)
+                     WHERE condition_id = $1",
+                    &[cond, &e.winning_asset_id],
+                )
+                .await?;
+            }
+        }
+    }
     Ok(())
 }

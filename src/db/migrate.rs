@@ -23,6 +23,8 @@ mod v0007;
 mod v0008;
 #[path = "../../migrations/v0009_level_changes_in_ticks.rs"]
 mod v0009;
+#[path = "../../migrations/v0010_compact_dictionary_keys.rs"]
+mod v0010;
 
 /// One migration: its version (ordering), name and SQL generator.
 pub struct Migration {
@@ -42,6 +44,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 7, name: "compact_trades_and_quotes", sql: v0007::migration },
     Migration { version: 8, name: "leaner_level_changes_and_trades", sql: v0008::migration },
     Migration { version: 9, name: "level_changes_in_ticks", sql: v0009::migration },
+    Migration { version: 10, name: "compact_dictionary_keys", sql: v0010::migration },
 ];
 
 /// Advisory lock key: "collector" in ASCII, so concurrent starts serialise on migrations.
@@ -157,6 +160,7 @@ mod tests {
             (7, "742e6540374c7c2f"),
             (8, "d94f1b5d2b925dac"),
             (9, "1c99a2fb8ee4931f"),
+            (10, "3f7ab6c11c07cc59"),
         ];
         for (version, sum) in pinned {
             let m = MIGRATIONS.iter().find(|m| m.version == version).unwrap();

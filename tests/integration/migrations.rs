@@ -473,3 +473,32 @@ async fn closed_days_are_compacted_once_and_stay_unique() {
         .unwrap();
     assert_eq!(again, 0, "the compacted identity index still refuses a stored trade");
 }
+
+/// Migration 10 gives back the dictionary keys an earlier release spent past the largest key
+/// in use: the next new token gets the key after it, and existing keys stay.
+#[tokio::test]
+async fn the_previous_releases_spent_dictionary_keys_are_given_back() {
+    let db = pg::fresh_db().await;
+    let mut client = db.client().await;
+    migrate::run_to(&mut client, 9).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO stream_conditions (condition_id) VALUES ('0xaa'), ('0xbb');
+             INSERT INTO stream_tokens (token_id) VALUES ('1'), ('2'), ('3');
+             SELECT setval(pg_get_serial_sequence('stream_tokens', 'token_key'), 1900000000);
+             SELECT setval(pg_get_serial_sequence('stream_conditions', 'condition_key'), 1900000000);",
+        )
+        .await
+        .unwrap();
+    migrate::run(&mut client).await.unwrap();
+    let t: i32 = client.query_one("INSERT INTO stream_tokens (token_id) VALUES ('4') RETURNING token_key", &[]).await.unwrap().get(0);
+    let c: i32 = client.query_one("INSERT INTO stream_conditions (condition_id) VALUES ('0xcc') RETURNING condition_key", &[]).await.unwrap().get(0);
+    assert_eq!((t, c), (4, 3));
+    assert_eq!(db.count("SELECT count(*) FROM stream_tokens WHERE token_key <= 3").await, 3, "existing keys kept");
+    // On an empty dictionary too.
+    let empty = pg::fresh_db().await;
+    let mut client = empty.client().await;
+    migrate::run(&mut client).await.unwrap();
+    let t: i32 = client.query_one("INSERT INTO stream_tokens (token_id) VALUES ('1') RETURNING token_key", &[]).await.unwrap().get(0);
+    assert_eq!(t, 1);
+}

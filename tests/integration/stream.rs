@@ -941,3 +941,61 @@ async fn trades_read_back_exactly_through_the_view_by_either_path() {
     write_batch(&pool, &keys, &again, Origin::Live).await.unwrap();
     assert_eq!(db.try_count("SELECT count(*) FROM trades").await, Some(10));
 }
+
+/// Two quotes (or tick size changes) of one token in one millisecond: the last received is
+/// kept, whether they come in one batch (the direct COPY then still holds: no unique
+/// violation sends the batch to the idempotent path), in two batches, or replayed after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_quotes_or_tick_sizes_in_one_millisecond_the_last_is_kept() {
+    use collector::polymarket::ws::{Quote, TickSizeChange};
+    let db = pg::fresh_db().await;
+    let pool = db.pool().await;
+    collector::db::partitions::maintain(&pool, Default::default()).await.unwrap();
+    let keys = Keys::default();
+    let ts = chrono::DateTime::from_timestamp_millis(crate::now_ms() as i64).unwrap();
+    let quote = |token: &str, bid: &str, after_us: i64| Row::Quote {
+        quote: Quote {
+            asset_id: token.into(),
+            condition_id: Some("0xc".into()),
+            best_bid: Some(bid.parse().unwrap()),
+            best_ask: Some("0.6".parse().unwrap()),
+            spread: None,
+            source_ts: ts,
+        },
+        received_at: ts + chrono::Duration::microseconds(after_us),
+    };
+    let tick = |token: &str, new: &str, after_us: i64| Row::TickSize {
+        change: TickSizeChange {
+            asset_id: token.into(),
+            condition_id: Some("0xc".into()),
+            old_tick_size: Some("0.01".parse().unwrap()),
+            new_tick_size: Some(new.parse().unwrap()),
+            source_ts: ts,
+        },
+        received_at: ts + chrono::Duration::microseconds(after_us),
+    };
+    let stored = |token: &'static str| {
+        let db = &db;
+        async move {
+            let c = db.client().await;
+            let q: String = c.query_one("SELECT best_bid::text FROM quotes WHERE asset_id = $1", &[&token]).await.unwrap().get(0);
+            let t: String =
+                c.query_one("SELECT new_tick_size::text FROM tick_size_changes WHERE asset_id = $1", &[&token]).await.unwrap().get(0);
+            (q, t)
+        }
+    };
+    // One batch, same frame (same receive time): the later in the batch.
+    write_batch(&pool, &keys, &[quote("a", "0.41", 0), tick("a", "0.001", 0), quote("a", "0.42", 0), tick("a", "0.0001", 0)], Origin::Live)
+        .await
+        .unwrap();
+    assert_eq!(stored("a").await, ("0.42".into(), "0.0001".into()));
+    // Two batches: the second replaces the first.
+    write_batch(&pool, &keys, &[quote("b", "0.41", 0), tick("b", "0.001", 0)], Origin::Live).await.unwrap();
+    write_batch(&pool, &keys, &[quote("b", "0.43", 5), tick("b", "0.01", 5)], Origin::Live).await.unwrap();
+    assert_eq!(stored("b").await, ("0.43".into(), "0.01".into()));
+    // A replay of the earlier one (a previous run's spool) does not undo the later.
+    write_batch(&pool, &keys, &[quote("b", "0.41", 0), tick("b", "0.001", 0)], Origin::MaybeStored).await.unwrap();
+    assert_eq!(stored("b").await, ("0.43".into(), "0.01".into()));
+    assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(2));
+    assert_eq!(db.try_count("SELECT count(*) FROM tick_size_changes").await, Some(2));
+}
