@@ -56,6 +56,16 @@ pub struct DatabaseConfig {
     pub connect_timeout: Duration,
     /// How long start-up keeps retrying an unreachable database before exiting 69. Default 300 s.
     pub startup_deadline: Duration,
+    /// `statement_timeout` of the collector's connections (`None`: no limit). Default 120 s.
+    /// Maintenance that may rightly take longer (rebuilding a day's indexes) lifts it for itself.
+    pub statement_timeout: Option<Duration>,
+    /// `lock_timeout` of the collector's connections (`None`: no limit). Default 30 s. Partition
+    /// DDL waits at most 2 s (`db::partitions::DDL_LOCK_TIMEOUT`) whatever this says.
+    pub lock_timeout: Option<Duration>,
+    /// TCP keepalive: idle time before the first probe. Probes follow every 10 s; after 3
+    /// unanswered (and when sent data stays unacknowledged this long × 3) the connection
+    /// counts as dead. Default 30 s: a database host cut off is noticed within ~1 minute.
+    pub tcp_keepalive: Duration,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -291,6 +301,9 @@ impl Config {
         let pool_size = s.int("pool_size", 8, 1, 1000) as u32;
         let connect_timeout = s.secs("connect_timeout_secs", 10, 1, 3600);
         let startup_deadline = s.secs("startup_deadline_secs", 300, 0, 86_400);
+        let statement_timeout = Some(s.secs("statement_timeout_secs", 120, 0, 86_400)).filter(|d| !d.is_zero());
+        let lock_timeout = Some(s.secs("lock_timeout_secs", 30, 0, 86_400)).filter(|d| !d.is_zero());
+        let tcp_keepalive = s.secs("tcp_keepalive_secs", 30, 1, 7200);
         let url = match &env.database_url {
             Some(u) => {
                 s.overridden("url", toml::Value::String(u.clone()), DATABASE_URL_ENV);
@@ -324,7 +337,18 @@ impl Config {
                 None => "none configured".into(),
             }),
         });
-        let database = DatabaseConfig { url, password, password_source, ssl_root_cert, pool_size, connect_timeout, startup_deadline };
+        let database = DatabaseConfig {
+            url,
+            password,
+            password_source,
+            ssl_root_cert,
+            pool_size,
+            connect_timeout,
+            startup_deadline,
+            statement_timeout,
+            lock_timeout,
+            tcp_keepalive,
+        };
 
         let mut s = Section::new("upstream", upstream_t, &mut problems, &mut settings);
         let gamma_url = s.url("gamma_url", "https://gamma-api.polymarket.com", &["http", "https"]);

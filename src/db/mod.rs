@@ -104,7 +104,14 @@ pub async fn identity(pool: &Pool) -> Result<String, DbError> {
     Ok(row.get(0))
 }
 
-/// The `tokio_postgres::Config` for `cfg`, password applied.
+/// TCP keepalive probes after the idle time (`database.tcp_keepalive_secs`): one every
+/// [`KEEPALIVE_INTERVAL`], the connection dead after [`KEEPALIVE_PROBES`] unanswered.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// The `tokio_postgres::Config` for `cfg`, password applied, with the collector's session
+/// settings: `statement_timeout`, `lock_timeout` (unless the URL's `options` set them) and TCP
+/// keepalives.
 pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
     let mut pg: tokio_postgres::Config =
         split_sslmode(&cfg.url).0.parse().map_err(|e| DbError::Settings(format!("{e}: {}", redact_url(&cfg.url))))?;
@@ -115,6 +122,19 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError
         pg.application_name("collector");
     }
     pg.connect_timeout(cfg.connect_timeout);
+    // Timeouts as the session's settings: the URL's own `options` come first and win for a
+    // setting they name.
+    let mut options = pg.get_options().unwrap_or_default().to_string();
+    for (name, limit) in [("statement_timeout", cfg.statement_timeout), ("lock_timeout", cfg.lock_timeout)] {
+        if let Some(limit) = limit.filter(|_| !options.contains(name)) {
+            options.push_str(&format!(" -c {name}={}", limit.as_millis()));
+        }
+    }
+    if !options.trim().is_empty() {
+        pg.options(options.trim());
+    }
+    pg.keepalives(true).keepalives_idle(cfg.tcp_keepalive).keepalives_interval(KEEPALIVE_INTERVAL).keepalives_retries(KEEPALIVE_PROBES);
+    pg.tcp_user_timeout(cfg.tcp_keepalive * KEEPALIVE_PROBES);
     Ok(pg)
 }
 

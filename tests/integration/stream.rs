@@ -999,3 +999,60 @@ async fn of_two_quotes_or_tick_sizes_in_one_millisecond_the_last_is_kept() {
     assert_eq!(db.try_count("SELECT count(*) FROM quotes").await, Some(2));
     assert_eq!(db.try_count("SELECT count(*) FROM tick_size_changes").await, Some(2));
 }
+
+/// Errors that are neither transient nor about the data's form — an index row too large
+/// (54000), a `statement_timeout` (57014) — that repeat on the same rows: the batch is retried
+/// a few times, then split, and the rows that still fail alone are quarantined with the reason;
+/// every other trade is stored and the writer goes on. (Before, such a batch was retried
+/// forever and nothing after it was stored.) The collector's connections carry the
+/// configured timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_keeps_failing_without_a_transient_cause_is_split_and_the_failing_rows_set_aside() {
+    let db = pg::fresh_db().await;
+    let mut h = Harness::start(db, 1, "").await;
+    let pool = h.db.pool().await;
+    let settings: Vec<String> = {
+        let c = pool.get().await.unwrap();
+        let mut out = Vec::new();
+        for name in ["statement_timeout", "lock_timeout"] {
+            out.push(c.query_one(&format!("SHOW {name}"), &[]).await.unwrap().get(0));
+        }
+        out
+    };
+    assert_eq!(settings, ["2min", "30s"], "the documented defaults on the collector's connections");
+    h.db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse_some() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.size = 10.000001 THEN RAISE EXCEPTION 'index row size 9000 exceeds btree maximum' USING ERRCODE = 'program_limit_exceeded'; END IF;
+               IF NEW.size = 10.000002 THEN RAISE EXCEPTION 'canceling statement due to statement timeout' USING ERRCODE = 'query_canceled'; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_some BEFORE INSERT ON trades_compact FOR EACH ROW EXECUTE FUNCTION refuse_some();",
+        )
+        .await
+        .unwrap();
+    let asset = fake::token_id(0, 0);
+    eventually(20, "connected", || async { h.ws.live_connections() == 1 }).await;
+    let t0 = crate::now_ms();
+    for n in 0..12 {
+        assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, n, t0 + n)));
+    }
+    eventually(30, "the ten other trades stored", || async { h.trades().await == 10 }).await;
+    eventually(10, "both failing rows quarantined with their SQLSTATE", || async {
+        h.db.try_count(
+            "SELECT count(*) FROM stream_quarantine WHERE reason LIKE 'refused by the database (SQLSTATE 54000)%'
+                OR reason LIKE 'refused by the database (SQLSTATE 57014)%'",
+        )
+        .await
+            == Some(2)
+    })
+    .await;
+    assert_eq!(h.sink.stats.poisoned_rows.load(Ordering::Relaxed), 2);
+    // Still writing afterwards, with no failure outstanding.
+    assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, 50, t0 + 50)));
+    eventually(10, "a trade after them", || async { h.trades().await == 11 }).await;
+    assert_eq!(h.sink.stats.write_failures_in_a_row.load(Ordering::Relaxed), 0);
+    h.stop().await;
+}

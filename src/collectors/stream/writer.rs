@@ -1,11 +1,19 @@
 //! The writer: takes rows off the sink's queue in batches and stores each batch in one
 //! transaction (`db::stream::write_batch`), two batches at a time (while one commits, the next
-//! streams in); when the queue is empty it replays the spool in order. A batch that fails because the database is away is kept and retried with backoff. A
-//! batch the database refuses for its content (SQLSTATE class 22 or 23: a NUL byte, a
-//! `\u0000` in JSON, …) is split until the refused rows stand alone; those go to
-//! `stream_quarantine` (or, if even that fails, to `poison.jsonl` in the spool directory) and
-//! everything else is stored — never an endless retry. At the stop it writes what is queued
-//! until the stop deadline and spools the rest for the next run.
+//! streams in); when the queue is empty it replays the spool in order.
+//!
+//! No batch is retried forever:
+//! - A batch that fails because the database is away, busy or locked (`DbError::is_transient`:
+//!   connection errors, shutdown, lock timeouts, deadlocks) is kept and retried with backoff.
+//! - A batch the database refuses for its content (SQLSTATE class 22 or 23: a NUL byte, a
+//!   `\u0000` in JSON, …) is split at once until the refused rows stand alone.
+//! - Any other error (a `statement_timeout`, an index row too large, a permission, …) is
+//!   retried [`REPEATS`] times, then the batch is split the same way: the rows that still fail
+//!   alone are set aside with the reason.
+//!
+//! Rows set aside go to `stream_quarantine` (or, if even that fails, to `poison.jsonl` in the
+//! spool directory); everything else is stored. At the stop it writes what is queued until
+//! the stop deadline and spools the rest for the next run.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -83,7 +91,14 @@ struct Alone {
     at: Option<super::spool::Position>,
     /// Written idempotently: some of its rows may be stored already.
     maybe_stored: bool,
+    /// Its failed attempts: after [`REPEATS`], an error that is not transient splits it.
+    failures: u32,
 }
+
+/// Attempts of a batch failing with an error that is neither transient nor about its content
+/// (a `statement_timeout`, an index row too large) before it is split to set aside the rows
+/// that fail alone.
+pub const REPEATS: u32 = 3;
 
 /// A live batch being written by its own task.
 type InFlight = (Arc<Vec<Row>>, JoinHandle<Result<u64, DbError>>);
@@ -128,20 +143,21 @@ impl Writer {
                     }
                     Err(e) => {
                         self.failed(&e, rows.len(), &mut retries);
-                        alone.push_back(Alone { rows: Arc::unwrap_or_clone(rows), at: None, maybe_stored: true });
+                        alone.push_back(Alone { rows: Arc::unwrap_or_clone(rows), at: None, maybe_stored: true, failures: 1 });
                     }
                 }
             }
             if alone.is_empty() && inflight.is_empty() {
                 if let Some((rows, at, maybe_stored)) = self.sink.spool_chunk_if_idle(&mut rx, self.batch_size) {
-                    alone.push_back(Alone { rows, at: Some(at), maybe_stored });
+                    alone.push_back(Alone { rows, at: Some(at), maybe_stored, failures: 0 });
                 }
             }
-            if let Some(Alone { rows, at, maybe_stored }) = alone.front() {
+            if let Some(Alone { rows, at, maybe_stored, failures }) = alone.front() {
                 // A write in flight when the stop comes is abandoned (its transaction rolls
                 // back) and the batch goes to the drain: a hung database cannot hold the stop.
+                let origin = if *maybe_stored { Origin::MaybeStored } else { Origin::Spilled };
                 let result = tokio::select! {
-                    r = self.store(rows, if *maybe_stored { Origin::MaybeStored } else { Origin::Spilled }) => r,
+                    r = self.store(rows, origin, *failures >= REPEATS) => r,
                     _ = stop.cancel.cancelled() => break 'run,
                 };
                 match result {
@@ -165,7 +181,9 @@ impl Writer {
                     Err(e) => {
                         let delay = self.failed(&e, rows.len(), &mut retries);
                         // It may have committed without an answer: idempotently from now on.
-                        alone.front_mut().expect("front").maybe_stored = true;
+                        let front = alone.front_mut().expect("front");
+                        front.maybe_stored = true;
+                        front.failures += 1;
                         tokio::select! {
                             _ = stop.cancel.cancelled() => break 'run,
                             _ = tokio::time::sleep(delay) => {}
@@ -216,7 +234,7 @@ impl Writer {
             inflight.push_back((
                 rows,
                 tokio::spawn(async move {
-                    let stored = writer.store(&task_rows, Origin::Live).await;
+                    let stored = writer.store(&task_rows, Origin::Live, false).await;
                     // At the commit: the writer looks at finished writes only between batches.
                     if stored.is_ok() {
                         record_latency(&writer.sink.stats.commit_latency, &task_rows);
@@ -257,13 +275,20 @@ impl Writer {
         delay
     }
 
-    /// Stores `rows` in one transaction; when the database refuses their content, isolates
-    /// the refused rows (see the module docs) and stores the rest. `Err` only for failures
-    /// that may pass (the database away, busy, …): the caller retries the whole batch, which
-    /// is idempotent.
-    async fn store(&self, rows: &[Row], origin: Origin) -> Result<u64, DbError> {
+    /// Stores `rows` in one transaction; when the database refuses their content — or, with
+    /// `split_any`, fails for any reason that is not transient — isolates the rows that fail
+    /// alone (see the module docs) and stores the rest. `Err` for failures that may pass (the
+    /// database away, busy, …) and, without `split_any`, for other errors: the caller retries
+    /// the whole batch, which is idempotent.
+    async fn store(&self, rows: &[Row], origin: Origin, split_any: bool) -> Result<u64, DbError> {
         match write_batch(&self.pool, &self.keys, rows, origin).await {
             Err(e) if e.is_content_error() => self.isolate(rows, origin).await,
+            Err(e) if split_any && !e.is_transient() => {
+                let sqlstate = e.sqlstate().map(|c| c.code().to_string()).unwrap_or_default();
+                tracing::warn!(error = %e, sqlstate, rows = rows.len(), attempts = REPEATS,
+                    "a stream batch keeps failing with an error that is not transient: setting aside the rows that fail alone: {e}");
+                self.isolate(rows, origin).await
+            }
             other => other,
         }
     }
@@ -275,13 +300,13 @@ impl Writer {
         while let Some(part) = stack.pop() {
             match write_batch(&self.pool, &self.keys, part, origin).await {
                 Ok(n) => stored += n,
-                Err(e) if e.is_content_error() && part.len() == 1 => self.poison(&part[0], &e).await,
-                Err(e) if e.is_content_error() => {
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) if part.len() == 1 => self.poison(&part[0], &e).await,
+                Err(_) => {
                     let (a, b) = part.split_at(part.len() / 2);
                     stack.push(b);
                     stack.push(a);
                 }
-                Err(e) => return Err(e),
             }
         }
         Ok(stored)
@@ -329,9 +354,8 @@ impl Writer {
             if Instant::now() >= deadline {
                 break;
             }
-            match tokio::time::timeout_at(deadline, self.store(chunk, if written < replayed { Origin::MaybeStored } else { Origin::Live }))
-                .await
-            {
+            let origin = if written < replayed { Origin::MaybeStored } else { Origin::Live };
+            match tokio::time::timeout_at(deadline, self.store(chunk, origin, false)).await {
                 Ok(Ok(trades)) => {
                     self.sink.stored(chunk.len(), trades, newest(chunk));
                     written = end;
