@@ -1,8 +1,20 @@
 //! The one backoff: capped exponential growth with full jitter. Every place where a delay
 //! grows after repeated failures (HTTP retries, stream reconnects, collector restarts,
-//! database retries, gap recording, the stream writer) uses it.
+//! database retries, gap recording, the stream writer) uses it; [`rest`] is the one pause that
+//! a stop cuts short.
 
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Waits `d`, or less if `cancel` fires first: `true` when the whole time passed, `false`
+/// when cancelled (the caller stops). The one sleep-or-stop of every loop that pauses.
+pub async fn rest(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
 
 /// Capped exponential backoff with full jitter: the delay before retry `attempt` (0-based) is
 /// uniform in `[0, min(max, base · 2^attempt))`.

@@ -172,6 +172,11 @@ pub struct StreamConfig {
     pub store_price_changes: bool,
     /// Rows the write queue holds before spilling to the spool. Default 100,000.
     pub queue_capacity: usize,
+    /// Bytes (about: each row's memory) the write queue holds before spilling to the spool.
+    /// Default 256 MiB: a burst of large rows (books of thousands of levels) spills before it
+    /// grows the process past its memory budget; the default row bound is reached first on
+    /// the real mix (~250 bytes a row).
+    pub queue_max_bytes: usize,
     /// Rows per database transaction: a batch closes once it holds this many (a frame's
     /// rows travel together, so its last frame may take it a little past). Default 10,000 (two batches are written at a
     /// time, so larger ones gain no throughput and only add latency — BENCHMARKS.md).
@@ -418,6 +423,7 @@ impl Config {
             token_ids: s.string_list("token_ids").into(),
             store_price_changes: s.bool("store_price_changes", true),
             queue_capacity: s.int("queue_capacity", 100_000, 1, 100_000_000) as usize,
+            queue_max_bytes: s.int("queue_max_mib", 256, 1, 1_048_576) as usize * (1 << 20),
             batch_size: s.int("batch_size", 10_000, 1, 1_000_000) as usize,
             flush_interval: s.millis("flush_interval_ms", 50, 1, 60_000),
             spool_dir: PathBuf::from(s.string("spool_dir", &default_spool.display().to_string())),

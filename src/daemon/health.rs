@@ -249,6 +249,9 @@ pub fn status_line(h: &HealthSnapshot, trades_per_min: Option<u64>) -> String {
         if t.write_failures_in_a_row > 0 {
             parts.push(format!("write failures {}", t.write_failures_in_a_row));
         }
+        if t.dropped_rows > 0 {
+            parts.push(format!("LOST {} rows", t.dropped_rows));
+        }
         parts.push(format!("gaps {}", t.gaps));
     }
     if let Some(b) = h.collectors.get("books") {

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::health::{Health, HealthSnapshot};
+use crate::collectors::stream::stats::MetricKind;
 
 type Labels = Vec<(String, String)>;
 
@@ -68,29 +69,18 @@ pub fn render(h: &HealthSnapshot) -> String {
     }
     if let Some(t) = &h.trade_listener {
         let s = r.sub_registry_with_prefix("stream");
-        counter(s, "events_received", "Stream events received", t.events_received);
-        counter(s, "trades_received", "Trades received on the stream", t.trades_received);
-        counter(s, "trades_inserted", "New trades stored (stream and backfill)", t.trades_inserted);
-        counter(s, "rows_written", "Rows committed by the writer", t.rows_written);
-        gauge(s, "queue_depth", "Rows waiting in the write queue", t.queue_depth as f64);
-        gauge(s, "spool_bytes", "Bytes in the on-disk spool not yet replayed", t.spool_bytes as f64);
-        counter(s, "spooled_rows", "Rows that went to the spool", t.spooled_rows);
-        counter(s, "replayed_rows", "Rows replayed from the spool", t.replayed_rows);
-        counter(s, "dropped_rows", "Rows lost because the spool was full", t.dropped_rows);
-        counter(s, "write_errors", "Failed writes", t.write_errors);
-        gauge(s, "write_failures_in_a_row", "Failed writes since the last success", t.write_failures_in_a_row as f64);
-        counter(s, "poisoned_rows", "Rows the database refused, quarantined", t.poisoned_rows);
-        counter(s, "quarantined", "Frames quarantined", t.quarantined);
+        // Every number of the stream's health, as declared once in `stream::stats`.
+        for (name, help, kind, value) in t.metrics() {
+            match kind {
+                MetricKind::Counter => counter(s, name, help, value),
+                MetricKind::Gauge => gauge(s, name, help, value as f64),
+                MetricKind::StatusOnly => {}
+            }
+        }
         let conns = Family::<Labels, Gauge>::default();
         conns.get_or_create(&labels(&[("state", "active")])).set(t.connections_active as i64);
         conns.get_or_create(&labels(&[("state", "total")])).set(t.connections_total as i64);
         s.register("connections", "Stream connections", conns);
-        gauge(s, "assets_subscribed", "Assets subscribed", t.assets_subscribed as f64);
-        counter(s, "gaps", "Capture gaps opened", t.gaps);
-        counter(s, "gaps_backfilled", "Gaps whose backfill completed (done or partial)", t.gaps_backfilled);
-        counter(s, "reconnects", "Connection rebuilds", t.reconnects);
-        counter(s, "stalls", "Connections rebuilt for silence", t.stalls);
-        counter(s, "task_restarts", "Stream tasks restarted after a panic", t.task_restarts);
         let latency = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         for (q, v) in [("0.5", t.commit_latency_p50_ms), ("0.99", t.commit_latency_p99_ms)] {
             if let Some(ms) = v {

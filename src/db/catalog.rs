@@ -8,9 +8,32 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio_postgres::GenericClient;
 
-use super::stream::INSERT_MISSING_CONDITIONS;
 use crate::polymarket::gamma::{EventRecord, MarketRecord};
 use crate::polymarket::ws::{Lifecycle, LifecycleKind};
+
+// The stream's dictionaries (`stream_tokens`, `stream_conditions`: integer keys of token and
+// market ids, docs/schema.md "Dictionary keys"), filled here for every catalog token and by
+// the stream's writer for any other id it meets. Only missing ids are proposed: each row an
+// `INSERT … ON CONFLICT` proposes takes a value of the 32-bit key sequence, inserted or not.
+
+/// The markets not in the dictionary yet (`$1`: sorted ids): only those are proposed, so no
+/// key is spent on an id already there.
+pub const INSERT_MISSING_CONDITIONS: &str = "INSERT INTO stream_conditions (condition_id)
+    SELECT c FROM unnest($1::text[]) AS c
+    WHERE NOT EXISTS (SELECT 1 FROM stream_conditions s WHERE s.condition_id = c) ORDER BY 1
+    ON CONFLICT DO NOTHING";
+
+/// The tokens not in the dictionary yet (`$1`: sorted ids, `$2`: their market keys or NULL).
+pub const INSERT_MISSING_TOKENS: &str = "INSERT INTO stream_tokens (token_id, condition_key)
+    SELECT u.t, u.c FROM unnest($1::text[], $2::int4[]) AS u(t, c)
+    WHERE NOT EXISTS (SELECT 1 FROM stream_tokens s WHERE s.token_id = u.t) ORDER BY 1
+    ON CONFLICT DO NOTHING";
+
+/// The market of tokens the dictionary has without one (met on the stream before the catalog
+/// knew them).
+pub const SET_MISSING_MARKETS: &str = "UPDATE stream_tokens s SET condition_key = u.c
+    FROM unnest($1::text[], $2::int4[]) AS u(t, c)
+    WHERE s.token_id = u.t AND s.condition_key IS NULL AND u.c IS NOT NULL";
 
 /// Upserts full events. Rows are sorted by id so concurrent batches lock in one order.
 pub async fn upsert_events<C: GenericClient>(db: &C, events: &[EventRecord]) -> Result<u64, tokio_postgres::Error> {

@@ -1,6 +1,12 @@
 //! Daily partitions of the high-volume stream tables (by `source_ts`, UTC days), made ahead
 //! by the daemon and dropped past the retention: dropping a partition is the retention
-//! mechanism. Maintenance only — the write path never runs DDL.
+//! mechanism. Maintenance only — the write path runs DDL only for a row of a day not made
+//! ahead (a replay or a backfill of an old day).
+//!
+//! Every DDL statement here waits at most [`DDL_LOCK_TIMEOUT`] for its locks: making or
+//! dropping a partition takes an exclusive lock on the parent table, and a DDL statement
+//! waiting behind a long reader would queue every writer behind itself. It fails instead
+//! (SQLSTATE 55P03, transient) and is tried again later.
 //!
 //! A day's partition is compacted once its day has been over for a day: its B-tree indexes
 //! are rebuilt packed full (`fillfactor` 100, `REINDEX INDEX CONCURRENTLY`, so writes and
@@ -11,9 +17,29 @@
 //! [`COMPACTED`] (`\di+` shows it); an interrupted rebuild's leftover (an invalid
 //! `…_ccnew` index) is dropped and the rebuild done again on the next pass.
 
-use chrono::{Duration, NaiveDate, Utc};
+use chrono::{Duration, NaiveDate};
 
 use super::{DbError, Pool};
+
+/// The longest a partition DDL statement waits for a lock before it gives up (and is tried
+/// again later): writers queue behind a waiting DDL statement for at most this long.
+pub const DDL_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs one DDL statement in its own transaction, waiting at most [`DDL_LOCK_TIMEOUT`] for
+/// its locks.
+async fn ddl(pool: &Pool, sql: &str) -> Result<(), DbError> {
+    let mut db = pool.get().await?;
+    let tx = db.transaction().await?;
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = {}", DDL_LOCK_TIMEOUT.as_millis())).await?;
+    tx.batch_execute(sql).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Whether `e` is a DDL statement that gave up waiting for a lock (it will be tried again).
+pub fn is_lock_timeout(e: &DbError) -> bool {
+    e.sqlstate().is_some_and(|c| c.code() == "55P03")
+}
 
 /// The comment on a partition's index once [`compact`] rebuilt it.
 pub const COMPACTED: &str = "compacted by collector: rebuilt at fillfactor 100 after its day closed";
@@ -60,12 +86,12 @@ pub async fn ensure(pool: &Pool, from: NaiveDate, to: NaiveDate) -> Result<u32, 
             if !exists {
                 let start = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
                 let end = start + Duration::days(1);
-                db.batch_execute(&format!(
+                let sql = format!(
                     "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM ('{}') TO ('{}')",
                     start.to_rfc3339(),
                     end.to_rfc3339()
-                ))
-                .await?;
+                );
+                ddl(pool, &sql).await?;
                 made += 1;
             }
             day += Duration::days(1);
@@ -96,31 +122,43 @@ pub async fn days(pool: &Pool, table: &str) -> Result<Vec<NaiveDate>, DbError> {
     Ok(days)
 }
 
-/// Drops the partitions of `table` of days before `keep_from`; returns their names.
-pub async fn drop_before(pool: &Pool, table: &str, keep_from: NaiveDate) -> Result<Vec<String>, DbError> {
-    let mut dropped = Vec::new();
-    for day in days(pool, table).await? {
-        if day < keep_from {
-            let name = partition_name(table, day);
-            pool.get().await?.batch_execute(&format!("DROP TABLE IF EXISTS {name}")).await?;
-            dropped.push(name);
+/// The partitions past the retention on `today`, oldest first (what [`drop_expired`] drops).
+pub async fn expired(pool: &Pool, today: NaiveDate, retention: Retention) -> Result<Vec<String>, DbError> {
+    let mut out = Vec::new();
+    for table in TABLES {
+        let keep = retention.days(table);
+        if keep > 0 {
+            let keep_from = today - Duration::days(keep as i64);
+            out.extend(days(pool, table).await?.into_iter().filter(|d| *d < keep_from).map(|d| partition_name(table, d)));
         }
+    }
+    Ok(out)
+}
+
+/// Drops the partitions past the retention on `today`; returns their names. Stops at the
+/// first that cannot be dropped (a lock not granted in time): the rest wait for the next pass.
+pub async fn drop_expired(pool: &Pool, today: NaiveDate, retention: Retention) -> Result<Vec<String>, (Vec<String>, DbError)> {
+    let names = expired(pool, today, retention).await.map_err(|e| (Vec::new(), e))?;
+    let mut dropped = Vec::new();
+    for name in names {
+        if let Err(e) = ddl(pool, &format!("DROP TABLE IF EXISTS {}", ident(&name))).await {
+            return Err((dropped, e));
+        }
+        dropped.push(name);
     }
     Ok(dropped)
 }
 
-/// One maintenance pass: partitions from yesterday to two days ahead exist; for each table
-/// with a retention, days older than it are dropped.
-pub async fn maintain(pool: &Pool, retention: Retention) -> Result<(u32, Vec<String>), DbError> {
-    let today = Utc::now().date_naive();
-    let made = ensure(pool, today - Duration::days(1), today + Duration::days(2)).await?;
-    let mut dropped = Vec::new();
-    for table in TABLES {
-        let keep = retention.days(table);
-        if keep > 0 {
-            dropped.extend(drop_before(pool, table, today - Duration::days(keep as i64)).await?);
-        }
-    }
+/// The partitions that exist ahead of time: from yesterday to two days after `today`.
+pub async fn ensure_ahead(pool: &Pool, today: NaiveDate) -> Result<u32, DbError> {
+    ensure(pool, today - Duration::days(1), today + Duration::days(2)).await
+}
+
+/// One maintenance pass without compaction (tests and tools): [`ensure_ahead`], then
+/// [`drop_expired`].
+pub async fn maintain(pool: &Pool, today: NaiveDate, retention: Retention) -> Result<(u32, Vec<String>), DbError> {
+    let made = ensure_ahead(pool, today).await?;
+    let dropped = drop_expired(pool, today, retention).await.map_err(|(_, e)| e)?;
     Ok((made, dropped))
 }
 
@@ -154,19 +192,29 @@ pub async fn compact(pool: &Pool, table: &str, day: NaiveDate) -> Result<Option<
     }
     let size = "SELECT pg_indexes_size(to_regclass($1))";
     let bytes_before: i64 = db.query_one(size, &[&partition]).await?.get(0);
-    for r in &indexes {
-        let name: String = r.get(0);
-        let leftover = !r.get::<_, bool>(1) && (name.contains("_ccnew") || name.contains("_ccold"));
-        if leftover {
-            db.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", ident(&name))).await?;
+    // Outside a transaction (REINDEX CONCURRENTLY cannot run in one): the session's limits,
+    // set back after. A rebuild may rightly take long; waiting for a lock may not.
+    db.batch_execute(&format!("SET lock_timeout = {}; SET statement_timeout = 0", DDL_LOCK_TIMEOUT.as_millis())).await?;
+    let rebuilt = async {
+        for r in &indexes {
+            let name: String = r.get(0);
+            let leftover = !r.get::<_, bool>(1) && (name.contains("_ccnew") || name.contains("_ccold"));
+            if leftover {
+                db.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", ident(&name))).await?;
+            }
         }
+        for r in &todo {
+            let index = ident(&r.get::<_, String>(0));
+            db.batch_execute(&format!("ALTER INDEX {index} SET (fillfactor = 100)")).await?;
+            db.batch_execute(&format!("REINDEX INDEX CONCURRENTLY {index}")).await?;
+            db.batch_execute(&format!("COMMENT ON INDEX {index} IS '{COMPACTED}'")).await?;
+        }
+        Ok::<_, tokio_postgres::Error>(())
     }
-    for r in &todo {
-        let index = ident(&r.get::<_, String>(0));
-        db.batch_execute(&format!("ALTER INDEX {index} SET (fillfactor = 100)")).await?;
-        db.batch_execute(&format!("REINDEX INDEX CONCURRENTLY {index}")).await?;
-        db.batch_execute(&format!("COMMENT ON INDEX {index} IS '{COMPACTED}'")).await?;
-    }
+    .await;
+    let reset = db.batch_execute("RESET lock_timeout; RESET statement_timeout").await;
+    rebuilt?;
+    reset?;
     let bytes_after: i64 = db.query_one(size, &[&partition]).await?.get(0);
     Ok(Some(Compacted { partition, indexes: todo.len() as u32, bytes_before, bytes_after }))
 }

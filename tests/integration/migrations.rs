@@ -291,7 +291,7 @@ async fn the_previous_release_is_converted_in_place_to_leaner_level_changes_and_
 async fn the_compact_tables_have_the_shapes_a_distributed_database_needs() {
     let db = pg::fresh_db().await;
     let pool = db.pool().await;
-    collector::db::partitions::maintain(&pool, Default::default()).await.unwrap();
+    collector::db::partitions::maintain(&pool, collector::clock::today(), Default::default()).await.unwrap();
     let client = db.client().await;
     for table in collector::db::partitions::TABLES {
         let key: String = client
@@ -366,7 +366,7 @@ async fn partitions_are_made_ahead_and_dropped_past_the_retention() {
     let pool = db.pool().await;
     let today = Utc::now().date_naive();
     partitions::ensure(&pool, today - Duration::days(40), today - Duration::days(38)).await.unwrap();
-    let (made, dropped) = partitions::maintain(&pool, Default::default()).await.unwrap();
+    let (made, dropped) = partitions::maintain(&pool, collector::clock::today(), Default::default()).await.unwrap();
     assert!(dropped.is_empty(), "retention 0 keeps everything");
     for table in partitions::TABLES {
         let days = partitions::days(&pool, table).await.unwrap();
@@ -376,7 +376,7 @@ async fn partitions_are_made_ahead_and_dropped_past_the_retention() {
     }
     // Each table keeps its own number of days: level changes 30, trades everything, quotes 39.
     let retention = partitions::Retention { level_changes: 30, trades: 0, quotes: 39 };
-    let (_, dropped) = partitions::maintain(&pool, retention).await.unwrap();
+    let (_, dropped) = partitions::maintain(&pool, collector::clock::today(), retention).await.unwrap();
     let mut dropped_sorted = dropped.clone();
     dropped_sorted.sort();
     let day = |d: i64| (today - Duration::days(d)).format("%Y%m%d").to_string();
@@ -492,7 +492,8 @@ async fn the_previous_releases_spent_dictionary_keys_are_given_back() {
         .unwrap();
     migrate::run(&mut client).await.unwrap();
     let t: i32 = client.query_one("INSERT INTO stream_tokens (token_id) VALUES ('4') RETURNING token_key", &[]).await.unwrap().get(0);
-    let c: i32 = client.query_one("INSERT INTO stream_conditions (condition_id) VALUES ('0xcc') RETURNING condition_key", &[]).await.unwrap().get(0);
+    let c: i32 =
+        client.query_one("INSERT INTO stream_conditions (condition_id) VALUES ('0xcc') RETURNING condition_key", &[]).await.unwrap().get(0);
     assert_eq!((t, c), (4, 3));
     assert_eq!(db.count("SELECT count(*) FROM stream_tokens WHERE token_key <= 3").await, 3, "existing keys kept");
     // On an empty dictionary too.

@@ -671,7 +671,7 @@ async fn replayed_level_changes_quotes_and_trades_are_stored_once() {
     use collector::polymarket::ws::{LevelChange, Quote};
     let db = pg::fresh_db().await;
     let pool = db.pool().await;
-    collector::db::partitions::maintain(&pool, Default::default()).await.unwrap();
+    collector::db::partitions::maintain(&pool, collector::clock::today(), Default::default()).await.unwrap();
     let keys = Keys::default();
     let ts = chrono::Utc::now();
     let change = |price: &str, hash: Option<&str>| Row::PriceChange {
@@ -950,7 +950,7 @@ async fn of_two_quotes_or_tick_sizes_in_one_millisecond_the_last_is_kept() {
     use collector::polymarket::ws::{Quote, TickSizeChange};
     let db = pg::fresh_db().await;
     let pool = db.pool().await;
-    collector::db::partitions::maintain(&pool, Default::default()).await.unwrap();
+    collector::db::partitions::maintain(&pool, collector::clock::today(), Default::default()).await.unwrap();
     let keys = Keys::default();
     let ts = chrono::DateTime::from_timestamp_millis(crate::now_ms() as i64).unwrap();
     let quote = |token: &str, bid: &str, after_us: i64| Row::Quote {

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::StreamStats;
 use super::sink::Sink;
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, rest};
+use crate::clock;
 use crate::db::gaps::{self as db_gaps, GapRow};
 use crate::db::stream::{self, Row, TradeSource};
 use crate::db::{DbError, Pool, catalog};
@@ -170,41 +171,81 @@ pub struct Backfiller {
     pub client: Arc<PolymarketClient>,
     pub sink: Arc<Sink>,
     pub stats: Arc<StreamStats>,
+    /// The writer's dictionary keys (one cache, and one lock for making a day's partitions).
+    pub keys: Arc<stream::Keys>,
     /// Data API pages per group of markets before a backfill stops short (partial).
     pub max_pages: usize,
 }
 
+/// The gaps waiting for a backfill: new ones from the gap recorder, and failed ones waiting
+/// for their retry time. Shared, so a backfill task restarted after a panic takes it over with
+/// the retries it scheduled.
+#[derive(Clone)]
+pub struct BackfillQueue {
+    rx: Arc<Mutex<mpsc::Receiver<GapRow>>>,
+    retries: Arc<std::sync::Mutex<Vec<(tokio::time::Instant, GapRow)>>>,
+}
+
+impl BackfillQueue {
+    pub fn new(rx: mpsc::Receiver<GapRow>) -> Self {
+        BackfillQueue { rx: Arc::new(Mutex::new(rx)), retries: Arc::default() }
+    }
+
+    /// The gap whose retry time came first, if it has come.
+    fn due(&self) -> Option<GapRow> {
+        let mut retries = self.retries.lock().expect("retries lock");
+        let now = tokio::time::Instant::now();
+        let i = retries.iter().enumerate().filter(|(_, (at, _))| *at <= now).min_by_key(|(_, (at, _))| *at).map(|(i, _)| i)?;
+        Some(retries.swap_remove(i).1)
+    }
+
+    fn next_retry(&self) -> Option<tokio::time::Instant> {
+        self.retries.lock().expect("retries lock").iter().map(|(at, _)| *at).min()
+    }
+
+    fn retry_at(&self, at: tokio::time::Instant, gap: GapRow) {
+        self.retries.lock().expect("retries lock").push((at, gap));
+    }
+}
+
 /// Backfills gaps one at a time, within the Data API budget, each only once the writer has
 /// committed every row received before the gap's end (so the stream's own copy of a trade is
-/// always stored first). A failed attempt is retried with backoff (`retry_tx` puts the gap
-/// back on the queue later); the attempts and the outcome are on the gap's row, so a restart
-/// picks up what is still owed ([`db_gaps::owed`]). Restartable like [`record`].
-pub async fn backfill_loop(
-    b: Backfiller,
-    rx: Arc<Mutex<mpsc::Receiver<GapRow>>>,
-    retry_tx: mpsc::WeakSender<GapRow>,
-    cancel: CancellationToken,
-) {
-    let Backfiller { pool, client, sink, stats, max_pages } = b;
-    let mut rx = rx.lock_owned().await;
+/// always stored first). A failed attempt is retried with backoff (the queue holds it until
+/// its time, in this task: no timer of its own); the attempts and the outcome are on the
+/// gap's row, so a restart picks up what is still owed ([`db_gaps::owed`]). Restartable like
+/// [`record`].
+pub async fn backfill_loop(b: Backfiller, queue: BackfillQueue, cancel: CancellationToken) {
+    let Backfiller { pool, client, sink, stats, keys, max_pages } = b;
+    let mut rx = queue.rx.clone().lock_owned().await;
     loop {
-        let gap = tokio::select! {
-            _ = cancel.cancelled() => return,
-            g = rx.recv() => match g { Some(g) => g, None => return },
+        let gap = match queue.due() {
+            Some(g) => g,
+            None => {
+                let next_retry = queue.next_retry();
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    g = rx.recv() => match g { Some(g) => g, None => return },
+                    _ = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)), if next_retry.is_some() => continue,
+                }
+            }
         };
         // The window reaches past the gap's end by the slack: rows received live in it must
         // be committed first too, or a late live copy would follow its backfilled twin.
         let window_end = gap.ended_at + chrono::Duration::seconds(SLACK_SECS);
         while sink.committed_through() < window_end {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            if !rest(&cancel, Duration::from_millis(200)).await {
+                return;
             }
         }
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = backfill(&pool, &client, &gap, max_pages) => r,
+            r = backfill(&pool, &keys, &client, &gap, max_pages) => r,
         };
+        if let Ok(b) = &result {
+            // Counted where the documentation says: new trades stored, and the backfill's part.
+            sink.stats.trades_inserted.fetch_add(b.inserted, Ordering::Relaxed);
+            stats.trades_backfilled.fetch_add(b.inserted, Ordering::Relaxed);
+        }
         let outcome = match &result {
             Ok(b) => match b.covered_from {
                 None => BackfillOutcome::Done(b.inserted),
@@ -236,15 +277,7 @@ pub async fn backfill_loop(
         };
         if matches!(outcome, BackfillOutcome::Retrying(_)) {
             let delay = BACKFILL_RETRY.delay(attempts.saturating_sub(1) as u32);
-            if let Some(tx) = retry_tx.upgrade() {
-                let c = cancel.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = c.cancelled() => {}
-                        _ = tokio::time::sleep(delay) => { let _ = tx.send(gap).await; }
-                    }
-                });
-            }
+            queue.retry_at(tokio::time::Instant::now() + delay, gap);
         }
     }
 }
@@ -311,7 +344,13 @@ const SLACK_SECS: i64 = 5;
 /// with a time window when v2 is not served) and inserts those not already present.
 /// `max_pages`: Data API pages per group of conditions before the backfill stops short of
 /// the gap's start (and is marked partial).
-pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow, max_pages: usize) -> Result<Backfilled, BackfillError> {
+pub async fn backfill(
+    pool: &Pool,
+    keys: &stream::Keys,
+    client: &PolymarketClient,
+    gap: &GapRow,
+    max_pages: usize,
+) -> Result<Backfilled, BackfillError> {
     let conditions = {
         let conn = pool.get().await.map_err(DbError::from)?;
         catalog::conditions_of(&*conn, &gap.assets).await.map_err(DbError::from)?
@@ -330,7 +369,7 @@ pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow, max_
             }
             Err(e) => return Err(e),
         };
-        let now = Utc::now();
+        let now = clock::now();
         let trades: Vec<Row> = rows
             .into_iter()
             .filter(|t| assets.contains(t.asset_id.as_str()) && t.source_ts >= from && t.source_ts <= to)
@@ -342,8 +381,7 @@ pub async fn backfill(pool: &Pool, client: &PolymarketClient, gap: &GapRow, max_
         if trades.is_empty() {
             continue;
         }
-        // Trades only: no dictionary keys needed.
-        inserted += stream::write_batch(pool, &stream::Keys::default(), &trades, stream::Origin::Live).await?;
+        inserted += stream::write_batch(pool, keys, &trades, stream::Origin::Live).await?;
     }
     Ok(Backfilled { inserted, covered_from: covered_from.filter(|c| *c > gap.started_at) })
 }

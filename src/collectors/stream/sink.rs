@@ -1,11 +1,15 @@
 //! The readers' side of the write path. Socket readers hand rows to the [`Sink`], which never
-//! waits: it puts them on a queue bounded in rows for the [`super::writer::Writer`], or — when
-//! the queue is full because the database is down or slow — appends them to the on-disk
-//! [`Spool`]. A frame's rows travel together (one lock and one queue entry per frame, not per
-//! row: at 250,000 rows/s the per-row hand-over cost ~9 % of the process's CPU). Once rows
-//! went to the spool, later rows follow them there until it is replayed, so the replay order
-//! is the arrival order. A full spool is an ERROR, counted; nothing is
-//! dropped silently.
+//! waits: it puts them on a queue bounded in rows and in bytes for the
+//! [`super::writer::Writer`], or — when the queue is full because the database is down or
+//! slow — appends them to the on-disk [`Spool`]. A frame's rows travel together (one lock and
+//! one queue entry per frame, not per row: at 250,000 rows/s the per-row hand-over cost ~9 %
+//! of the process's CPU). Once rows went to the spool, later rows follow them there until it
+//! is replayed, so the replay order is the arrival order.
+//!
+//! Nothing is dropped silently: a row the spool cannot take (full, or its disk failing) and
+//! rows a failed spool write loses are counted (`dropped_rows`, in health, `STATUS=` and the
+//! metrics) and logged at ERROR as DATA LOST — every loss, in lines at most a second apart
+//! ([`Sink::log_losses`]). The replay reads the spool outside the lock the readers take.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::spool::{Position, Spool, SpoolError};
+use super::spool_read::SpoolReader;
 use crate::db::stream::Row;
 use crate::journal;
 
@@ -28,8 +33,14 @@ pub struct WriteStats {
     /// Bytes those rows took in the spool (the spool's size per row, for sizing
     /// `spool_max_bytes`).
     pub spooled_bytes: AtomicU64,
-    /// Rows lost because the spool was full (each one logged at ERROR).
+    /// Rows lost: the spool was full or its write failed (every loss logged at ERROR).
     pub dropped_rows: AtomicU64,
+    /// Lost rows not yet in a DATA LOST line.
+    pub dropped_unlogged: AtomicU64,
+    /// Spool writes and reads that failed (a full disk, an I/O error).
+    pub spool_errors: AtomicU64,
+    /// Spool records that could not be read back (undecodable, or in a segment set aside).
+    pub spool_unreadable: AtomicU64,
     pub write_errors: AtomicU64,
     /// Failed writes since the last success (0: writing).
     pub write_failures_in_a_row: AtomicU64,
@@ -43,6 +54,8 @@ pub struct WriteStats {
     pub last_spooled_ms: AtomicU64,
     /// Last row lost because the spool could not take it, ms since the sink was made.
     pub last_dropped_ms: AtomicU64,
+    /// Last DATA LOST line, ms since the sink was made.
+    pub last_loss_logged_ms: AtomicU64,
     /// Receive time (µs since the epoch) of the newest row committed; with the writer idle
     /// and nothing waiting, everything received is committed.
     pub committed_through_us: std::sync::atomic::AtomicI64,
@@ -100,37 +113,64 @@ struct SinkState {
     /// Once rows went to the spool, later rows follow them there until it is replayed, so the
     /// replay order is the arrival order.
     spooling: bool,
+    /// The last spool error, for the next DATA LOST line.
+    last_error: Option<String>,
+}
+
+/// The queue's fill: rows and (about) bytes, each bounded.
+#[derive(Debug, Default)]
+struct Fill {
+    rows: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Fill {
+    fn add(&self, rows: usize, bytes: usize) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sub(&self, rows: usize, bytes: usize) {
+        self.rows.fetch_sub(rows, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
 }
 
 /// The readers' side of the write path. Cheap to share; never blocks on the database.
 pub struct Sink {
-    tx: mpsc::UnboundedSender<Vec<Row>>,
-    /// Rows on the queue; at most `capacity` (a frame's rows go whole or not at all).
-    queued: Arc<AtomicUsize>,
+    tx: mpsc::UnboundedSender<(Vec<Row>, usize)>,
+    /// Rows and bytes on the queue; at most `capacity` and `max_bytes` (a frame's rows go
+    /// whole or not at all).
+    fill: Arc<Fill>,
     capacity: usize,
+    max_bytes: usize,
     state: Mutex<SinkState>,
+    /// The replay's reader: taken by the writer only, never under `state`.
+    reader: Mutex<SpoolReader>,
     pub stats: WriteStats,
     epoch: Instant,
 }
 
 impl Sink {
-    /// A sink with a queue of `capacity` rows and the spool at `spool`, and the receiving end
-    /// for the [`Writer`].
-    pub fn new(capacity: usize, spool: Spool) -> (Arc<Sink>, QueueRx) {
+    /// A sink with a queue of `capacity` rows and `max_bytes` bytes and the spool at `spool`,
+    /// and the receiving end for the [`Writer`](super::writer::Writer).
+    pub fn new(capacity: usize, max_bytes: usize, spool: Spool) -> (Arc<Sink>, QueueRx) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let fill = Arc::new(Fill::default());
         let spooling = !spool.is_empty();
         let bytes = spool.pending_bytes();
         let sink = Arc::new(Sink {
             tx,
-            queued: queued.clone(),
+            fill: fill.clone(),
             capacity: capacity.max(1),
-            state: Mutex::new(SinkState { spool, spooling }),
+            max_bytes: max_bytes.max(1),
+            state: Mutex::new(SinkState { spool, spooling, last_error: None }),
+            reader: Mutex::new(SpoolReader::default()),
             stats: WriteStats::default(),
             epoch: Instant::now(),
         });
         sink.stats.spool_bytes.store(bytes, Ordering::Relaxed);
-        (sink, QueueRx { rx, queued })
+        (sink, QueueRx { rx, fill })
     }
 
     /// Hands a row over; never waits.
@@ -139,7 +179,7 @@ impl Sink {
     }
 
     /// Hands rows over together (a frame's), in their order; never waits. They go to the
-    /// queue if it has room for all of them, else to the spool.
+    /// queue if it has room for all of them (in rows and bytes), else to the spool.
     pub fn push_all(&self, rows: Vec<Row>) {
         if rows.is_empty() {
             return;
@@ -148,13 +188,15 @@ impl Sink {
         let rows = if st.spooling {
             rows
         } else {
-            let n = rows.len();
-            let rows = if self.queued.load(Ordering::Relaxed) + n <= self.capacity {
-                self.queued.fetch_add(n, Ordering::Relaxed);
-                match self.tx.send(rows) {
+            let (n, bytes) = (rows.len(), rows.iter().map(Row::approx_bytes).sum::<usize>());
+            let fits = self.fill.rows.load(Ordering::Relaxed) + n <= self.capacity
+                && self.fill.bytes.load(Ordering::Relaxed) + bytes <= self.max_bytes;
+            let rows = if fits {
+                self.fill.add(n, bytes);
+                match self.tx.send((rows, bytes)) {
                     Ok(()) => return,
-                    Err(mpsc::error::SendError(rows)) => {
-                        self.queued.fetch_sub(n, Ordering::Relaxed);
+                    Err(mpsc::error::SendError((rows, _))) => {
+                        self.fill.sub(n, bytes);
                         rows
                     }
                 }
@@ -165,10 +207,12 @@ impl Sink {
             tracing::warn!(
                 message_id = journal::SPOOL,
                 capacity = self.capacity,
+                max_bytes = self.max_bytes,
                 "write queue full (database down or slow): spooling rows to disk"
             );
             rows
         };
+        let mut lost = 0;
         for row in &rows {
             match st.spool.append(row) {
                 Ok(bytes) => {
@@ -177,21 +221,70 @@ impl Sink {
                     self.stats.last_spooled_ms.store(self.now_ms(), Ordering::Relaxed);
                 }
                 Err(e) => {
-                    self.stats.last_dropped_ms.store(self.now_ms(), Ordering::Relaxed);
-                    let n = self.stats.dropped_rows.fetch_add(1, Ordering::Relaxed) + 1;
-                    // Loud, but not once per row at 50k rows/s.
-                    if n.is_power_of_two() {
-                        tracing::error!(message_id = journal::SPOOL, error = %e, dropped_rows = n, "DATA LOST: spool cannot take more rows");
+                    lost += e.rows_lost();
+                    if matches!(e, SpoolError::Lost { .. } | SpoolError::Io { .. }) {
+                        self.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
                     }
+                    st.last_error = Some(e.to_string());
                 }
             }
         }
         self.stats.spool_bytes.store(st.spool.pending_bytes(), Ordering::Relaxed);
+        if lost > 0 {
+            let error = st.last_error.clone().unwrap_or_default();
+            drop(st);
+            self.lost(lost, &error);
+        }
+    }
+
+    /// Counts `rows` lost rows and logs them (at most a line a second; the rest follow in
+    /// [`Sink::log_losses`]).
+    fn lost(&self, rows: u64, error: &str) {
+        self.stats.last_dropped_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.stats.dropped_rows.fetch_add(rows, Ordering::Relaxed);
+        self.stats.dropped_unlogged.fetch_add(rows, Ordering::Relaxed);
+        self.log_losses_because(error);
+    }
+
+    /// Logs the lost rows not yet logged, if the last DATA LOST line is a second old (the
+    /// writer calls it between batches, so a loss is in the journal within a second or so).
+    pub fn log_losses(&self) {
+        if self.stats.dropped_unlogged.load(Ordering::Relaxed) > 0 {
+            let error = self.state.lock().expect("sink lock").last_error.clone().unwrap_or_default();
+            self.log_losses_because(&error);
+        }
+    }
+
+    fn log_losses_because(&self, error: &str) {
+        let now = self.now_ms();
+        let last = self.stats.last_loss_logged_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < 1000 {
+            return;
+        }
+        if self.stats.last_loss_logged_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let rows = self.stats.dropped_unlogged.swap(0, Ordering::Relaxed);
+        if rows > 0 {
+            let total = self.stats.dropped_rows.load(Ordering::Relaxed);
+            tracing::error!(
+                message_id = journal::SPOOL,
+                rows,
+                dropped_rows = total,
+                error,
+                "DATA LOST: {rows} rows could not be kept (the queue is full and the spool cannot take them: {error}); {total} lost since start"
+            );
+        }
     }
 
     /// Rows waiting in the queue.
     pub fn queue_depth(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed) as u64
+        self.fill.rows.load(Ordering::Relaxed) as u64
+    }
+
+    /// Bytes the rows waiting in the queue hold (about: [`Row::approx_bytes`]).
+    pub fn queue_bytes(&self) -> u64 {
+        self.fill.bytes.load(Ordering::Relaxed) as u64
     }
 
     fn now_ms(&self) -> u64 {
@@ -242,26 +335,39 @@ impl Sink {
 
     /// Up to `max` spooled rows, the offset that consumes them, and whether some of them may
     /// be stored already (a previous run's); `None` when the spool is empty (and then new rows
-    /// go to the queue again).
+    /// go to the queue again). The lock the readers take is held only to write out the
+    /// spool's buffer and note where to read: the reading is outside it.
     pub(super) fn spool_chunk(&self, max: usize) -> Option<(Vec<Row>, Position, bool)> {
-        let mut st = self.state.lock().expect("sink lock");
-        if st.spool.is_empty() {
-            st.spooling = false;
-            return None;
-        }
-        let maybe_stored = st.spool.reading_inherited();
-        match st.spool.peek::<Row>(max) {
-            Ok((rows, at, bad)) => {
-                for b in bad {
-                    tracing::error!(message_id = journal::SPOOL, line = %b, "undecodable spool line skipped");
-                }
-                Some((rows, at, maybe_stored))
+        let mut reader = self.reader.lock().expect("spool reader lock");
+        let (plan, maybe_stored, failed) = {
+            let mut st = self.state.lock().expect("sink lock");
+            if st.spool.is_empty() {
+                st.spooling = false;
+                return None;
             }
-            Err(e) => {
-                tracing::error!(message_id = journal::SPOOL, error = %e, "cannot read the spool");
-                None
-            }
+            let (plan, failed) = st.spool.plan();
+            (plan, st.spool.reading_inherited(), failed)
+        };
+        if let Some(e) = failed {
+            self.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
+            self.state.lock().expect("sink lock").last_error = Some(e.to_string());
+            self.lost(e.rows_lost(), &e.to_string());
         }
+        let read = reader.read::<Row>(&plan, max);
+        for b in &read.bad {
+            tracing::error!(message_id = journal::SPOOL, record = %b, "undecodable spool record skipped");
+        }
+        self.stats.spool_unreadable.fetch_add(read.bad.len() as u64, Ordering::Relaxed);
+        if let Some((segment, e)) = &read.unreadable {
+            self.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
+            let mut st = self.state.lock().expect("sink lock");
+            let bytes = st.spool.set_aside_unreadable(*segment, &format!("segment {segment} cannot be read ({e})"));
+            self.stats.spool_unreadable.fetch_add(1, Ordering::Relaxed);
+            self.stats.spool_bytes.store(st.spool.pending_bytes(), Ordering::Relaxed);
+            tracing::error!(message_id = journal::SPOOL, segment, bytes, error = %e,
+                "DATA LOST unless recovered by hand: spool segment {segment} ({bytes} bytes) cannot be read ({e}); set aside, the replay goes on");
+        }
+        Some((read.rows, read.at, maybe_stored))
     }
 
     pub(super) fn spool_commit(&self, at: Position) {
@@ -288,19 +394,17 @@ impl Sink {
     pub(super) fn spool_all(&self, rows: Vec<Row>) -> Result<(), SpoolError> {
         let mut st = self.state.lock().expect("sink lock");
         st.spooling = true;
-        for r in &rows {
-            st.spool.append(r)?;
-        }
+        let result = rows.iter().try_for_each(|r| st.spool.append(r).map(|_| ()));
         self.stats.spool_bytes.store(st.spool.pending_bytes(), Ordering::Relaxed);
-        Ok(())
+        result
     }
 }
 
 /// The writer's end of the queue: rows in the groups the readers handed over, counted out of
-/// the queue's row count as they are taken.
+/// the queue's fill as they are taken.
 pub struct QueueRx {
-    rx: mpsc::UnboundedReceiver<Vec<Row>>,
-    queued: Arc<AtomicUsize>,
+    rx: mpsc::UnboundedReceiver<(Vec<Row>, usize)>,
+    fill: Arc<Fill>,
 }
 
 impl QueueRx {
@@ -316,11 +420,10 @@ impl QueueRx {
         self.taken(rows)
     }
 
-    fn taken(&self, rows: Option<Vec<Row>>) -> Option<Vec<Row>> {
-        if let Some(r) = &rows {
-            self.queued.fetch_sub(r.len(), Ordering::Relaxed);
-        }
-        rows
+    fn taken(&self, rows: Option<(Vec<Row>, usize)>) -> Option<Vec<Row>> {
+        let (rows, bytes) = rows?;
+        self.fill.sub(rows.len(), bytes);
+        Some(rows)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -364,7 +467,7 @@ mod tests {
     #[test]
     fn a_frames_rows_are_queued_together_or_spooled_together() {
         let dir = tempfile::tempdir().unwrap();
-        let (sink, mut rx) = Sink::new(5, Spool::open(dir.path(), 1 << 20, "db").unwrap());
+        let (sink, mut rx) = Sink::new(5, usize::MAX, Spool::open(dir.path(), 1 << 20, "db").unwrap());
         sink.push_all((0..3).map(quarantine_row).collect());
         assert_eq!(sink.queue_depth(), 3);
         // Three more do not fit in five: all three spill, and so does what follows, in order.

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use super::Row;
+use crate::db::catalog::{INSERT_MISSING_CONDITIONS, INSERT_MISSING_TOKENS, SET_MISSING_MARKETS};
 use crate::db::{DbError, Pool, partitions};
 
 /// What this process knows exists in the database: the dictionaries' keys (filled by the
@@ -76,7 +77,8 @@ impl Keys {
         if !conditions.is_empty() {
             let conditions: Vec<&str> = conditions.into_iter().collect();
             db.execute(INSERT_MISSING_CONDITIONS, &[&conditions]).await?;
-            let rows = db.query("SELECT condition_id, condition_key FROM stream_conditions WHERE condition_id = ANY($1)", &[&conditions]).await?;
+            let rows =
+                db.query("SELECT condition_id, condition_key FROM stream_conditions WHERE condition_id = ANY($1)", &[&conditions]).await?;
             let mut known = self.conditions.lock().expect("keys lock");
             for r in rows {
                 known.insert(r.get(0), r.get(1));
@@ -87,7 +89,9 @@ impl Keys {
             let markets: Vec<Option<i32>> = tokens.values().map(|c| self.condition(*c)).collect();
             db.execute(INSERT_MISSING_TOKENS, &[&ids, &markets]).await?;
             db.execute(SET_MISSING_MARKETS, &[&ids, &markets]).await?;
-            let rows = db.query("SELECT token_id, token_key, condition_key IS NOT NULL FROM stream_tokens WHERE token_id = ANY($1)", &[&ids]).await?;
+            let rows = db
+                .query("SELECT token_id, token_key, condition_key IS NOT NULL FROM stream_tokens WHERE token_id = ANY($1)", &[&ids])
+                .await?;
             let mut known = self.tokens.lock().expect("keys lock");
             for r in rows {
                 known.insert(r.get(0), (r.get(1), r.get(2)));
@@ -122,22 +126,3 @@ impl Keys {
         Ok(())
     }
 }
-
-/// The markets not in the dictionary yet (`$1`: sorted ids): only those are proposed, so no
-/// key is spent on an id already there.
-pub const INSERT_MISSING_CONDITIONS: &str = "INSERT INTO stream_conditions (condition_id)
-    SELECT c FROM unnest($1::text[]) AS c
-    WHERE NOT EXISTS (SELECT 1 FROM stream_conditions s WHERE s.condition_id = c) ORDER BY 1
-    ON CONFLICT DO NOTHING";
-
-/// The tokens not in the dictionary yet (`$1`: sorted ids, `$2`: their market keys or NULL).
-pub const INSERT_MISSING_TOKENS: &str = "INSERT INTO stream_tokens (token_id, condition_key)
-    SELECT u.t, u.c FROM unnest($1::text[], $2::int4[]) AS u(t, c)
-    WHERE NOT EXISTS (SELECT 1 FROM stream_tokens s WHERE s.token_id = u.t) ORDER BY 1
-    ON CONFLICT DO NOTHING";
-
-/// The market of tokens the dictionary has without one (met on the stream before the catalog
-/// knew them).
-pub const SET_MISSING_MARKETS: &str = "UPDATE stream_tokens s SET condition_key = u.c
-    FROM unnest($1::text[], $2::int4[]) AS u(t, c)
-    WHERE s.token_id = u.t AND s.condition_key IS NULL AND u.c IS NOT NULL";

@@ -129,7 +129,11 @@ fn json_row(keys: &Keys, r: &ChangeIn<'_>) -> Value {
 /// A replay (most often rows spooled while the database was away or slow) is newer than what
 /// is stored but for a few ms where readers' rows interleave, so nearly all of it is copied
 /// straight in. One look through the BRIN index on `source_ts`.
-async fn stored_received_through(tx: &Transaction<'_>, table: &Table, rows: &[&ChangeIn<'_>]) -> Result<Option<i64>, tokio_postgres::Error> {
+async fn stored_received_through(
+    tx: &Transaction<'_>,
+    table: &Table,
+    rows: &[&ChangeIn<'_>],
+) -> Result<Option<i64>, tokio_postgres::Error> {
     let span = |pick: fn(&ChangeIn) -> DateTime<Utc>| Some((rows.iter().map(|r| pick(r)).min()?, rows.iter().map(|r| pick(r)).max()?));
     let (Some((s0, s1)), Some((r0, r1))) = (span(|r| r.source_ts), span(|r| r.received_at)) else {
         return Ok(None);
@@ -152,8 +156,14 @@ async fn stored_received_through(tx: &Transaction<'_>, table: &Table, rows: &[&C
 /// replayed batch, and a spool filled in a burst drained slower than the stream filled it.
 /// This reads each new range once. A role that does not own the tables may not summarize:
 /// the check then scans as before.
-async fn summarize_new_ranges(tx: &Transaction<'_>, table: &Table, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), tokio_postgres::Error> {
-    let (first, last) = (partitions::partition_name(table.name, from.date_naive()), partitions::partition_name(table.name, to.date_naive()));
+async fn summarize_new_ranges(
+    tx: &Transaction<'_>,
+    table: &Table,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    let (first, last) =
+        (partitions::partition_name(table.name, from.date_naive()), partitions::partition_name(table.name, to.date_naive()));
     tx.batch_execute("SAVEPOINT summarize").await?;
     let summarized = tx
         .query(

@@ -36,7 +36,7 @@ mod trades;
 
 pub use encode::{LevelTicks, level_hash_bytes, price_ticks, tx_bytes};
 pub(crate) use encode::{push_hex_text, push_lower_hex};
-pub use keys::{INSERT_MISSING_CONDITIONS, INSERT_MISSING_TOKENS, Keys, SET_MISSING_MARKETS};
+pub use keys::Keys;
 pub use row::{Origin, Row, TradeSource};
 
 use std::collections::HashMap;
@@ -113,8 +113,7 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], origin: Origin)
     // theirs, where a stream trade replaces a backfilled copy of the same fill.
     let quotes = keep_last(&t.quotes, quotes::key);
     let ticks = keep_last(&t.ticks, tick_sizes::key);
-    let direct_trades =
-        !t.trades.is_empty() && origin == Origin::Live && t.trades.iter().all(|r| r.source == TradeSource::Ws);
+    let direct_trades = !t.trades.is_empty() && origin == Origin::Live && t.trades.iter().all(|r| r.source == TradeSource::Ws);
     let copied = if direct_trades || !quotes.is_empty() || !ticks.is_empty() || !t.books.is_empty() {
         copy_under_savepoint(&tx, async {
             let mut new_trades = 0;

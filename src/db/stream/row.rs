@@ -27,14 +27,40 @@ impl TradeSource {
 /// One row for the database, with its local receive time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Row {
-    Trade { trade: Trade, received_at: DateTime<Utc>, source: TradeSource },
-    Book { book: Book, received_at: DateTime<Utc> },
+    Trade {
+        trade: Trade,
+        received_at: DateTime<Utc>,
+        source: TradeSource,
+    },
+    Book {
+        book: Book,
+        received_at: DateTime<Utc>,
+    },
     /// `condition_id` is shared by the changes of one message (one allocation per message).
-    PriceChange { change: LevelChange, condition_id: Option<Arc<str>>, source_ts: DateTime<Utc>, received_at: DateTime<Utc> },
-    Quote { quote: Quote, received_at: DateTime<Utc> },
-    TickSize { change: TickSizeChange, received_at: DateTime<Utc> },
-    Lifecycle { event: Lifecycle, received_at: DateTime<Utc> },
-    Quarantine { connection: Option<i32>, reason: String, frame: String, received_at: DateTime<Utc> },
+    PriceChange {
+        change: LevelChange,
+        condition_id: Option<Arc<str>>,
+        source_ts: DateTime<Utc>,
+        received_at: DateTime<Utc>,
+    },
+    Quote {
+        quote: Quote,
+        received_at: DateTime<Utc>,
+    },
+    TickSize {
+        change: TickSizeChange,
+        received_at: DateTime<Utc>,
+    },
+    Lifecycle {
+        event: Lifecycle,
+        received_at: DateTime<Utc>,
+    },
+    Quarantine {
+        connection: Option<i32>,
+        reason: String,
+        frame: String,
+        received_at: DateTime<Utc>,
+    },
 }
 
 impl Row {
@@ -84,7 +110,9 @@ impl Row {
             Row::Quote { quote: q, .. } => q.asset_id.len() + q.condition_id.as_ref().map_or(0, String::len),
             Row::TickSize { change: c, .. } => c.asset_id.len() + c.condition_id.as_ref().map_or(0, String::len),
             Row::Book { book: b, .. } => {
-                b.token_id.len() + b.hash.len() + (b.bids.len() + b.asks.len()) * (std::mem::size_of::<crate::polymarket::clob::Level>() + 16)
+                b.token_id.len()
+                    + b.hash.len()
+                    + (b.bids.len() + b.asks.len()) * (std::mem::size_of::<crate::polymarket::clob::Level>() + 16)
             }
             // A handful a day: the payload's size is not worth serializing for.
             Row::Lifecycle { event: e, .. } => 1024 + e.assets.iter().map(String::len).sum::<usize>(),

@@ -68,7 +68,8 @@ pub(super) async fn insert_new(tx: &Transaction<'_>, keys: &Keys, rows: &[TradeI
 }
 
 /// A stream trade replaces a backfilled copy of the same fill.
-const REPLACE_BACKFILLED: &str = "DELETE FROM trades_compact b USING jsonb_to_recordset($1::jsonb) AS n(token_key int, buy bool, backfill bool,
+const REPLACE_BACKFILLED: &str =
+    "DELETE FROM trades_compact b USING jsonb_to_recordset($1::jsonb) AS n(token_key int, buy bool, backfill bool,
         source_ts timestamptz, price numeric, size numeric, tx bytea)
     WHERE NOT n.backfill AND b.backfill AND b.token_key = n.token_key
       AND b.source_ts = date_trunc('second', n.source_ts) AND b.buy = n.buy AND b.size = n.size
