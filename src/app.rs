@@ -122,7 +122,10 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
         }
     });
     let status_task = status::bind(&cfg.daemon.status_socket)
-        .map(|l| tokio::spawn(status::serve(l, cfg.daemon.status_socket.clone(), health.clone(), daemon_cancel.clone())));
+        .map(|socket| {
+            let health = health.clone();
+            tokio::spawn(status::serve(socket, move || health.get_health(), daemon_cancel.clone()))
+        });
     let metrics_task = match cfg.metrics.listen {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {

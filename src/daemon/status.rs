@@ -1,7 +1,7 @@
 //! `collector status`: the daemon serves its `get_health()` snapshot as one JSON document on a
 //! unix socket (mode 0600: the service's user and root only); the command reads and prints it.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,13 +9,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use super::health::{Health, HealthSnapshot, report_lines};
+use super::health::{HealthSnapshot, report_lines};
 
-/// Binds `path` (replacing a stale socket of a previous run). `None`, with a warning, when it
-/// cannot: the daemon runs on without a status socket.
-pub fn bind(path: &Path) -> Option<UnixListener> {
-    if path.exists() {
-        // A live daemon would answer; a stale file from a crash is removed.
+/// The bound status socket: its listener, its path, and which file it is (device and inode),
+/// so that only this socket is removed at the end, never a file put at its path since.
+pub struct StatusSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+/// The device and inode of the file at `path`.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Binds `path`, replacing a stale socket of a previous run (a socket nobody answers on) but
+/// nothing else: a file of another kind at that path is left alone. `None`, with a warning,
+/// when it cannot: the daemon runs on without a status socket.
+pub fn bind(path: &Path) -> Option<StatusSocket> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            tracing::warn!(socket = %path.display(), "a file that is not a socket is at the status socket's path; left alone, not serving status");
+            return None;
+        }
+        // A live daemon would answer; a stale socket from a crash is removed.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             tracing::warn!(socket = %path.display(), "another collector answers on the status socket; not serving status");
             return None;
@@ -38,11 +56,23 @@ pub fn bind(path: &Path) -> Option<UnixListener> {
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
         tracing::warn!(socket = %path.display(), error = %e, "cannot restrict the status socket");
     }
-    Some(listener)
+    let id = file_id(path)?;
+    Some(StatusSocket { listener, path: path.to_path_buf(), id })
 }
 
-/// Answers every connection with the current health, until cancelled; removes the socket.
-pub async fn serve(listener: UnixListener, path: PathBuf, health: Health, cancel: CancellationToken) {
+impl StatusSocket {
+    /// Removes the socket file if it is still the one bound (not a file put there since).
+    fn remove(&self) {
+        if file_id(&self.path) == Some(self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Answers every connection with the current health, until cancelled; removes the socket
+/// (only the one it bound).
+pub async fn serve(socket: StatusSocket, health: impl Fn() -> HealthSnapshot, cancel: CancellationToken) {
+    let listener = &socket.listener;
     loop {
         let (mut conn, _) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -55,13 +85,13 @@ pub async fn serve(listener: UnixListener, path: PathBuf, health: Health, cancel
                 }
             },
         };
-        let body = serde_json::to_vec(&health.get_health()).expect("health serialises");
+        let body = serde_json::to_vec(&health()).expect("health serialises");
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.write_all(&body)).await;
             let _ = conn.shutdown().await;
         });
     }
-    let _ = std::fs::remove_file(&path);
+    socket.remove();
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,8 +163,8 @@ pub fn render(h: &HealthSnapshot) -> String {
             t.connections_active, t.connections_total, t.reconnects, t.stalls, t.gaps, t.quarantined, t.poisoned_rows, t.task_restarts
         ));
         out.push_str(&format!(
-            "  writer: spool_bytes={} spooled={} replayed={} write_failures_in_a_row={} write_errors={}\n",
-            t.spool_bytes, t.spooled_rows, t.replayed_rows, t.write_failures_in_a_row, t.write_errors
+            "  writer: spool_bytes={} spooled={} replayed={} write_failures_in_a_row={} write_errors={} lost={} spool_errors={}\n",
+            t.spool_bytes, t.spooled_rows, t.replayed_rows, t.write_failures_in_a_row, t.write_errors, t.dropped_rows, t.spool_errors
         ));
     }
     out
@@ -155,5 +185,32 @@ mod tests {
         assert!(matches!(fetch(&stale).await, Err(StatusError::NotRunning { .. })));
         let e = StatusError::connect("/run/x.sock", std::io::Error::from(std::io::ErrorKind::PermissionDenied));
         assert!(e.to_string().starts_with("permission denied on /run/x.sock"), "{e}");
+    }
+
+    /// Only a socket is replaced, and only the socket it bound is removed at the end.
+    #[tokio::test]
+    async fn the_status_socket_removes_only_what_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        // A regular file at the path: left alone, no status served.
+        let file = dir.path().join("status.sock");
+        std::fs::write(&file, "not a socket").unwrap();
+        assert!(bind(&file).is_none());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a socket");
+        // A stale socket is replaced; the bound socket is removed at the end…
+        let path = dir.path().join("live.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let socket = bind(&path).expect("a stale socket is replaced");
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        serve(socket, || -> HealthSnapshot { unreachable!("cancelled before any connection") }, cancel).await;
+        assert!(!path.exists(), "its own socket removed");
+        // …but not a file put at its path meanwhile.
+        let socket = bind(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "someone else's").unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        serve(socket, || -> HealthSnapshot { unreachable!("cancelled before any connection") }, cancel).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
     }
 }

@@ -41,7 +41,14 @@ fn redact_uris(text: &str) -> String {
     while let Some(start) = find_uri(rest) {
         out.push_str(&rest[..start]);
         let uri_and_more = &rest[start..];
-        let end = uri_and_more.find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`').unwrap_or(uri_and_more.len());
+        // The authority (user, password, hosts) ends only at a '/', '?', '#' or whitespace: a
+        // quote there is part of a user name or password (`o'brien:it's@host`). The rest of the
+        // URI ends at a quote too (a URI quoted in a message).
+        let scheme_end = uri_and_more.find("://").map_or(0, |i| i + 3);
+        let authority_end =
+            scheme_end + uri_and_more[scheme_end..].find(|c: char| c.is_whitespace() || "/?#".contains(c)).unwrap_or(uri_and_more.len() - scheme_end);
+        let end = authority_end
+            + uri_and_more[authority_end..].find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`').unwrap_or(uri_and_more.len() - authority_end);
         out.push_str(&redact_uri(&uri_and_more[..end]));
         rest = &uri_and_more[end..];
     }
@@ -166,6 +173,10 @@ mod tests {
             ("postgresql://u:s3cret@h1:5432,h2:5432/db", "postgresql://u:***@h1:5432,h2:5432/db"),
             ("postgresql://u:p%40ss@h/db", "postgresql://u:***@h/db"),
             ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),
+            ("postgresql://o'brien:s3cret@h/db", "postgresql://o'brien:***@h/db"),
+            ("postgresql://u:it's-s3cret@h/db", "postgresql://u:***@h/db"),
+            ("'postgresql://u:s3cret@h/db' refused", "'postgresql://u:***@h/db' refused"),
+            ("'postgresql://u:s3cret@h' refused", "'postgresql://u:***@h' refused"),
             ("host=x password=s3cret user=z", "host=x password=*** user=z"),
             ("host=x password = s3cret user=z", "host=x password = *** user=z"),
             ("host=x password='s3 cret' user=z", "host=x password=*** user=z"),
