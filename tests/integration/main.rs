@@ -14,6 +14,7 @@ mod migrations;
 mod pg;
 pub mod stream;
 mod system;
+mod years;
 
 use collector::config::{Config, Env};
 

@@ -80,7 +80,7 @@ impl Harness {
         self.stream.take().unwrap().stop(deadline).await;
     }
 
-    async fn trades(&self) -> i64 {
+    pub async fn trades(&self) -> i64 {
         self.db.try_count("SELECT count(*) FROM trades").await.unwrap_or(-1)
     }
 }

@@ -185,48 +185,44 @@ impl Sink {
             return;
         }
         let mut st = self.state.lock().expect("sink lock");
+        if st.spooling && st.spool.is_empty() {
+            // Nothing waits in the spool (a failed write took what it held): the queue again.
+            st.spooling = false;
+        }
         let rows = if st.spooling {
             rows
         } else {
-            let (n, bytes) = (rows.len(), rows.iter().map(Row::approx_bytes).sum::<usize>());
-            let fits = self.fill.rows.load(Ordering::Relaxed) + n <= self.capacity
-                && self.fill.bytes.load(Ordering::Relaxed) + bytes <= self.max_bytes;
-            let rows = if fits {
-                self.fill.add(n, bytes);
-                match self.tx.send((rows, bytes)) {
-                    Ok(()) => return,
-                    Err(mpsc::error::SendError((rows, _))) => {
-                        self.fill.sub(n, bytes);
-                        rows
-                    }
-                }
-            } else {
-                rows
-            };
+            let Err(rows) = self.try_queue(rows) else { return };
             st.spooling = true;
-            tracing::warn!(
-                message_id = journal::SPOOL,
-                capacity = self.capacity,
-                max_bytes = self.max_bytes,
-                "write queue full (database down or slow): spooling rows to disk"
-            );
+            tracing::warn!(message_id = journal::SPOOL, capacity = self.capacity, max_bytes = self.max_bytes,
+                "write queue full (database down or slow): spooling rows to disk");
             rows
         };
-        let mut lost = 0;
-        for row in &rows {
-            match st.spool.append(row) {
+        let (mut lost, mut refused) = (0, Vec::new());
+        for row in rows {
+            match st.spool.append(&row) {
                 Ok(bytes) => {
                     self.stats.spooled_rows.fetch_add(1, Ordering::Relaxed);
                     self.stats.spooled_bytes.fetch_add(bytes, Ordering::Relaxed);
                     self.stats.last_spooled_ms.store(self.now_ms(), Ordering::Relaxed);
                 }
                 Err(e) => {
-                    lost += e.rows_lost();
+                    // The rows a failed write took with it are lost; this one is still here.
+                    lost += e.rows_lost() - 1;
+                    refused.push(row);
                     if matches!(e, SpoolError::Lost { .. } | SpoolError::Io { .. }) {
                         self.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
                     }
                     st.last_error = Some(e.to_string());
                 }
+            }
+        }
+        // Rows the spool refused take the queue if it has room now (ahead of older spooled
+        // rows: the writes are idempotent and keep the last quote of a key by receive time);
+        // else they are lost.
+        if !refused.is_empty() {
+            if let Err(rows) = self.try_queue(refused) {
+                lost += rows.len() as u64;
             }
         }
         self.stats.spool_bytes.store(st.spool.pending_bytes(), Ordering::Relaxed);
@@ -235,6 +231,22 @@ impl Sink {
             drop(st);
             self.lost(lost, &error);
         }
+    }
+
+    /// Puts `rows` on the queue if it has room for all of them (in rows and bytes); gives them
+    /// back otherwise.
+    fn try_queue(&self, rows: Vec<Row>) -> Result<(), Vec<Row>> {
+        let (n, bytes) = (rows.len(), rows.iter().map(Row::approx_bytes).sum::<usize>());
+        let fits =
+            self.fill.rows.load(Ordering::Relaxed) + n <= self.capacity && self.fill.bytes.load(Ordering::Relaxed) + bytes <= self.max_bytes;
+        if !fits {
+            return Err(rows);
+        }
+        self.fill.add(n, bytes);
+        self.tx.send((rows, bytes)).map_err(|mpsc::error::SendError((rows, _))| {
+            self.fill.sub(n, bytes);
+            rows
+        })
     }
 
     /// Counts `rows` lost rows and logs them (at most a line a second; the rest follow in

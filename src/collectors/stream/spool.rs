@@ -112,9 +112,9 @@ pub struct ReadPlan {
 /// The segment being appended to.
 struct Open {
     file: File,
-    /// Appended records not yet written out, and how many rows they hold.
+    /// Appended records not yet written out, and where each row's records end in it.
     buf: Vec<u8>,
-    buf_rows: u64,
+    ends: Vec<usize>,
     /// Bytes of the file written out.
     written: u64,
     last_out: Instant,
@@ -248,7 +248,7 @@ impl Spool {
         }
         let open = self.file.as_mut().expect("open");
         open.buf.extend_from_slice(&record);
-        open.buf_rows += 1;
+        open.ends.push(open.buf.len());
         self.segments.last_mut().expect("a segment").size += record.len() as u64;
         if open.buf.len() >= WRITE_BUFFER || open.last_out.elapsed() >= WRITE_OUT_EVERY {
             self.write_out()?;
@@ -272,7 +272,7 @@ impl Spool {
         };
         self.segments.push(Segment { n, size: HEADER.len() as u64, readable: 0, json: false });
         self.dict_for = Some(n);
-        self.file = Some(Open { file, buf: HEADER.to_vec(), buf_rows: 0, written: 0, last_out: Instant::now() });
+        self.file = Some(Open { file, buf: HEADER.to_vec(), ends: Vec::new(), written: 0, last_out: Instant::now() });
         Ok(())
     }
 
@@ -286,17 +286,23 @@ impl Spool {
                 open.written += open.buf.len() as u64;
                 seg.readable = open.written;
                 open.buf.clear();
-                open.buf_rows = 0;
+                open.ends.clear();
                 open.last_out = Instant::now();
                 self.failures = 0;
                 Ok(())
             }
             Err(e) => {
-                // Part of the buffer may be in the file: cut back to what was written before.
-                let _ = open.file.set_len(open.written);
-                let (lost, path) = (open.buf_rows, segment_path(&self.dir, seg));
-                seg.size = open.written;
-                seg.readable = open.written;
+                // Part of the buffer may be in the file (a disk filling up takes what fits):
+                // its whole rows are kept, the file cut after the last of them.
+                let reached = open.file.metadata().map_or(0, |m| m.len().saturating_sub(open.written)) as usize;
+                let kept = open.ends.iter().take_while(|end| **end <= reached).count();
+                let keep = if kept > 0 { open.ends[kept - 1] } else { 0 } as u64;
+                let cut = open.file.set_len(open.written + keep).is_ok();
+                let keep = if cut { keep } else { 0 };
+                let lost = (open.ends.len() - if cut { kept } else { 0 }) as u64;
+                let path = segment_path(&self.dir, seg);
+                seg.size = open.written + keep;
+                seg.readable = seg.size;
                 if seg.size == 0 {
                     // Not even its header: nothing to replay in it.
                     self.segments.pop();
