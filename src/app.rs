@@ -121,11 +121,10 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
             tracing::error!(error = ?e, "health loop died: health reports and watchdog pings stopped");
         }
     });
-    let status_task = status::bind(&cfg.daemon.status_socket)
-        .map(|socket| {
-            let health = health.clone();
-            tokio::spawn(status::serve(socket, move || health.get_health(), daemon_cancel.clone()))
-        });
+    let status_task = status::bind(&cfg.daemon.status_socket).map(|socket| {
+        let health = health.clone();
+        tokio::spawn(status::serve(socket, move || health.get_health(), daemon_cancel.clone()))
+    });
     let metrics_task = match cfg.metrics.listen {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {

@@ -93,7 +93,7 @@ impl Collector for BooksCollector {
         let batches: Vec<Vec<String>> = tokens.chunks(self.cfg.batch_size as usize).map(<[String]>::to_vec).collect();
         let this = &*self;
         let mut results = futures_util::stream::iter(batches)
-            .map(move |batch: Vec<String>| async move { (this.fetch(&batch).await, Utc::now()) })
+            .map(move |batch: Vec<String>| async move { (this.fetch(&batch).await, crate::clock::now()) })
             .buffer_unordered(CONCURRENCY);
         let mut fresh: Vec<(Book, DateTime<Utc>)> = Vec::new();
         let mut first_error = None;

@@ -45,10 +45,12 @@ fn redact_uris(text: &str) -> String {
         // quote there is part of a user name or password (`o'brien:it's@host`). The rest of the
         // URI ends at a quote too (a URI quoted in a message).
         let scheme_end = uri_and_more.find("://").map_or(0, |i| i + 3);
-        let authority_end =
-            scheme_end + uri_and_more[scheme_end..].find(|c: char| c.is_whitespace() || "/?#".contains(c)).unwrap_or(uri_and_more.len() - scheme_end);
+        let authority_end = scheme_end
+            + uri_and_more[scheme_end..].find(|c: char| c.is_whitespace() || "/?#".contains(c)).unwrap_or(uri_and_more.len() - scheme_end);
         let end = authority_end
-            + uri_and_more[authority_end..].find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`').unwrap_or(uri_and_more.len() - authority_end);
+            + uri_and_more[authority_end..]
+                .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`')
+                .unwrap_or(uri_and_more.len() - authority_end);
         out.push_str(&redact_uri(&uri_and_more[..end]));
         rest = &uri_and_more[end..];
     }

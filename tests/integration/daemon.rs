@@ -16,7 +16,7 @@ use crate::{config_text, eventually, pg};
 
 /// Datagrams received from the daemon, with their arrival time.
 #[derive(Clone, Default)]
-struct Notes(Arc<Mutex<Vec<(Instant, String)>>>);
+pub struct Notes(Arc<Mutex<Vec<(Instant, String)>>>);
 
 impl Notes {
     fn listen(path: &Path) -> Notes {
@@ -43,17 +43,17 @@ impl Notes {
         self.all().into_iter().filter(|(_, l)| l.starts_with(prefix)).map(|(t, _)| t).collect()
     }
 
-    fn has(&self, prefix: &str) -> bool {
+    pub fn has(&self, prefix: &str) -> bool {
         !self.times_of(prefix).is_empty()
     }
 }
 
 /// Stderr lines of a child, collected as they come.
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
+pub struct Log(Arc<Mutex<Vec<String>>>);
 
 impl Log {
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         self.0.lock().unwrap().join("\n")
     }
 
@@ -62,23 +62,23 @@ impl Log {
     }
 }
 
-struct Daemon {
-    child: Child,
-    log: Log,
-    notes: Notes,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
+pub struct Daemon {
+    pub child: Child,
+    pub log: Log,
+    pub notes: Notes,
+    pub socket: PathBuf,
+    pub _dir: tempfile::TempDir,
 }
 
 impl Daemon {
     /// Starts `collector collect` on `db` and `fake` with `extra` config, `env` added.
-    async fn start(db: &pg::TestDb, fake: &Fake, extra: &str, env: &[(&str, &str)]) -> Daemon {
+    pub async fn start(db: &pg::TestDb, fake: &Fake, extra: &str, env: &[(&str, &str)]) -> Daemon {
         let ws = format!("ws://{}/ws/market", fake.addr);
         Self::start_ws(db, fake, &ws, extra, env).await
     }
 
     /// Like `start`, with the market WebSocket at `ws`.
-    async fn start_ws(db: &pg::TestDb, fake: &Fake, ws: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
+    pub async fn start_ws(db: &pg::TestDb, fake: &Fake, ws: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("status.sock");
         let notify = dir.path().join("notify.sock");
@@ -111,7 +111,7 @@ impl Daemon {
         Daemon { child, log, notes, socket, _dir: dir }
     }
 
-    fn signal(&self, sig: i32) {
+    pub fn signal(&self, sig: i32) {
         unsafe extern "C" {
             fn kill(pid: i32, sig: i32) -> i32;
         }
@@ -120,7 +120,7 @@ impl Daemon {
         assert_eq!(unsafe { kill(pid, sig) }, 0);
     }
 
-    async fn exit_code(&mut self, within: u64) -> i32 {
+    pub async fn exit_code(&mut self, within: u64) -> i32 {
         let status = tokio::time::timeout(Duration::from_secs(within), self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("did not exit within {within} s; log:\n{}", self.log.text()))
@@ -140,7 +140,7 @@ impl Daemon {
         .await;
     }
 
-    async fn status(&self, json: bool) -> (i32, String) {
+    pub async fn status(&self, json: bool) -> (i32, String) {
         let mut args = vec!["status", "--socket", self.socket.to_str().unwrap()];
         if json {
             args.push("--json");
@@ -150,11 +150,11 @@ impl Daemon {
     }
 }
 
-const SIGHUP: i32 = 1;
+pub const SIGHUP: i32 = 1;
 const SIGINT: i32 = 2;
 const SIGTERM: i32 = 15;
 
-async fn small_fake() -> Fake {
+pub async fn small_fake() -> Fake {
     let fake = Fake::start().await;
     fake.with(|s| s.events = (0..3).map(|e| fake::event(e, 2)).collect());
     fake::books_for_all(&fake, 1_795_683_663_127);
@@ -162,10 +162,10 @@ async fn small_fake() -> Fake {
 }
 
 /// The stream with fast test cadences.
-const FAST_STREAM: &str =
+pub const FAST_STREAM: &str =
     "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 100\nconnect_interval_ms = 10\n";
 
-const FAST: &str = "[catalog]\nfull_sweep_interval_secs = 1\nnew_markets_interval_secs = 1\nresolutions_interval_secs = 1\n\
+pub const FAST: &str = "[catalog]\nfull_sweep_interval_secs = 1\nnew_markets_interval_secs = 1\nresolutions_interval_secs = 1\n\
                     [books]\ninterval_secs = 1\n[health]\nlog_interval_secs = 1\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,3 +84,83 @@ async fn a_spool_disk_that_fills_loses_only_what_it_counts_and_the_stream_goes_o
     eventually(20, "trades after the disk emptied", || async { h.trades().await == before + 20 }).await;
     h.stop().await;
 }
+
+/// A long reader holds the trades table over midnight UTC (the daemon on a clock 60× as fast,
+/// starting three minutes before midnight): partition maintenance — the pass just after
+/// midnight making the day three ahead, a reload lowering the retention — never holds the
+/// writers up for longer than its lock timeout, drops nothing at the reload (it says what the
+/// next pass will drop), and catches up once the reader is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_never_stalls_the_writers_behind_a_long_reader_over_midnight() {
+    use crate::daemon::{Daemon, FAST, FAST_STREAM, SIGHUP, small_fake};
+    use chrono::{Duration as Days, Utc};
+    use collector::clock::Accelerated;
+    use collector::db::partitions::partition_name;
+
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let ws = crate::fake_ws::FakeWs::start().await;
+    let real = Utc::now();
+    let today = real.date_naive();
+    let midnight = (today + Days::days(1)).and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let clock = Accelerated { real_ms: real.timestamp_millis(), clock_ms: (midnight - Days::minutes(3)).timestamp_millis(), speed: 60 };
+    // An old day past the retention the reload will set (1 day), made before the daemon starts.
+    drop(db.pool().await);
+    let old = today - Days::days(3);
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {} PARTITION OF trades_compact FOR VALUES FROM ('{}') TO ('{}')",
+            partition_name("trades_compact", old),
+            old.and_hms_opt(0, 0, 0).unwrap().and_utc().to_rfc3339(),
+            (old + Days::days(1)).and_hms_opt(0, 0, 0).unwrap().and_utc().to_rfc3339()
+        ))
+        .await
+        .unwrap();
+    let env = clock.to_env();
+    let d = Daemon::start_ws(&db, &fake, &ws.url(), &format!("{FAST}{FAST_STREAM}"), &[(collector::clock::TEST_CLOCK_ENV, &env)]).await;
+    let asset = fake::token_id(0, 0);
+    eventually(30, "ready and streaming", || async { d.notes.has("READY=1") && ws.live_assets().contains(&asset) }).await;
+    let exists = |day: chrono::NaiveDate| {
+        let (db, name) = (&db, partition_name("trades_compact", day));
+        async move { db.count(&format!("SELECT count(*) FROM pg_class WHERE relname = '{name}'")).await == 1 }
+    };
+    assert!(exists(today + Days::days(2)).await, "made ahead at start");
+    assert!(exists(old).await, "no retention yet");
+
+    // The reader: a transaction that read the trades table and stays open.
+    let reader = db.client().await;
+    reader.batch_execute("BEGIN; SELECT count(*) FROM trades_compact").await.unwrap();
+    // A reload lowers the retention: nothing is dropped now, the drop is announced.
+    let config = d._dir.path().join("collector.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("[stream]\n", "[stream]\ntrades_retention_days = 1\n")).unwrap();
+    d.signal(SIGHUP);
+    eventually(20, "the drop announced", || async { d.log.text().contains("retention lowered: the next maintenance pass") }).await;
+    assert!(d.log.text().contains(&partition_name("trades_compact", old)), "{}", d.log.text());
+
+    // Trades across midnight, each committed within a bound while the reader holds on.
+    let (mut n, mut worst) = (0u64, std::time::Duration::ZERO);
+    while clock.at(Utc::now()) < midnight + Days::minutes(12) {
+        let ts = clock.at(Utc::now()).timestamp_millis() as u64;
+        assert!(ws.send_to_asset(&asset, &trade_frame(&asset, n, ts)));
+        n += 1;
+        let sent = std::time::Instant::now();
+        eventually(15, "the trade committed", || async { db.count("SELECT count(*) FROM trades").await == n as i64 }).await;
+        worst = worst.max(sent.elapsed());
+    }
+    eprintln!("{n} trades across midnight behind a long reader; slowest commit {worst:?}");
+    assert!(worst < std::time::Duration::from_secs(6), "a writer waited {worst:?} behind maintenance");
+    assert!(d.log.text().contains("partition maintenance postponed"), "{}", d.log.text());
+    assert!(exists(old).await, "nothing dropped while the reader holds the table");
+    assert!(!exists(today + Days::days(3)).await);
+    let day = |d: chrono::NaiveDate| format!("SELECT count(*) FROM {}", partition_name("trades_compact", d));
+    assert!(db.count(&day(today)).await > 0 && db.count(&day(today + Days::days(1))).await > 0, "trades on both days");
+
+    // The reader goes: the next pass (at most ten clock minutes later) catches up.
+    reader.batch_execute("COMMIT").await.unwrap();
+    eventually(30, "the day three ahead made, the old days dropped", || async {
+        exists(today + Days::days(3)).await && !exists(old).await && !exists(today - Days::days(1)).await
+    })
+    .await;
+}

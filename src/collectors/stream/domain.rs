@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn values_outside_the_domain_are_refused_with_a_reason() {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let ms = now.timestamp_millis();
         let assets: BTreeSet<String> = ["7".to_string()].into();
         assert_eq!(check(&event(&trade("0.5", "10", ms)), now, &assets), Ok(()));

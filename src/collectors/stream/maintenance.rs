@@ -18,7 +18,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::StreamStats;
-use crate::backoff::rest;
 use crate::clock;
 use crate::config::StreamConfig;
 use crate::db::partitions::{self, Retention};
@@ -102,7 +101,16 @@ pub async fn pass(pool: &Pool, today: NaiveDate, retention: Retention, cancel: &
     match partitions::ensure_ahead(pool, today).await {
         Ok(made) if made > 0 => tracing::info!(created = made, "partitions made ahead: {made}"),
         Ok(_) => {}
-        Err(e) => complete &= postponed("making partitions ahead", &e),
+        Err(e) => {
+            // A lock not granted in time: the other steps would wait on the same tables (and
+            // hold the writers up to the lock timeout again); they wait for the next pass.
+            let locked = partitions::is_lock_timeout(&e);
+            postponed("making partitions ahead", &e);
+            if locked {
+                return false;
+            }
+            complete = false;
+        }
     }
     match partitions::drop_expired(pool, today, retention).await {
         Ok(dropped) => log_dropped(&dropped),
@@ -111,7 +119,7 @@ pub async fn pass(pool: &Pool, today: NaiveDate, retention: Retention, cancel: &
             complete &= postponed("dropping partitions past the retention", &e);
         }
     }
-    if cancel.is_cancelled() || !rest(cancel, Duration::ZERO).await {
+    if cancel.is_cancelled() {
         return complete;
     }
     let compaction = tokio::select! {

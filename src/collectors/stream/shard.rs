@@ -259,7 +259,7 @@ impl Shard {
                     }
                 }
                 msg = rx.next() => {
-                    let received_at = Utc::now();
+                    let received_at = crate::clock::now();
                     match msg {
                         None => break End::Lost(GapReason::Closed("end of stream".into())),
                         Some(Err(e)) => break End::Lost(GapReason::Error(e.to_string())),

@@ -194,8 +194,12 @@ impl Sink {
         } else {
             let Err(rows) = self.try_queue(rows) else { return };
             st.spooling = true;
-            tracing::warn!(message_id = journal::SPOOL, capacity = self.capacity, max_bytes = self.max_bytes,
-                "write queue full (database down or slow): spooling rows to disk");
+            tracing::warn!(
+                message_id = journal::SPOOL,
+                capacity = self.capacity,
+                max_bytes = self.max_bytes,
+                "write queue full (database down or slow): spooling rows to disk"
+            );
             rows
         };
         let (mut lost, mut refused) = (0, Vec::new());
@@ -237,8 +241,8 @@ impl Sink {
     /// back otherwise.
     fn try_queue(&self, rows: Vec<Row>) -> Result<(), Vec<Row>> {
         let (n, bytes) = (rows.len(), rows.iter().map(Row::approx_bytes).sum::<usize>());
-        let fits =
-            self.fill.rows.load(Ordering::Relaxed) + n <= self.capacity && self.fill.bytes.load(Ordering::Relaxed) + bytes <= self.max_bytes;
+        let fits = self.fill.rows.load(Ordering::Relaxed) + n <= self.capacity
+            && self.fill.bytes.load(Ordering::Relaxed) + bytes <= self.max_bytes;
         if !fits {
             return Err(rows);
         }
@@ -327,7 +331,7 @@ impl Sink {
         let idle =
             self.stats.writer_idle.load(Ordering::SeqCst) && self.queue_depth() == 0 && self.stats.spool_bytes.load(Ordering::Relaxed) == 0;
         if idle {
-            return chrono::Utc::now();
+            return crate::clock::now();
         }
         let us = self.stats.committed_through_us.load(Ordering::SeqCst);
         chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
@@ -553,7 +557,10 @@ mod tests {
         assert_eq!(rows.iter().map(reason).collect::<Vec<_>>(), ["r2"], "the replay goes on after the segment set aside");
         sink.spool_commit(at);
         assert!(sink.spool_chunk_if_idle(&mut rx, 100).is_none(), "replayed");
-        let aside = std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("unreadable-")).count();
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("unreadable-"))
+            .count();
         assert_eq!(aside, 1, "kept aside for an operator");
     }
 

@@ -224,39 +224,39 @@ fn binary_rows_keep_their_ids_across_segments_rereads_and_reopening() {
     assert!(s.is_empty());
 }
 
-    /// A record length past its segment (corruption) ends the segment's reading, reported,
-    /// without allocating for it.
-    #[test]
-    fn a_corrupt_length_is_reported_not_allocated() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = SpoolReader::default();
-        let mut s = Spool::open(dir.path(), 1 << 20, "db").unwrap();
-        s.append(&1u32).unwrap();
-        drop(s);
-        let mut s = Spool::open(dir.path(), 1 << 20, "db").unwrap();
-        s.append(&2u32).unwrap();
-        drop(s);
-        // In segment 1 (not the last, so not cut as a torn tail at open): a varint announcing
-        // 2^62 bytes, then a little.
-        let seg = segment_path(&dir.path().join("spool"), &Segment { n: 1, size: 0, readable: 0, json: false });
-        OpenOptions::new().append(true).open(&seg).unwrap().write_all(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40, 1, 2]).unwrap();
-        let mut s = Spool::open(dir.path(), 1 << 20, "db").unwrap();
-        let (rows, _, bad): (Vec<u32>, _, _) = peek(&mut s, &mut r, 10);
-        assert_eq!(rows, [1, 2]);
-        assert_eq!(bad.len(), 1, "{bad:?}");
-        assert!(bad[0].contains("runs past its segment"), "{bad:?}");
-    }
+/// A record length past its segment (corruption) ends the segment's reading, reported,
+/// without allocating for it.
+#[test]
+fn a_corrupt_length_is_reported_not_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = SpoolReader::default();
+    let mut s = Spool::open(dir.path(), 1 << 20, "db").unwrap();
+    s.append(&1u32).unwrap();
+    drop(s);
+    let mut s = Spool::open(dir.path(), 1 << 20, "db").unwrap();
+    s.append(&2u32).unwrap();
+    drop(s);
+    // In segment 1 (not the last, so not cut as a torn tail at open): a varint announcing
+    // 2^62 bytes, then a little.
+    let seg = segment_path(&dir.path().join("spool"), &Segment { n: 1, size: 0, readable: 0, json: false });
+    OpenOptions::new().append(true).open(&seg).unwrap().write_all(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40, 1, 2]).unwrap();
+    let mut s = Spool::open(dir.path(), 1 << 20, "db").unwrap();
+    let (rows, _, bad): (Vec<u32>, _, _) = peek(&mut s, &mut r, 10);
+    assert_eq!(rows, [1, 2]);
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].contains("runs past its segment"), "{bad:?}");
+}
 
-    /// New segments are created new: a file already at the next number is never appended to.
-    #[test]
-    fn a_segment_file_already_there_is_not_appended_to() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = SpoolReader::default();
-        let mut s = Spool::open(dir.path(), 1 << 20, "db").unwrap();
-        let stray = dir.path().join("spool/segment-000000000001.bin");
-        std::fs::write(&stray, b"someone else's bytes").unwrap();
-        s.append(&7u32).unwrap();
-        assert_eq!(std::fs::read(&stray).unwrap(), b"someone else's bytes");
-        let (rows, _, _): (Vec<u32>, _, _) = peek(&mut s, &mut r, 10);
-        assert_eq!(rows, [7]);
-    }
+/// New segments are created new: a file already at the next number is never appended to.
+#[test]
+fn a_segment_file_already_there_is_not_appended_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = SpoolReader::default();
+    let mut s = Spool::open(dir.path(), 1 << 20, "db").unwrap();
+    let stray = dir.path().join("spool/segment-000000000001.bin");
+    std::fs::write(&stray, b"someone else's bytes").unwrap();
+    s.append(&7u32).unwrap();
+    assert_eq!(std::fs::read(&stray).unwrap(), b"someone else's bytes");
+    let (rows, _, _): (Vec<u32>, _, _) = peek(&mut s, &mut r, 10);
+    assert_eq!(rows, [7]);
+}

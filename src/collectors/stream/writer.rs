@@ -404,7 +404,7 @@ fn newest(rows: &[Row]) -> Option<DateTime<Utc>> {
 
 /// Records, per row, the time from its frame's arrival to now (just committed).
 fn record_latency(h: &LatencyHistogram, rows: &[Row]) {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let mut last: Option<(DateTime<Utc>, u64)> = None;
     for r in rows {
         let received = r.received_at();
