@@ -277,9 +277,7 @@ fn reload(path: &std::path::Path, running: &mut Config, live: Live<'_>) {
             }
             for key in changed {
                 let interval = LIVE_INTERVALS.iter().find(|(k, ..)| *k == key);
-                if live_stream(&key) && stream.is_some() {
-                    applied.push(key);
-                } else if LIVE_BUDGETS.contains(&key.as_str()) {
+                if (live_stream(&key) && stream.is_some()) || LIVE_BUDGETS.contains(&key.as_str()) {
                     applied.push(key);
                 } else if let Some((_, name, value)) = interval {
                     // A collector that is not running (disabled) takes it at its next start.

@@ -59,8 +59,8 @@ pub fn decode_book(obj: &Value) -> Result<Book, FieldError> {
     let hash = decode::string(obj, "hash").unwrap_or_default();
     let mut bids = levels(obj, "bids", "buys")?;
     let mut asks = levels(obj, "asks", "sells")?;
-    bids.sort_by(|a, b| b.price.cmp(&a.price));
-    asks.sort_by(|a, b| a.price.cmp(&b.price));
+    bids.sort_by_key(|l| std::cmp::Reverse(l.price));
+    asks.sort_by_key(|l| l.price);
     Ok(Book {
         token_id,
         condition_id: decode::string(obj, "market"),

@@ -455,7 +455,7 @@ async fn bench_stream_memory_40k_assets() {
                 maps.push((v.trim().trim_end_matches(" kB").parse().unwrap_or(0), name.clone()));
             }
         }
-        maps.sort_by(|a, b| b.0.cmp(&a.0));
+        maps.sort_by_key(|m| std::cmp::Reverse(m.0));
         for (kb, n) in maps.iter().take(12) {
             println!("BENCH   smaps {kb} kB {n}");
         }

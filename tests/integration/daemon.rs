@@ -422,7 +422,7 @@ async fn demo_operating_output() {
     eventually(20, "two health reports", || async { d.log.count("=== Daemon Health ===") >= 2 }).await;
     println!("--- collector status\n{}", d.status(false).await.1);
     println!("--- collector status --json\n{}", d.status(true).await.1);
-    println!("--- last STATUS=\n{:?}", d.notes.all().into_iter().filter(|(_, l)| l.starts_with("STATUS=")).last());
+    println!("--- last STATUS=\n{:?}", d.notes.all().into_iter().rfind(|(_, l)| l.starts_with("STATUS=")));
     d.signal(SIGTERM);
     d.exit_code(20).await;
     println!("--- log\n{}", d.log.text());

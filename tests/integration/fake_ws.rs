@@ -162,6 +162,7 @@ async fn serve(tcp: tokio::net::TcpStream, state: Arc<Mutex<WsState>>) {
             false
         }
     };
+    #[allow(clippy::result_large_err)] // the handshake callback's type is tungstenite's
     let callback = move |_req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if refuse {
             let mut r = ErrorResponse::new(Some("Too Many Requests".into()));

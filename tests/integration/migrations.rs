@@ -61,7 +61,7 @@ async fn tls_to_a_server_with_a_self_signed_certificate() {
     let url = format!("postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full");
     let mut cfg = crate::config_for(&pg::TestDb { name: "postgres".into(), url }, "http://127.0.0.1:9");
     cfg.database.startup_deadline = std::time::Duration::ZERO;
-    let err = collector::db::connect(&cfg.database).await.err().expect("an untrusted certificate is refused");
+    let Err(err) = collector::db::connect(&cfg.database).await else { panic!("an untrusted certificate is refused") };
     assert!(err.to_string().contains("certificate"), "{err}");
 }
 

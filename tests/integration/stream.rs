@@ -386,10 +386,7 @@ async fn an_asset_without_a_first_book_gets_its_connection_rebuilt_once() {
     let db = pg::fresh_db().await;
     let http_assets = all_tokens(2);
     let quiet = fake::token_id(1, 1);
-    let mut h = {
-        let db = db;
-        Harness::start(db, 2, "backfill = false\nfirst_book_timeout_secs = 3\n").await
-    };
+    let mut h = Harness::start(db, 2, "backfill = false\nfirst_book_timeout_secs = 3\n").await;
     h.ws.with(|s| s.bookless.insert(quiet.clone()));
     // The first connection may have dumped the book before `bookless` was set; force a
     // rebuild to start clean.
@@ -479,8 +476,8 @@ async fn a_fill_is_stored_once_whether_the_stream_or_the_backfill_came_first() {
     // Backfill first (whole second, float price), then the spooled stream copy (replay).
     let backfill = trade_row("a", "0.709999959", "1.464786", second, Some("0xfeed"), TradeSource::Backfill);
     let stream = trade_row("a", "0.71", "1.464786", ms, Some("0xfeed"), TradeSource::Ws);
-    write_batch(&pool, &keys, &[backfill.clone()], Origin::Live).await.unwrap();
-    write_batch(&pool, &keys, &[stream.clone()], Origin::MaybeStored).await.unwrap();
+    write_batch(&pool, &keys, std::slice::from_ref(&backfill), Origin::Live).await.unwrap();
+    write_batch(&pool, &keys, std::slice::from_ref(&stream), Origin::MaybeStored).await.unwrap();
     let rows = db.client().await.query("SELECT price::text, source FROM trades WHERE asset_id = 'a'", &[]).await.unwrap();
     let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(got, vec![("0.71".to_string(), "ws".to_string())], "the stream's exact copy replaced the backfilled one");
@@ -855,8 +852,8 @@ async fn level_changes_read_back_exactly_through_the_view_by_either_path() {
                 )
                 .await
                 .unwrap();
-            let got: Vec<(Option<String>, String, String, String, Option<String>, Option<String>, Option<String>)> =
-                rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect();
+            type Stored = (Option<String>, String, String, String, Option<String>, Option<String>, Option<String>);
+            let got: Vec<Stored> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect();
             let want: Vec<_> = hashes
                 .iter()
                 .enumerate()

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub use super::latency::LatencyHistogram;
 use super::spool::{Position, Spool, SpoolError};
 use super::spool_read::SpoolReader;
 use crate::db::stream::Row;
@@ -63,49 +64,6 @@ pub struct WriteStats {
     pub writer_idle: std::sync::atomic::AtomicBool,
     /// Frame received → row committed, per row, in 1 ms buckets (the last: 10 s or more).
     pub commit_latency: LatencyHistogram,
-}
-
-/// A fixed histogram of latencies in milliseconds, lock-free.
-#[derive(Debug)]
-pub struct LatencyHistogram {
-    buckets: Vec<AtomicU64>,
-}
-
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        LatencyHistogram { buckets: (0..=10_000).map(|_| AtomicU64::new(0)).collect() }
-    }
-}
-
-impl LatencyHistogram {
-    pub fn record(&self, ms: u64, count: u64) {
-        let i = (ms as usize).min(self.buckets.len() - 1);
-        self.buckets[i].fetch_add(count, Ordering::Relaxed);
-    }
-
-    /// The latency (ms) under which `q` (0..=1) of the recorded rows fall; `None` if empty.
-    pub fn quantile(&self, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let target = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (ms, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= target {
-                return Some(ms as u64);
-            }
-        }
-        Some(counts.len() as u64 - 1)
-    }
-
-    pub fn reset(&self) {
-        for b in &self.buckets {
-            b.store(0, Ordering::Relaxed);
-        }
-    }
 }
 
 struct SinkState {
@@ -468,111 +426,5 @@ impl Sink {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn quarantine_row(i: usize) -> Row {
-        Row::Quarantine { connection: None, reason: format!("r{i}"), frame: String::new(), received_at: chrono::Utc::now() }
-    }
-
-    fn reason(r: &Row) -> &str {
-        let Row::Quarantine { reason, .. } = r else { panic!() };
-        reason
-    }
-
-    #[test]
-    fn a_frames_rows_are_queued_together_or_spooled_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let (sink, mut rx) = Sink::new(5, usize::MAX, Spool::open(dir.path(), 1 << 20, "db").unwrap());
-        sink.push_all((0..3).map(quarantine_row).collect());
-        assert_eq!(sink.queue_depth(), 3);
-        // Three more do not fit in five: all three spill, and so does what follows, in order.
-        sink.push_all((3..6).map(quarantine_row).collect());
-        sink.push(quarantine_row(6));
-        assert_eq!(sink.queue_depth(), 3);
-        assert_eq!(sink.stats.spooled_rows.load(Ordering::Relaxed), 4);
-        let queued = rx.try_recv().unwrap();
-        assert_eq!(queued.iter().map(reason).collect::<Vec<_>>(), ["r0", "r1", "r2"]);
-        assert_eq!(sink.queue_depth(), 0);
-        assert!(rx.try_recv().is_none());
-        let (spooled, at, maybe_stored) = sink.spool_chunk_if_idle(&mut rx, 10).unwrap();
-        assert!(!maybe_stored, "spilled by this process: never handed to the database");
-        assert_eq!(spooled.iter().map(reason).collect::<Vec<_>>(), ["r3", "r4", "r5", "r6"]);
-        sink.spool_commit(at);
-        // Replayed: the queue takes rows again.
-        sink.push(quarantine_row(7));
-        assert_eq!(sink.queue_depth(), 1);
-        assert_eq!(rx.try_recv().map(|r| r.len()), Some(1));
-    }
-
-    #[test]
-    fn the_queue_is_bounded_in_bytes_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let three = 3 * quarantine_row(0).approx_bytes() + 2;
-        let (sink, mut rx) = Sink::new(1000, three, Spool::open(dir.path(), 1 << 20, "db").unwrap());
-        for i in 0..3 {
-            sink.push(quarantine_row(i));
-        }
-        assert_eq!(sink.queue_depth(), 3);
-        assert!(sink.queue_bytes() <= three as u64 && sink.queue_bytes() > 0);
-        sink.push(quarantine_row(3));
-        assert_eq!(sink.queue_depth(), 3, "the fourth row's bytes do not fit: spooled");
-        assert_eq!(sink.stats.spooled_rows.load(Ordering::Relaxed), 1);
-        while rx.try_recv().is_some() {}
-        assert_eq!((sink.queue_depth(), sink.queue_bytes()), (0, 0), "taken rows leave the count");
-    }
-
-    /// Records the spool cannot decode are counted (and skipped); a segment it cannot read at
-    /// all is set aside, counted, and the replay goes on with the next one.
-    #[test]
-    fn unreadable_spool_records_and_segments_are_counted_and_the_replay_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 1 << 20, "db").unwrap();
-        spool.append(&quarantine_row(0)).unwrap();
-        spool.sync().unwrap();
-        drop(spool);
-        // A record of an unknown kind in segment 1, then a second run's segment 2.
-        let seg1 = dir.path().join("spool/segment-000000000001.bin");
-        std::fs::OpenOptions::new().append(true).open(&seg1).unwrap().write_all(&[2, 99, 0]).unwrap();
-        let mut spool = Spool::open(dir.path(), 1 << 20, "db").unwrap();
-        spool.append(&quarantine_row(1)).unwrap();
-        spool.sync().unwrap();
-        drop(spool);
-        let mut spool = Spool::open(dir.path(), 1 << 20, "db").unwrap();
-        spool.append(&quarantine_row(2)).unwrap();
-        let (sink, mut rx) = Sink::new(5, usize::MAX, spool);
-        let (rows, _, _) = sink.spool_chunk_if_idle(&mut rx, 100).unwrap();
-        assert_eq!(rows.iter().map(reason).collect::<Vec<_>>(), ["r0", "r1", "r2"]);
-        assert_eq!(sink.stats.spool_unreadable.load(Ordering::Relaxed), 1, "the undecodable record counted");
-        // Segment 2 cannot be read at all (here: a directory where its file was).
-        let seg2 = dir.path().join("spool/segment-000000000002.bin");
-        std::fs::remove_file(&seg2).unwrap();
-        std::fs::create_dir(&seg2).unwrap();
-        let (rows, at, _) = sink.spool_chunk_if_idle(&mut rx, 100).unwrap();
-        assert_eq!(rows.iter().map(reason).collect::<Vec<_>>(), ["r0"], "segment 1's rows, up to the unreadable one");
-        assert_eq!(sink.stats.spool_errors.load(Ordering::Relaxed), 1);
-        sink.spool_commit(at);
-        let (rows, at, _) = sink.spool_chunk_if_idle(&mut rx, 100).unwrap();
-        assert_eq!(rows.iter().map(reason).collect::<Vec<_>>(), ["r2"], "the replay goes on after the segment set aside");
-        sink.spool_commit(at);
-        assert!(sink.spool_chunk_if_idle(&mut rx, 100).is_none(), "replayed");
-        let aside = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("unreadable-"))
-            .count();
-        assert_eq!(aside, 1, "kept aside for an operator");
-    }
-
-    #[test]
-    fn histogram_quantiles() {
-        let h = LatencyHistogram::default();
-        assert_eq!(h.quantile(0.99), None);
-        h.record(5, 98);
-        h.record(40, 1);
-        h.record(20_000, 1);
-        assert_eq!(h.quantile(0.5), Some(5));
-        assert_eq!(h.quantile(0.99), Some(40));
-        assert_eq!(h.quantile(1.0), Some(10_000));
-    }
-}
+#[path = "sink_tests.rs"]
+mod tests;

@@ -136,7 +136,8 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], origin: Origin)
         None
     };
     let mut new_trades = copied.unwrap_or(0);
-    if !t.trades.is_empty() && !(copied.is_some() && direct_trades) {
+    let trades_copied = copied.is_some() && direct_trades;
+    if !t.trades.is_empty() && !trades_copied {
         new_trades = trades::insert_new(&tx, keys, &t.trades).await?;
     }
     if copied.is_none() {

@@ -208,8 +208,8 @@ fn event(e: &Hot<'_>) -> Option<Event> {
         "book" if e.buys.is_none() && e.sells.is_none() => {
             let mut bids = levels(&e.bids)?;
             let mut asks = levels(&e.asks)?;
-            bids.sort_by(|a, b| b.price.cmp(&a.price));
-            asks.sort_by(|a, b| a.price.cmp(&b.price));
+            bids.sort_by_key(|l| std::cmp::Reverse(l.price));
+            asks.sort_by_key(|l| l.price);
             Some(Event::Book(Book {
                 token_id: string(&e.asset_id)?,
                 condition_id: string(&e.market),
