@@ -75,6 +75,13 @@ impl Harness {
         Harness { db, ws, http, sink: monitor.sink.clone(), stats: monitor.stats.clone(), supervisor, stream: Some(handle) }
     }
 
+    /// Applies the stream settings of `stream_section` live, as a reload does.
+    pub fn reconfigure(&self, stream_section: &str) {
+        let text = config_text_ws(&self.db, &self.http.url(), &self.ws.url(), stream_section);
+        let cfg = Config::parse(&text, &Env::default()).unwrap();
+        self.stream.as_ref().unwrap().reconfigure(&cfg.stream);
+    }
+
     pub async fn stop(&mut self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         self.stream.take().unwrap().stop(deadline).await;
@@ -309,6 +316,11 @@ async fn an_abrupt_drop_is_a_gap_whose_trades_are_backfilled_once() {
             ("0.35".into(), "10.000001".into(), "ws".into()),
         ]
     );
+    // The backfill's trades are counted where the metrics say: in the new trades stored, and
+    // as the backfill's own.
+    let health = h.sink.stats.trades_inserted.load(Ordering::Relaxed);
+    assert_eq!(h.stats.trades_backfilled.load(Ordering::Relaxed), 2);
+    assert_eq!(health, 3, "one stream trade and two backfilled");
     let gap = h.db.client().await.query_one("SELECT reason, backfill_trades, asset_count FROM stream_gaps", &[]).await.unwrap();
     assert!(
         gap.get::<_, String>(0).contains("closed")
@@ -1051,5 +1063,33 @@ async fn a_batch_that_keeps_failing_without_a_transient_cause_is_split_and_the_f
     assert!(h.ws.send_to_asset(&asset, &trade_frame(&asset, 50, t0 + 50)));
     eventually(10, "a trade after them", || async { h.trades().await == 11 }).await;
     assert_eq!(h.sink.stats.write_failures_in_a_row.load(Ordering::Relaxed), 0);
+    h.stop().await;
+}
+
+/// A reload that narrows the scope applies to markets listed on the stream at once: a
+/// `new_market` outside the new scope is not subscribed (before, the scope read at start
+/// decided until the next refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_narrows_the_scope_applies_to_new_markets_at_once() {
+    let db = pg::fresh_db().await;
+    // Refreshes far apart: only the reload and the lifecycle event decide here.
+    let section = "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 3600\nreconnect_base_ms = 100\nconnect_interval_ms = 20\n\
+                   flush_interval_ms = 20\n";
+    let mut h = Harness::start_with(db, 2, section).await;
+    eventually(20, "every asset streamed", || async { h.ws.live_assets() == all_tokens(2) }).await;
+    let kept = fake::token_id(0, 0);
+    h.reconfigure(&format!("{section}token_ids = [\"{kept}\"]\n"));
+    eventually(20, "the narrower scope applied", || async { h.ws.live_assets() == HashSet::from([kept.clone()]) }).await;
+    let mut nm: serde_json::Value = fake::fixture("ws_other_events.json");
+    let new_market = nm["new_market"].take();
+    h.ws.broadcast(&new_market.to_string());
+    eventually(10, "the new market's event stored", || async {
+        h.db.try_count("SELECT count(*) FROM market_events WHERE kind = 'new_market'").await == Some(1)
+    })
+    .await;
+    // The manager acts on the event as the shard reads it, before its row is even written: a
+    // subscription would reach the fake within milliseconds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.ws.live_assets(), HashSet::from([kept]), "a market outside the scope is not subscribed");
     h.stop().await;
 }
