@@ -181,8 +181,8 @@ pub struct StreamConfig {
     /// time, so larger ones gain no throughput and only add latency — BENCHMARKS.md).
     pub batch_size: usize,
     /// How long a batch fills after its first row, unless full sooner. Default 50 ms: each
-    /// transaction costs the database ~1.6 ms of CPU beyond its rows, so batches cut early
-    /// cost up to 40 % more per row under load.
+    /// transaction costs the database CPU beyond its rows, so batches cut early cost more per
+    /// row under load (measured in BENCHMARKS.md, issue 10, fourth part).
     pub flush_interval: Duration,
     /// Directory of the on-disk spool. Default `$STATE_DIRECTORY`, else `/var/lib/collector`.
     pub spool_dir: PathBuf,

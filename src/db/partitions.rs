@@ -11,8 +11,8 @@
 //! A day's partition is compacted once its day has been over for a day: its B-tree indexes
 //! are rebuilt packed full (`fillfactor` 100, `REINDEX INDEX CONCURRENTLY`, so writes and
 //! reads go on). While a day is open, a token's new rows land at the end of its key range in
-//! the middle of the index, so pages split half and half and stay ~55–70 % full: a trade's
-//! identity entry takes ~50–65 bytes there and 36.7 once packed. Rows a closed day still
+//! the middle of the index, so pages split half and half and stay far from full (a trade's
+//! identity entry open and packed: BENCHMARKS.md, issue 10, sixth part). Rows a closed day still
 //! receives (a gap's backfill) go in as usual. A compacted index carries the comment
 //! [`COMPACTED`] (`\di+` shows it); an interrupted rebuild's leftover (an invalid
 //! `…_ccnew` index) is dropped and the rebuild done again on the next pass.

@@ -2,8 +2,8 @@
 //! waits: it puts them on a queue bounded in rows and in bytes for the
 //! [`super::writer::Writer`], or — when the queue is full because the database is down or
 //! slow — appends them to the on-disk [`Spool`]. A frame's rows travel together (one lock and
-//! one queue entry per frame, not per row: at 250,000 rows/s the per-row hand-over cost ~9 %
-//! of the process's CPU). Once rows went to the spool, later rows follow them there until it
+//! one queue entry per frame, not per row: the per-row hand-over was a measurable share of the
+//! process's CPU, BENCHMARKS.md). Once rows went to the spool, later rows follow them there until it
 //! is replayed, so the replay order is the arrival order.
 //!
 //! Nothing is dropped silently: a row the spool cannot take (full, or its disk failing) and

@@ -1,8 +1,8 @@
 //! The spool's binary segment format (version 2, `segment-N.bin`). Version 1 (`.jsonl`, JSON
-//! lines) took ~380 bytes for a level change — its 78-digit token id, its market's 66
-//! characters and two RFC 3339 times spelt out on every line — so the default 1 GiB covered
-//! about a minute of the stream at 30,000 events/s; and parsing it made a replayed row ~1.5×
-//! dearer than a live one. Version 1 segments of an older release are still read.
+//! lines) spelt out a level change's 78-digit token id, its market's 66 characters and two
+//! RFC 3339 times on every line — several times the bytes, and a replayed row dearer than a
+//! live one (sizes in BENCHMARKS.md, issue 10, sixth part). Version 1 segments of an older
+//! release are still read.
 //!
 //! A segment is [`HEADER`], then records: a varint length, then the body, whose first byte is
 //! its kind:

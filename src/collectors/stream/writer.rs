@@ -77,8 +77,8 @@ pub struct Writer {
 }
 
 /// Live batches written at once, each in its own transaction on its own connection: while one
-/// commits, the next streams in, so the database is not left idle between batches (with one,
-/// the database's COPY was idle ~1/4 of the time at 150,000 events/s).
+/// commits, the next streams in, so the database is not left idle between batches (with one
+/// it was idle a quarter of the time at the highest rates: BENCHMARKS.md).
 const PIPELINE: usize = 2;
 
 /// How often a filling batch looks at the queue.
@@ -193,10 +193,9 @@ impl Writer {
                 continue;
             }
             // A new live batch: its first row, then what comes within the flush interval (or
-            // until it is full). Every transaction costs the database ~1.6 ms of CPU on top of
-            // its rows (statements, partition routing, the commit): at 100,000 events/s,
-            // batches cut at a tenth of `batch_size` made 876 rows per transaction and 4.3 µs
-            // per row; filled for the interval, 4,054 and 3.1 µs (BENCHMARKS.md).
+            // until it is full). Every transaction costs the database CPU on top of its rows
+            // (statements, partition routing, the commit), so batches filled for the interval
+            // cost less per row than batches cut early (BENCHMARKS.md, issue 10, fourth part).
             stats.writer_idle.store(inflight.is_empty(), Ordering::SeqCst);
             let first = tokio::select! {
                 _ = stop.cancel.cancelled() => None,
@@ -222,8 +221,8 @@ impl Writer {
                 if batch.len() >= self.batch_size || now >= deadline || (rx.is_closed() && rx.is_empty()) {
                     break;
                 }
-                // Looked at every few ms rather than woken per row: at 180,000 rows/s a wake per
-                // row would cost more than the rows' encoding.
+                // Looked at every few ms rather than woken per row: at the highest rates a wake
+                // per row would cost more than the rows' encoding.
                 tokio::select! {
                     _ = stop.cancel.cancelled() => break,
                     _ = tokio::time::sleep((deadline - now).min(FILL_POLL)) => {}

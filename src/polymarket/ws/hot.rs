@@ -2,7 +2,7 @@
 //! `best_bid_ask`: nine rows in ten of the stream — and `book`. They are read in their
 //! documented shape straight from the frame's text into typed fields that borrow from it,
 //! without building a `serde_json::Value` tree first (which allocated a map and a string per
-//! key and per value, ~30 % of the collector's CPU on the real mix). A frame that is an array
+//! key and per value: a large share of the collector's CPU on the real mix, BENCHMARKS.md). A frame that is an array
 //! of such events is read in one pass ([`decode_array`]).
 //!
 //! The documented shape only: every field a JSON string without escapes, or absent, or null.
