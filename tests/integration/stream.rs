@@ -30,7 +30,7 @@ const FAST_STREAM: &str = "[stream]\nping_interval_secs = 1\n\
 pub struct Harness {
     pub db: pg::TestDb,
     pub ws: FakeWs,
-    http: Fake,
+    pub http: Fake,
     pub sink: Arc<Sink>,
     pub stats: Arc<StreamStats>,
     pub supervisor: Supervisor,

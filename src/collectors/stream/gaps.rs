@@ -65,8 +65,24 @@ impl std::fmt::Display for GapReason {
 /// A connection's capture gap begins or ends.
 #[derive(Debug, Clone)]
 pub enum GapEvent {
-    Open { conn: i32, assets: Vec<String>, reason: GapReason, at: DateTime<Utc> },
-    Close { conn: i32, at: DateTime<Utc> },
+    Open {
+        conn: i32,
+        assets: Vec<String>,
+        reason: GapReason,
+        at: DateTime<Utc>,
+    },
+    Close {
+        conn: i32,
+        at: DateTime<Utc>,
+    },
+    /// Rows received but lost (the queue full and the spool unable to take them): a closed gap
+    /// over their assets and receive times, backfilled like any other.
+    Lost {
+        assets: Vec<String>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        rows: u64,
+    },
 }
 
 /// Delays between attempts to record a gap while the database is away.
@@ -114,6 +130,14 @@ async fn apply(pool: &Pool, event: &GapEvent, stats: &StreamStats) -> Result<Opt
                     "capture gap opened on connection {conn} ({} assets): {reason}", assets.len());
             }
             Ok(None)
+        }
+        GapEvent::Lost { assets, from, to, rows } => {
+            let reason = format!("{rows} rows lost: the write queue was full and the spool could not keep them");
+            let gap = db_gaps::insert_closed(pool, assets, *from, *to, &reason).await?;
+            stats.gaps.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(message_id = journal::GAP_OPENED, gap_id = gap.id, assets = assets.len(), rows, since = %from, until = %to,
+                "capture gap recorded for {rows} lost rows ({} assets): their trades will be backfilled", assets.len());
+            Ok(Some(gap))
         }
         GapEvent::Close { conn, at } => {
             let closed = db_gaps::close(pool, *conn, *at).await?;

@@ -161,6 +161,8 @@ impl Manager {
         // Until the catalog holds anything in scope (a first run), look every second, for the
         // first minutes.
         let mut first_fill = tokio::time::interval(Duration::from_secs(1));
+        // Rows the sink lost become a gap (backfilled) within a second.
+        let mut losses = tokio::time::interval(Duration::from_secs(1));
         let first_fill_until = Instant::now() + Duration::from_secs(600);
         loop {
             tokio::select! {
@@ -169,6 +171,13 @@ impl Manager {
                     let _ = ready.take().expect("guarded").send(());
                 }
                 _ = refresh.tick() => self.refresh(&ctx, &shard_cancel).await,
+                _ = losses.tick() => {
+                    if let Some(w) = self.sink.take_losses() {
+                        if let (Some(from), Some(to)) = (w.from, w.to) {
+                            ctx.send_gap(GapEvent::Lost { assets: w.assets.into_iter().collect(), from, to, rows: w.rows });
+                        }
+                    }
+                }
                 Ok(()) = self.live.changed() => {
                     tracing::info!("stream scope or retention reloaded: recomputing the subscription set");
                     self.refresh(&ctx, &shard_cancel).await;

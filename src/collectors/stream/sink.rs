@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 pub use super::latency::LatencyHistogram;
 use super::spool::{Position, Spool, SpoolError};
+use super::spool_format::{LossWindow, Record};
 use super::spool_read::SpoolReader;
 use crate::db::stream::Row;
 use crate::journal;
@@ -73,6 +74,8 @@ struct SinkState {
     spooling: bool,
     /// The last spool error, for the next DATA LOST line.
     last_error: Option<String>,
+    /// What the rows lost since the last [`Sink::take_losses`] covered.
+    losses: LossWindow,
 }
 
 /// The queue's fill: rows and (about) bytes, each bounded.
@@ -122,7 +125,7 @@ impl Sink {
             fill: fill.clone(),
             capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
-            state: Mutex::new(SinkState { spool, spooling, last_error: None }),
+            state: Mutex::new(SinkState { spool, spooling, last_error: None, losses: LossWindow::default() }),
             reader: Mutex::new(SpoolReader::default()),
             stats: WriteStats::default(),
             epoch: Instant::now(),
@@ -172,6 +175,9 @@ impl Sink {
                     // The rows a failed write took with it are lost; this one is still here.
                     lost += e.rows_lost() - 1;
                     refused.push(row);
+                    if let SpoolError::Lost { window, .. } = &e {
+                        st.losses.merge((**window).clone());
+                    }
                     if matches!(e, SpoolError::Lost { .. } | SpoolError::Io { .. }) {
                         self.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -185,6 +191,9 @@ impl Sink {
         if !refused.is_empty() {
             if let Err(rows) = self.try_queue(refused) {
                 lost += rows.len() as u64;
+                for r in &rows {
+                    r.note_loss(&mut st.losses);
+                }
             }
         }
         self.stats.spool_bytes.store(st.spool.pending_bytes(), Ordering::Relaxed);
@@ -193,6 +202,13 @@ impl Sink {
             drop(st);
             self.lost(lost, &error);
         }
+    }
+
+    /// What the rows lost since the last call covered (`None`: nothing lost): the manager
+    /// records it as a gap, whose trades the backfill recovers.
+    pub fn take_losses(&self) -> Option<LossWindow> {
+        let mut st = self.state.lock().expect("sink lock");
+        (!st.losses.is_empty()).then(|| std::mem::take(&mut st.losses))
     }
 
     /// Puts `rows` on the queue if it has room for all of them (in rows and bytes); gives them
@@ -324,7 +340,13 @@ impl Sink {
         };
         if let Some(e) = failed {
             self.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
-            self.state.lock().expect("sink lock").last_error = Some(e.to_string());
+            {
+                let mut st = self.state.lock().expect("sink lock");
+                st.last_error = Some(e.to_string());
+                if let SpoolError::Lost { window, .. } = &e {
+                    st.losses.merge((**window).clone());
+                }
+            }
             self.lost(e.rows_lost(), &e.to_string());
         }
         let read = reader.read::<Row>(&plan, max);

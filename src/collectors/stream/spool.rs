@@ -34,7 +34,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::spool_format::{self, HEADER, Record, WriteDict};
+use super::spool_format::{self, HEADER, LossWindow, Record, WriteDict};
 use crate::backoff::Backoff;
 
 /// A segment is closed once it holds this many bytes.
@@ -58,9 +58,9 @@ pub enum SpoolError {
     #[error("spool {path}: {source}")]
     Io { path: String, source: std::io::Error },
     /// A write failed: `rows` rows (the ones buffered since the last write-out, this one
-    /// included) are lost.
+    /// included) are lost; `window` covers them (and may cover some kept ones too).
     #[error("spool {path}: {source}: {rows} rows lost")]
-    Lost { rows: u64, path: String, source: std::io::Error },
+    Lost { rows: u64, window: Box<LossWindow>, path: String, source: std::io::Error },
     #[error("spool paused for {ms} ms more after a failed write: row dropped")]
     Paused { ms: u64 },
 }
@@ -69,7 +69,7 @@ impl SpoolError {
     /// The error as it concerns an append that did not take its row either: one more lost.
     fn and_this_row(self) -> SpoolError {
         match self {
-            SpoolError::Lost { rows, path, source } => SpoolError::Lost { rows: rows + 1, path, source },
+            SpoolError::Lost { rows, window, path, source } => SpoolError::Lost { rows: rows + 1, window, path, source },
             other => other,
         }
     }
@@ -112,9 +112,11 @@ pub struct ReadPlan {
 /// The segment being appended to.
 struct Open {
     file: File,
-    /// Appended records not yet written out, and where each row's records end in it.
+    /// Appended records not yet written out, where each row's records end in it, and what
+    /// they cover (for a gap, should the write fail).
     buf: Vec<u8>,
     ends: Vec<usize>,
+    window: LossWindow,
     /// Bytes of the file written out.
     written: u64,
     last_out: Instant,
@@ -249,6 +251,7 @@ impl Spool {
         let open = self.file.as_mut().expect("open");
         open.buf.extend_from_slice(&record);
         open.ends.push(open.buf.len());
+        row.note_loss(&mut open.window);
         self.segments.last_mut().expect("a segment").size += record.len() as u64;
         if open.buf.len() >= WRITE_BUFFER || open.last_out.elapsed() >= WRITE_OUT_EVERY {
             self.write_out()?;
@@ -267,12 +270,19 @@ impl Spool {
                 // A file of that number we do not know of (left by a failure or by hand):
                 // never appended to; the next number is taken.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < self.read_at.segment.max(1) + 1_000_000 => n += 1,
-                Err(e) => return Err(self.failed(0, &path, e)),
+                Err(e) => return Err(self.failed(0, LossWindow::default(), &path, e)),
             }
         };
         self.segments.push(Segment { n, size: HEADER.len() as u64, readable: 0, json: false });
         self.dict_for = Some(n);
-        self.file = Some(Open { file, buf: HEADER.to_vec(), ends: Vec::new(), written: 0, last_out: Instant::now() });
+        self.file = Some(Open {
+            file,
+            buf: HEADER.to_vec(),
+            ends: Vec::new(),
+            window: LossWindow::default(),
+            written: 0,
+            last_out: Instant::now(),
+        });
         Ok(())
     }
 
@@ -287,6 +297,7 @@ impl Spool {
                 seg.readable = open.written;
                 open.buf.clear();
                 open.ends.clear();
+                open.window = LossWindow::default();
                 open.last_out = Instant::now();
                 self.failures = 0;
                 Ok(())
@@ -308,18 +319,22 @@ impl Spool {
                     self.segments.pop();
                     let _ = std::fs::remove_file(&path);
                 }
-                Err(self.failed(lost, &path, e))
+                // The window covers the whole buffer (the kept rows too: their backfill finds
+                // them stored); its count is the rows lost.
+                let mut window = std::mem::take(&mut self.file.as_mut().expect("open").window);
+                window.rows = lost;
+                Err(self.failed(lost, window, &path, e))
             }
         }
     }
 
     /// After a failed write: the next append starts a new segment, after a pause.
-    fn failed(&mut self, lost: u64, path: &Path, source: std::io::Error) -> SpoolError {
+    fn failed(&mut self, lost: u64, window: LossWindow, path: &Path, source: std::io::Error) -> SpoolError {
         self.file = None;
         self.dict_for = None;
         self.paused_until = Some(Instant::now() + PAUSE.ceiling(self.failures));
         self.failures += 1;
-        SpoolError::Lost { rows: lost, path: path.display().to_string(), source }
+        SpoolError::Lost { rows: lost, window: Box::new(window), path: path.display().to_string(), source }
     }
 
     /// Writes out and fsyncs the open segment (at the stop).

@@ -43,6 +43,51 @@ pub trait Record: Serialize + DeserializeOwned {
     fn decode(kind: u8, _dec: &mut Decoder<'_>) -> Result<Self, String> {
         Err(format!("unknown record kind {kind}"))
     }
+
+    /// Adds this record's assets and receive time to `window` (what a gap must cover if the
+    /// record is lost).
+    fn note_loss(&self, _window: &mut LossWindow) {}
+}
+
+/// What lost records covered: their assets and the span of their receive times. The sink turns
+/// it into a gap, whose trades the backfill recovers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LossWindow {
+    pub assets: std::collections::BTreeSet<String>,
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    pub rows: u64,
+}
+
+impl LossWindow {
+    /// One more lost row: its assets, received at `at`.
+    pub fn add<'a>(&mut self, assets: impl IntoIterator<Item = &'a str>, at: chrono::DateTime<chrono::Utc>) {
+        for a in assets {
+            if !self.assets.contains(a) {
+                self.assets.insert(a.to_string());
+            }
+        }
+        self.from = Some(self.from.map_or(at, |f| f.min(at)));
+        self.to = Some(self.to.map_or(at, |t| t.max(at)));
+        self.rows += 1;
+    }
+
+    /// Widens the span to `t` (a lost trade's source time).
+    pub fn cover(&mut self, t: chrono::DateTime<chrono::Utc>) {
+        self.from = Some(self.from.map_or(t, |f| f.min(t)));
+        self.to = Some(self.to.map_or(t, |x| x.max(t)));
+    }
+
+    pub fn merge(&mut self, other: LossWindow) {
+        self.assets.extend(other.assets);
+        self.from = self.from.min(other.from).or(self.from).or(other.from);
+        self.to = self.to.max(other.to);
+        self.rows += other.rows;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
 }
 
 /// The ids a segment's writer has defined: string → id.

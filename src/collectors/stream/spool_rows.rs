@@ -10,6 +10,21 @@ use super::spool_format::{Decoder, Encoder, Record, unzigzag, zigzag};
 /// Level changes, trades, quotes and books — nearly every row a spill holds, and nearly all
 /// of its bytes — in binary; the rest as JSON.
 impl Record for crate::db::stream::Row {
+    fn note_loss(&self, window: &mut super::spool_format::LossWindow) {
+        use crate::db::stream::Row;
+        let at = self.received_at();
+        match self {
+            Row::Book { book, .. } => window.add([book.token_id.as_str()], at),
+            Row::Lifecycle { event, .. } => window.add(event.assets.iter().map(String::as_str), at),
+            // A trade's own time too: the backfill looks trades up by it.
+            Row::Trade { trade, .. } => {
+                window.add([trade.asset_id.as_str()], at);
+                window.cover(trade.source_ts);
+            }
+            other => window.add(other.asset(), at),
+        }
+    }
+
     fn encode(&self, enc: &mut Encoder<'_>) -> bool {
         use crate::db::stream::{Row, TradeSource};
         use crate::polymarket::decode::Side;

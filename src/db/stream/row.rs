@@ -77,6 +77,11 @@ impl Row {
         }
     }
 
+    /// The asset (token id) a keyed row is about.
+    pub fn asset(&self) -> Option<&str> {
+        self.token().map(|(t, _)| t)
+    }
+
     /// The token and market a keyed row belongs to.
     pub(super) fn token(&self) -> Option<(&str, Option<&str>)> {
         match self {
