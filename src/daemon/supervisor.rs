@@ -122,9 +122,8 @@ impl Supervisor {
                 e.alive.store(false, Ordering::Relaxed);
                 let Err(err) = result else { return }; // cancelled: a clean stop
                 let Some(delay) = this.died(name, &err.to_string()) else { return };
-                tokio::select! {
-                    _ = this.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                if !crate::backoff::rest(&this.cancel, delay).await {
+                    return;
                 }
             }
         });

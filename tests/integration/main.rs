@@ -12,6 +12,7 @@ mod fake_ws;
 mod layout;
 mod migrations;
 mod pg;
+mod soak;
 pub mod stream;
 mod system;
 mod years;

@@ -20,7 +20,7 @@ use super::domain;
 use super::gaps::{GapEvent, GapReason};
 use super::watch::{FirstBookWatch, SilenceWatch};
 use super::{Lifecycle, StreamCtx};
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, rest};
 use crate::db::stream::{Row, TradeSource};
 use crate::fault::{self, Fault};
 use crate::journal;
@@ -78,9 +78,8 @@ pub struct Shard {
 
 impl Shard {
     pub async fn run(mut self, cancel: CancellationToken) {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(self.start_delay) => {}
+        if !rest(&cancel, self.start_delay).await {
+            return;
         }
         let cfg = &self.ctx.cfg;
         let mut retries = Backoff::new(cfg.reconnect_base, cfg.reconnect_max).start();
@@ -127,9 +126,8 @@ impl Shard {
                 let delay = retries.next_delay().max(retry_after.unwrap_or_default());
                 tracing::warn!(message_id = journal::RECONNECT, conn = self.id, reason = %reason, attempt = retries.attempts(),
                     delay_ms = delay.as_millis() as u64, "stream connection {} failed, retrying: {reason}", self.id);
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                if !rest(&cancel, delay).await {
+                    return;
                 }
                 continue;
             };
@@ -151,9 +149,8 @@ impl Shard {
             let delay = retries.next_delay();
             tracing::warn!(message_id = journal::RECONNECT, conn = self.id, reason = %reason, assets = self.assets.len(),
                 delay_ms = delay.as_millis() as u64, "stream connection {} lost, reconnecting: {reason}", self.id);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+            if !rest(&cancel, delay).await {
+                return;
             }
         }
     }

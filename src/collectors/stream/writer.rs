@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::domain::printable;
 use super::sink::{LatencyHistogram, QueueRx, Sink};
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, rest};
 use crate::db::stream::{Keys, Origin, Row, write_batch};
 use crate::db::{DbError, Pool};
 use crate::errors::error_chain;
@@ -184,9 +184,8 @@ impl Writer {
                         let front = alone.front_mut().expect("front");
                         front.maybe_stored = true;
                         front.failures += 1;
-                        tokio::select! {
-                            _ = stop.cancel.cancelled() => break 'run,
-                            _ = tokio::time::sleep(delay) => {}
+                        if !rest(&stop.cancel, delay).await {
+                            break 'run;
                         }
                     }
                 }
