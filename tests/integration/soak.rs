@@ -186,10 +186,12 @@ async fn soak_years_on_an_accelerated_clock() {
         for r in rows {
             stored.insert((r.get(0), r.get(1)), r.get(2));
         }
-        let sent = sent.lock().unwrap();
-        let want: Vec<&Sent> =
-            sent.iter().filter(|s| chrono::DateTime::from_timestamp_millis(s.ts_ms).unwrap().date_naive() >= keep_from).collect();
-        let missing = want.iter().filter(|s| !stored.contains_key(&(s.asset.clone(), s.size.clone()))).count();
+        let (wanted, missing) = {
+            let sent = sent.lock().unwrap();
+            let want: Vec<&Sent> =
+                sent.iter().filter(|s| chrono::DateTime::from_timestamp_millis(s.ts_ms).unwrap().date_naive() >= keep_from).collect();
+            (want.len(), want.iter().filter(|s| !stored.contains_key(&(s.asset.clone(), s.size.clone()))).count())
+        };
         let doubled = stored.values().filter(|c| **c > 1).count();
         if (missing == 0 && doubled == 0) || quiet.elapsed() > Duration::from_secs(180) {
             let seq = db.client().await.query_one(
@@ -218,8 +220,7 @@ async fn soak_years_on_an_accelerated_clock() {
             );
             println!(
                 "soak: markets opened {} closed {closed}; trades sent {sent_count}, within the retention {} (from {keep_from}): missing {missing}, doubled {doubled}",
-                next_market,
-                want.len()
+                next_market, wanted
             );
             println!(
                 "soak: trades partitions now {partitions}; maintenance passes that dropped days: {dropped}; indexes compacted now: {compacted}"
@@ -233,7 +234,6 @@ async fn soak_years_on_an_accelerated_clock() {
             assert!(errors.values().all(|n| *n < 200), "an ERROR repeating without progress: {errors:#?}");
             break;
         }
-        drop(sent);
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
