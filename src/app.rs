@@ -37,6 +37,10 @@ pub enum AppError {
     GaveUp(String),
     #[error(transparent)]
     Stream(#[from] crate::collectors::stream::StartError),
+    #[error(transparent)]
+    Archive(#[from] crate::collectors::archive::ArchiveError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl AppError {
@@ -49,6 +53,8 @@ impl AppError {
             AppError::Migrate(migrate::MigrateError::Unknown { .. } | migrate::MigrateError::Altered { .. }) => exit::CONFIG,
             AppError::Interrupted => 130,
             AppError::Stream(crate::collectors::stream::StartError::Spool(_)) => exit::CONFIG,
+            AppError::Archive(crate::collectors::archive::ArchiveError::NotWritable { .. }) => exit::CONFIG,
+            AppError::Usage(_) => exit::USAGE,
             _ => exit::SOFTWARE,
         }
     }
@@ -87,6 +93,34 @@ pub async fn migrate(cfg: Config) -> Result<(), AppError> {
     Ok(())
 }
 
+/// `collector archive`: one archive pass up to `until` (RFC 3339; default `after_hours` ago,
+/// down to the hour); prints what it wrote (one JSON object with `json`). Exit 0 when every
+/// row before the bound is in a verified file.
+pub async fn archive(cfg: Config, until: Option<&str>, json: bool) -> Result<(), AppError> {
+    use crate::collectors::archive;
+    let until = match until {
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map_err(|e| AppError::Usage(format!("--until {text:?}: not an RFC 3339 time ({e})")))?
+            .with_timezone(&chrono::Utc),
+        None => archive::default_until(&cfg.archive),
+    };
+    archive::check_dir(&cfg.archive)?;
+    let (pool, _) = connect_and_migrate(&cfg).await?;
+    let report = archive::pass(&pool, &cfg.archive, until).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report).expect("serialises"));
+    } else {
+        for (table, t) in &report.tables {
+            println!("{table}: {} files, {} rows, {} bytes", t.files, t.rows, t.bytes);
+        }
+        if !report.released.is_empty() {
+            println!("released from the database: {}", report.released.join(", "));
+        }
+        println!("archived up to {until}");
+    }
+    Ok(())
+}
+
 /// `collector collect`: runs until SIGTERM or SIGINT (exit 0 after the drain), a second
 /// signal during the drain (exit 130), or a task spending its restart budget (exit 70).
 /// SIGHUP (`systemctl reload collector`) re-reads `path` ([`reload`]).
@@ -98,6 +132,10 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
         catalog = cfg.catalog.enabled, books = cfg.books.enabled, stream = cfg.stream.enabled,
         status_socket = %cfg.daemon.status_socket.display(), "collector starting"
     );
+    // An archive it cannot write is a configuration error, before anything starts.
+    if cfg.archive.enabled {
+        crate::collectors::archive::check_dir(&cfg.archive)?;
+    }
     // 1. Database and schema (a signal meanwhile ends the start quietly).
     let (pool, applied) = tokio::select! {
         r = connect_and_migrate(&cfg) => r?,
@@ -327,6 +365,7 @@ async fn spawn_stream(
         drain_grace: cfg.daemon.drain_grace,
         stall_timeout: cfg.daemon.stall_timeout,
         fault_spec: supervisor.fault_spec().map(str::to_owned),
+        archive: cfg.archive.enabled.then(|| cfg.archive.clone()),
     })
     .await?;
     Ok(Some(handle))
@@ -392,6 +431,10 @@ fn spawn_polling(supervisor: &Supervisor, cfg: &Config, client: &Arc<PolymarketC
     if cfg.books.enabled {
         let (client, pool, books) = (client.clone(), pool.clone(), cfg.books.clone());
         supervisor.spawn_polling(move || BooksCollector::new(client.clone(), pool.clone(), books.clone()));
+    }
+    if cfg.archive.enabled {
+        let (pool, archive) = (pool.clone(), cfg.archive.clone());
+        supervisor.spawn_polling(move || crate::collectors::archive::ArchiveCollector { pool: pool.clone(), cfg: archive.clone() });
     }
 }
 

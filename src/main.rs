@@ -24,6 +24,7 @@ enum Command {
     Migrate(Migrate),
     CheckConfig(CheckConfig),
     Status(Status),
+    Archive(Archive),
 }
 
 /// run the daemon until SIGTERM or SIGINT
@@ -51,6 +52,22 @@ struct CheckConfig {
     /// configuration file (default /etc/collector/collector.toml)
     #[argh(option, default = "PathBuf::from(config::DEFAULT_PATH)")]
     config: PathBuf,
+}
+
+/// archive every closed hour up to a bound now (one pass), then exit
+#[derive(FromArgs)]
+#[argh(subcommand, name = "archive")]
+struct Archive {
+    /// configuration file (default /etc/collector/collector.toml)
+    #[argh(option, default = "PathBuf::from(config::DEFAULT_PATH)")]
+    config: PathBuf,
+    /// archive rows with a source time before this RFC 3339 time (default: archive.after_hours
+    /// ago, down to the hour); a bound inside an hour archives that hour so far
+    #[argh(option)]
+    until: Option<String>,
+    /// print one JSON object: per table, files, rows and bytes written
+    #[argh(switch)]
+    json: bool,
 }
 
 /// print the running daemon's live health
@@ -143,6 +160,7 @@ fn main() -> ExitCode {
         Command::Collect(c) => &c.config,
         Command::Migrate(c) => &c.config,
         Command::CheckConfig(c) => &c.config,
+        Command::Archive(c) => &c.config,
         Command::Status(_) => unreachable!("handled above"),
     };
     let cfg = match app::load_config(path) {
@@ -171,6 +189,7 @@ fn main() -> ExitCode {
         match command {
             Command::Collect(c) => app::collect(cfg, &c.config).await,
             Command::Migrate(_) => app::migrate(cfg).await,
+            Command::Archive(a) => app::archive(cfg, a.until.as_deref(), a.json).await,
             Command::CheckConfig(_) | Command::Status(_) => unreachable!("handled above"),
         }
     });

@@ -14,6 +14,7 @@
 //! Collectors sit below the daemon: they never import `daemon`; what they need from it
 //! ([`Restarts`]) is a trait defined here.
 
+pub mod archive;
 pub mod books;
 pub mod catalog;
 pub mod stream;
@@ -54,6 +55,8 @@ pub enum CollectError {
     Payload(#[from] FieldError),
     #[error("keyset cursor {0:?} repeated: upstream ignores the cursor, sweep aborted")]
     CursorRepeated(String),
+    #[error("archive: {0}")]
+    Archive(String),
 }
 
 impl From<tokio_postgres::Error> for CollectError {

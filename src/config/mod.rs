@@ -36,6 +36,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub archive: ArchiveConfig,
 }
 
 #[derive(Clone)]
@@ -235,6 +236,31 @@ pub struct DaemonConfig {
     /// A collector pass running longer than this counts as wedged and stops the systemd
     /// watchdog pings. Default 900 s.
     pub stall_timeout: Duration,
+}
+
+/// The hourly Parquet archive of the stream tables (docs/archive.md).
+#[derive(Debug, Clone)]
+pub struct ArchiveConfig {
+    /// Archive closed hours (and release archived days from the database). Default true.
+    pub enabled: bool,
+    /// Where the files go: `<dir>/<table>/date=YYYY-MM-DD/hour=HH.parquet`. Default
+    /// `$STATE_DIRECTORY/archive`, else `/var/lib/collector/archive`.
+    pub dir: PathBuf,
+    /// Days of the partitioned stream tables kept in the database; older days are dropped
+    /// once every hour of them is archived and verified. 0 keeps everything. Default 7.
+    pub keep_days: u32,
+    /// An hour is archived this many hours after it ends (so backfills of recent gaps land
+    /// first). Default 2, at least 1.
+    pub after_hours: u32,
+    /// ZSTD level of the files (1–22). Default 9.
+    pub zstd_level: i32,
+    /// Keep each level change's `hash` in the archive (20 random bytes a row that do not
+    /// compress: docs/archive.md says what it verifies). Default false.
+    pub level_hashes: bool,
+    /// Rows per Parquet row group. Default 1,000,000.
+    pub row_group_rows: usize,
+    /// How often the daemon looks for hours to archive. Default 600 s.
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone)]

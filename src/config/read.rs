@@ -26,6 +26,7 @@ impl Config {
         let log_t = root.table("log");
         let daemon_t = root.table("daemon");
         let metrics_t = root.table("metrics");
+        let archive_t = root.table("archive");
         root.finish();
 
         let mut s = Section::new("database", database_t, &mut problems, &mut settings);
@@ -211,6 +212,23 @@ impl Config {
         s.finish();
         let metrics = MetricsConfig { listen };
 
-        Ok((Config { settings, database, upstream, catalog, books, stream, health, daemon, log, metrics }, problems))
+        let mut s = Section::new("archive", archive_t, &mut problems, &mut settings);
+        let default_archive = match &env.state_directory {
+            Some(dir) => PathBuf::from(dir).join("archive"),
+            None => PathBuf::from("/var/lib/collector/archive"),
+        };
+        let archive = ArchiveConfig {
+            enabled: s.bool("enabled", true),
+            dir: PathBuf::from(s.string("dir", &default_archive.display().to_string())),
+            keep_days: s.int("keep_days", 7, 0, 36_500) as u32,
+            after_hours: s.int("after_hours", 2, 1, 24 * 365) as u32,
+            zstd_level: s.int("zstd_level", 9, 1, 22) as i32,
+            level_hashes: s.bool("level_hashes", false),
+            row_group_rows: s.int("row_group_rows", 1_000_000, 1_000, 100_000_000) as usize,
+            interval: s.secs("interval_secs", 600, 1, 86_400),
+        };
+        s.finish();
+
+        Ok((Config { settings, database, upstream, catalog, books, stream, health, daemon, log, metrics, archive }, problems))
     }
 }

@@ -25,6 +25,8 @@ mod v0008;
 mod v0009;
 #[path = "../../migrations/v0010_compact_dictionary_keys.rs"]
 mod v0010;
+#[path = "../../migrations/v0011_archive.rs"]
+mod v0011;
 
 /// One migration: its version (ordering), name and SQL generator.
 pub struct Migration {
@@ -45,6 +47,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 8, name: "leaner_level_changes_and_trades", sql: v0008::migration },
     Migration { version: 9, name: "level_changes_in_ticks", sql: v0009::migration },
     Migration { version: 10, name: "compact_dictionary_keys", sql: v0010::migration },
+    Migration { version: 11, name: "archive", sql: v0011::migration },
 ];
 
 /// Advisory lock key: "collector" in ASCII, so concurrent starts serialise on migrations.
@@ -161,6 +164,7 @@ mod tests {
             (8, "d94f1b5d2b925dac"),
             (9, "1c99a2fb8ee4931f"),
             (10, "3f7ab6c11c07cc59"),
+            (11, "865dd0ce1f109462"),
         ];
         for (version, sum) in pinned {
             let m = MIGRATIONS.iter().find(|m| m.version == version).unwrap();

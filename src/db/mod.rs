@@ -1,9 +1,11 @@
 //! PostgreSQL: connection settings, TLS (rustls), the bb8 pool, start-up retries, and one
 //! module per table family.
 
+pub mod archive;
 pub mod books;
 pub mod catalog;
 pub mod copy;
+pub mod copy_out;
 pub mod gaps;
 pub mod migrate;
 pub mod partitions;

@@ -122,14 +122,31 @@ pub async fn days(pool: &Pool, table: &str) -> Result<Vec<NaiveDate>, DbError> {
     Ok(days)
 }
 
+/// Drops `table`'s partition of `day` (the archive's release); its name, or `None` when there
+/// was none.
+pub async fn drop_day(pool: &Pool, table: &str, day: NaiveDate) -> Result<Option<String>, DbError> {
+    let name = partition_name(table, day);
+    let exists: bool = pool.get().await?.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).await?.get(0);
+    if !exists {
+        return Ok(None);
+    }
+    ddl(pool, &format!("DROP TABLE IF EXISTS {}", ident(&name))).await?;
+    Ok(Some(name))
+}
+
 /// The partitions past the retention on `today`, oldest first (what [`drop_expired`] drops).
 pub async fn expired(pool: &Pool, today: NaiveDate, retention: Retention) -> Result<Vec<String>, DbError> {
+    Ok(expired_days(pool, today, retention).await?.into_iter().map(|(t, d)| partition_name(t, d)).collect())
+}
+
+/// [`expired`] as (table, day).
+pub async fn expired_days(pool: &Pool, today: NaiveDate, retention: Retention) -> Result<Vec<(&'static str, NaiveDate)>, DbError> {
     let mut out = Vec::new();
     for table in TABLES {
         let keep = retention.days(table);
         if keep > 0 {
             let keep_from = today - Duration::days(keep as i64);
-            out.extend(days(pool, table).await?.into_iter().filter(|d| *d < keep_from).map(|d| partition_name(table, d)));
+            out.extend(days(pool, table).await?.into_iter().filter(|d| *d < keep_from).map(|d| (*table, d)));
         }
     }
     Ok(out)

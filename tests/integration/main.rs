@@ -49,6 +49,7 @@ clob_books_requests_per_10s = 10000
 
 {extra}
 {stream}
+{archive}
 "#,
         url = db.url,
         extra = if extra.contains("spool_dir") {
@@ -56,6 +57,9 @@ clob_books_requests_per_10s = 10000
         } else {
             extra.replace("[stream]\n", &format!("[stream]\nspool_dir = \"{}\"\n", spool_dir()))
         },
+        // The archive is on by default (its directory under /var/lib): off in tests unless
+        // the test sets it up.
+        archive = if extra.contains("[archive]") { "" } else { "[archive]\nenabled = false\n" },
         stream = if extra.contains("[stream]") {
             String::new()
         } else {

@@ -68,6 +68,7 @@ impl Harness {
             drain_grace: Duration::from_secs(10),
             stall_timeout: cfg.daemon.stall_timeout,
             fault_spec: None,
+            archive: cfg.archive.enabled.then(|| cfg.archive.clone()),
         })
         .await
         .unwrap();

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::stats::StreamStats;
 use crate::clock;
-use crate::config::StreamConfig;
+use crate::config::{ArchiveConfig, StreamConfig};
 use crate::db::partitions::{self, Retention};
 use crate::db::{DbError, Pool};
 
@@ -47,11 +47,17 @@ pub async fn before_start(pool: &Pool) {
 }
 
 /// Runs passes until `cancel`; the retentions are read from `live` at each pass.
-pub async fn run(pool: Pool, mut live: watch::Receiver<StreamConfig>, stats: Arc<StreamStats>, cancel: CancellationToken) {
+pub async fn run(
+    pool: Pool,
+    mut live: watch::Receiver<StreamConfig>,
+    archive: Option<ArchiveConfig>,
+    stats: Arc<StreamStats>,
+    cancel: CancellationToken,
+) {
     loop {
         let today = clock::today();
         let in_force = retention(&live.borrow_and_update());
-        let complete = pass(&pool, today, in_force, &cancel).await;
+        let complete = pass(&pool, today, in_force, archive.as_ref(), &cancel).await;
         if cancel.is_cancelled() {
             return;
         }
@@ -96,7 +102,13 @@ async fn announce(pool: &Pool, wanted: Retention, before: Retention, next: DateT
 
 /// One pass: partitions ahead, retention, compaction. `false` when a step could not finish
 /// (it is logged; the next pass comes [`RETRY`] later).
-pub async fn pass(pool: &Pool, today: NaiveDate, retention: Retention, cancel: &CancellationToken) -> bool {
+pub async fn pass(
+    pool: &Pool,
+    today: NaiveDate,
+    retention: Retention,
+    archive: Option<&ArchiveConfig>,
+    cancel: &CancellationToken,
+) -> bool {
     let mut complete = true;
     match partitions::ensure_ahead(pool, today).await {
         Ok(made) if made > 0 => tracing::info!(created = made, "partitions made ahead: {made}"),
@@ -112,7 +124,7 @@ pub async fn pass(pool: &Pool, today: NaiveDate, retention: Retention, cancel: &
             complete = false;
         }
     }
-    match partitions::drop_expired(pool, today, retention).await {
+    match drop_expired(pool, today, retention, archive).await {
         Ok(dropped) => log_dropped(&dropped),
         Err((dropped, e)) => {
             log_dropped(&dropped);
@@ -136,6 +148,40 @@ pub async fn pass(pool: &Pool, today: NaiveDate, retention: Retention, cancel: &
         Err(e) => complete &= postponed("compacting closed days", &e),
     }
     complete
+}
+
+/// Drops the partitions past the retention; with the archive on, only days it has archived
+/// and verified (`collectors::archive`): a retention never takes rows the archive has not
+/// kept. Stops at the first that cannot be dropped.
+async fn drop_expired(
+    pool: &Pool,
+    today: NaiveDate,
+    retention: Retention,
+    archive: Option<&ArchiveConfig>,
+) -> Result<Vec<String>, (Vec<String>, DbError)> {
+    let expired = partitions::expired_days(pool, today, retention).await.map_err(|e| (Vec::new(), e))?;
+    let mut dropped = Vec::new();
+    for (table, day) in expired {
+        if let (Some(cfg), Some(archived)) = (archive, crate::collectors::archive::tables::of_partition(table)) {
+            match crate::collectors::archive::day_released_ok(pool, cfg, archived.name, day).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(table, %day, "past the retention but not archived yet: kept");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, table, %day, "cannot tell whether the day is archived: kept");
+                    continue;
+                }
+            }
+        }
+        match partitions::drop_day(pool, table, day).await {
+            Ok(Some(name)) => dropped.push(name),
+            Ok(None) => {}
+            Err(e) => return Err((dropped, e)),
+        }
+    }
+    Ok(dropped)
 }
 
 fn log_dropped(dropped: &[String]) {

@@ -116,9 +116,9 @@ impl Manager {
         } else {
             None
         };
-        let (p, l, s, c) = (pool.clone(), self.live.clone(), stats.clone(), helpers_cancel.clone());
+        let (p, l, s, c, a) = (pool.clone(), self.live.clone(), stats.clone(), helpers_cancel.clone(), self.deps.archive.clone());
         helpers.spawn(supervised("partition maintenance", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
-            maintenance::run(p.clone(), l.clone(), s.clone(), c.clone())
+            maintenance::run(p.clone(), l.clone(), a.clone(), s.clone(), c.clone())
         }));
         let gap_rx = Arc::new(Mutex::new(gap_rx));
         let (p, btx, s) = (pool.clone(), backfill_tx.clone(), stats.clone());

@@ -77,6 +77,8 @@ pub struct StreamDeps {
     pub stall_timeout: Duration,
     /// The test-only fault spec (see [`crate::fault`]).
     pub fault_spec: Option<String>,
+    /// The archive, when on: retention drops only days it has archived.
+    pub archive: Option<crate::config::ArchiveConfig>,
 }
 
 /// A market listed or resolved, seen on the stream.

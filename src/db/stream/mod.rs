@@ -154,6 +154,7 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], origin: Origin)
     if !t.quarantine.is_empty() {
         quarantine::copy(&tx, &t.quarantine).await?;
     }
+    mark_archived_hours(&tx, rows).await?;
     if !t.events.is_empty() {
         market_events::insert_new(&tx, &t.events).await?;
         let events: Vec<&crate::polymarket::ws::Lifecycle> = t.events.iter().map(|e| e.event).collect();
@@ -161,6 +162,22 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], origin: Origin)
     }
     tx.commit().await?;
     Ok(new_trades)
+}
+
+/// Marks, in the batch's transaction, the archive hours of rows old enough that their hour may
+/// be archived already (a spool replay, a backfill): the archive looks at them again
+/// (`db::archive`). Live rows are newer: nothing to do.
+async fn mark_archived_hours(tx: &Transaction<'_>, rows: &[Row]) -> Result<(), tokio_postgres::Error> {
+    use chrono::DurationRound;
+    let cutoff = crate::clock::now() - super::archive::LATE_AFTER;
+    let mut late: std::collections::BTreeMap<&str, std::collections::BTreeSet<chrono::DateTime<chrono::Utc>>> = Default::default();
+    for (table, t) in rows.iter().filter_map(Row::archive_time).filter(|(_, t)| *t < cutoff) {
+        late.entry(table).or_default().insert(t.duration_trunc(chrono::Duration::hours(1)).unwrap_or(t));
+    }
+    for (table, hours) in late {
+        super::archive::mark_dirty(tx, table, &hours.into_iter().collect::<Vec<_>>()).await?;
+    }
+    Ok(())
 }
 
 /// Of the rows sharing a key, the last (in arrival order), in the order of those kept: a

@@ -103,6 +103,20 @@ impl Row {
         }
     }
 
+    /// The archive table the row goes to, and the time the archive files it under (its hour's
+    /// file): the source time, or the receive time for books.
+    pub fn archive_time(&self) -> Option<(&'static str, DateTime<Utc>)> {
+        match self {
+            Row::Trade { trade: t, .. } => Some(("trades", t.source_ts)),
+            Row::PriceChange { source_ts, .. } => Some(("price_changes", *source_ts)),
+            Row::Quote { quote: q, .. } => Some(("quotes", q.source_ts)),
+            Row::TickSize { change: c, .. } => Some(("tick_size_changes", c.source_ts)),
+            Row::Book { received_at, .. } => Some(("book_snapshots", *received_at)),
+            Row::Lifecycle { event: e, .. } => Some(("market_events", e.source_ts)),
+            Row::Quarantine { .. } => None,
+        }
+    }
+
     /// Roughly the memory the row holds (its enum and its heap strings), for bounding the
     /// write queue in bytes as well as rows.
     pub fn approx_bytes(&self) -> usize {
