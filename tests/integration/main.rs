@@ -1,6 +1,7 @@
 //! The integration tests: one binary, a real PostgreSQL, a fake Polymarket, the real
 //! `collector` binary where the process boundary matters.
 
+mod archive;
 mod bench;
 mod books;
 mod catalog;

@@ -80,14 +80,17 @@ fn side(buy: Option<bool>) -> Option<&'static str> {
 /// A stored level-change hash back as the text upstream sent (the SQL `level_hash_text`).
 fn level_hash(b: Option<&[u8]>) -> Option<String> {
     let b = b?;
+    // A length of 20 always means upstream's 40 hex digits; any other text is stored after a
+    // NUL (two for a 19-byte text).
     Some(match b {
-        [0, 0, rest @ ..] if rest.len() == 19 => String::from_utf8_lossy(rest).into_owned(),
-        [0, rest @ ..] => String::from_utf8_lossy(rest).into_owned(),
-        raw => {
+        raw if raw.len() == 20 => {
             let mut s = String::with_capacity(40);
             crate::db::stream::push_hex_text(raw, &mut s);
             s
         }
+        [0, 0, rest @ ..] if rest.len() == 19 => String::from_utf8_lossy(rest).into_owned(),
+        [_, rest @ ..] => String::from_utf8_lossy(rest).into_owned(),
+        [] => String::new(),
     })
 }
 

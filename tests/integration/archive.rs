@@ -1,0 +1,280 @@
+//! The hourly Parquet archive against a real PostgreSQL, read back with the readers
+//! researchers use (DuckDB and pyarrow, `tests/readers/archive_check.py`).
+
+use std::path::Path;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use collector::collectors::archive::{self, PassReport};
+use collector::config::{ArchiveConfig, Config, Env};
+use collector::db::stream::{Keys, Origin, Row, TradeSource, write_batch};
+use collector::polymarket::decode::Side;
+use collector::polymarket::ws::{LevelChange, Lifecycle, LifecycleKind, Quote, TickSizeChange, Trade};
+use serde_json::{Value, json};
+
+use crate::{fake, pg};
+
+/// The archive settings of a test: its own directory, hashes kept, small row groups.
+pub fn archive_cfg(dir: &Path) -> ArchiveConfig {
+    let text = format!("[archive]\ndir = \"{}\"\nlevel_hashes = true\nrow_group_rows = 1000\nkeep_days = 0\n", dir.display());
+    Config::parse(&text, &Env::default()).unwrap().archive
+}
+
+fn hour_ago(h: i64) -> DateTime<Utc> {
+    (Utc::now() - Duration::hours(h)).duration_trunc(Duration::hours(1)).unwrap()
+}
+
+const A: &str = "84417201957632105529310086432218840511209736675081273397001256649120375528161";
+const B: &str = "29041767350298712648890443219501120378874553109275648113086250047715329904432";
+const M: &str = "0x5f65177b394277fd294cd75650044e32ba009a95022d88a0c1d565897d72f8f1";
+
+fn change(asset: &str, price: &str, size: &str, buy: bool, hash: Option<&str>, bid: Option<&str>, at: DateTime<Utc>, us: i64) -> Row {
+    Row::PriceChange {
+        change: LevelChange {
+            asset_id: asset.into(),
+            price: price.parse().unwrap(),
+            size: size.parse().unwrap(),
+            side: if buy { Side::Buy } else { Side::Sell },
+            hash: hash.map(Into::into),
+            best_bid: bid.map(|b| b.parse().unwrap()),
+            best_ask: Some("0.6".parse().unwrap()),
+        },
+        condition_id: Some(M.into()),
+        source_ts: at,
+        received_at: at + Duration::microseconds(us),
+    }
+}
+
+fn trade(asset: &str, price: &str, size: &str, at: DateTime<Utc>, tx: Option<&str>, source: TradeSource, fee: Option<&str>) -> Row {
+    Row::Trade {
+        trade: Trade {
+            asset_id: asset.into(),
+            condition_id: Some(M.into()),
+            price: price.parse().unwrap(),
+            size: size.parse().unwrap(),
+            side: Side::Sell,
+            fee_rate_bps: fee.map(|f| f.parse().unwrap()),
+            source_ts: at,
+            tx_hash: tx.map(Into::into),
+        },
+        received_at: at + Duration::microseconds(1234),
+        source,
+    }
+}
+
+/// Rows of every kind in hour `h`, with the values the archive must keep exactly: decimals of
+/// every scale seen (and one past the columns' scale), zero with a scale, the largest sizes,
+/// empty and odd strings, NULLs. `n` varies them (a second batch).
+pub fn seed_rows(h: DateTime<Utc>, n: i64) -> Vec<Row> {
+    let t = |s: i64| h + Duration::seconds(s + 60 * n);
+    let hex = format!("{:040x}", 0xabcdef + n);
+    let mut rows = vec![
+        change(A, "0.5", "2710.17", true, Some(&hex), Some("0.47"), t(1), 123_456),
+        change(A, "0.0025", "0", false, Some("not-a-hex-hash"), None, t(2), 1),
+        change(A, "0.50", "0.000001", true, Some("nineteen-bytes-long"), Some("0.50"), t(3), 7),
+        change(B, "0.00001", "99999999.999999", false, None, Some("0.00001"), t(4), 999_999),
+        change(B, "5", "219.217767", true, Some(&hex), Some("5"), t(5), 0),
+        trade(A, "0.709999959", "1.464786", t(6), Some(&format!("0x{:064x}", 77 + n)), TradeSource::Backfill, None),
+        trade(A, "0.30000000000000004", "244.00000000000003", t(7), Some("not-a-tx-hash"), TradeSource::Ws, Some("0")),
+        trade(B, "0.35", "0.1234567890123456789012", t(8), Some(""), TradeSource::Ws, Some("10.5")),
+        trade(B, "1", "1000000000000", t(9), None, TradeSource::Ws, Some("0.00")),
+        Row::Quote {
+            quote: Quote {
+                asset_id: A.into(),
+                condition_id: Some(M.into()),
+                best_bid: Some("0.47".parse().unwrap()),
+                best_ask: None,
+                spread: Some("0.010".parse().unwrap()),
+                source_ts: t(10),
+            },
+            received_at: t(10) + Duration::microseconds(5),
+        },
+        Row::TickSize {
+            change: TickSizeChange {
+                asset_id: B.into(),
+                condition_id: None,
+                old_tick_size: Some("0.01".parse().unwrap()),
+                new_tick_size: Some("0.001".parse().unwrap()),
+                source_ts: t(11),
+            },
+            received_at: t(11),
+        },
+        Row::Lifecycle {
+            event: Lifecycle {
+                kind: LifecycleKind::NewMarket,
+                condition_id: Some(format!("0x{:064x}", 900 + n)),
+                market_id: Some(format!("ünï-{n}")),
+                assets: vec![],
+                winning_asset_id: None,
+                source_ts: t(12),
+                payload: json!({"question": "Will \"it\" happen? ✓", "n": n}),
+            },
+            received_at: t(12),
+        },
+    ];
+    let book = collector::polymarket::clob::decode_book(&fake::book(A, t(13).timestamp_millis() as u64, &format!("book-{n}"))).unwrap();
+    rows.push(Row::Book { book, received_at: t(13) });
+    rows
+}
+
+/// Stores `rows` as the stream's writer does.
+pub async fn store(db: &pg::TestDb, rows: &[Row]) {
+    let pool = db.pool().await;
+    write_batch(&pool, &Keys::default(), rows, Origin::Live).await.unwrap();
+}
+
+/// Every archived table's rows in the database before `until`, canonical (as
+/// `archive_check.py` reads the files): decimals normalized, times in µs.
+pub async fn expected_tables(db: &pg::TestDb, until: DateTime<Utc>) -> Value {
+    let u = |c: &str| format!("(extract(epoch from {c}) * 1000000)::bigint AS {c}");
+    let d = |c: &str| format!("trim_scale({c})::text AS {c}");
+    let queries = [
+        (
+            "price_changes",
+            format!(
+                "SELECT asset_id, condition_id, {}, {}, side, hash, {}, {}, {}, {} FROM price_changes WHERE source_ts < $1",
+                d("price"),
+                d("size"),
+                d("best_bid"),
+                d("best_ask"),
+                u("source_ts"),
+                u("received_at")
+            ),
+        ),
+        (
+            "trades",
+            format!(
+                "SELECT asset_id, condition_id, {}, {}, side, {}, {}, source, tx_hash, {} FROM trades WHERE source_ts < $1",
+                d("price"),
+                d("size"),
+                u("source_ts"),
+                u("received_at"),
+                d("fee_rate_bps")
+            ),
+        ),
+        (
+            "quotes",
+            format!(
+                "SELECT asset_id, condition_id, {}, {}, {}, {}, {} FROM quotes WHERE source_ts < $1",
+                d("best_bid"),
+                d("best_ask"),
+                d("spread"),
+                u("source_ts"),
+                u("received_at")
+            ),
+        ),
+        (
+            "tick_size_changes",
+            format!(
+                "SELECT asset_id, condition_id, {}, {}, {}, {} FROM tick_size_changes WHERE source_ts < $1",
+                d("old_tick_size"),
+                d("new_tick_size"),
+                u("source_ts"),
+                u("received_at")
+            ),
+        ),
+        (
+            "book_snapshots",
+            format!(
+                "SELECT token_id, {}, hash, {}, source, condition_id, {}, {}, bids::text AS bids, asks::text AS asks, {}, {}, {}, neg_risk
+            FROM book_snapshots WHERE received_at < $1",
+                u("source_ts"),
+                u("received_at"),
+                d("best_bid"),
+                d("best_ask"),
+                d("tick_size"),
+                d("min_order_size"),
+                d("last_trade_price")
+            ),
+        ),
+        (
+            "market_events",
+            format!(
+                "SELECT kind, condition_id, market_id, {}, {}, payload::text AS payload FROM market_events WHERE source_ts < $1",
+                u("source_ts"),
+                u("received_at")
+            ),
+        ),
+        (
+            "stream_gaps",
+            format!(
+                "SELECT id, connection, array_to_json(assets)::text AS assets, asset_count, {}, {}, reason, planned, backfill_status, {},
+            backfill_trades, backfill_attempts, {} FROM stream_gaps WHERE started_at < $1 AND ended_at < $1",
+                u("started_at"),
+                u("ended_at"),
+                u("backfilled_at"),
+                u("backfill_covered_from")
+            ),
+        ),
+    ];
+    let c = db.client().await;
+    let mut tables = serde_json::Map::new();
+    for (name, sql) in queries {
+        let rows: Option<Value> = c.query_one(&format!("SELECT json_agg(row_to_json(t)) FROM ({sql}) t"), &[&until]).await.unwrap().get(0);
+        tables.insert(name.to_string(), rows.unwrap_or(json!([])));
+    }
+    Value::Object(tables)
+}
+
+/// Runs the readers' check: every table of `expected` read from `dir` by DuckDB and pyarrow,
+/// and the `queries`. Panics with their report on a mismatch.
+pub fn readers_check(dir: &Path, expected: &Value) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), expected.to_string()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readers/archive_check.py");
+    let out = std::process::Command::new("python3").arg(script).arg(dir).arg(file.path()).output().expect("python3");
+    assert!(
+        out.status.success(),
+        "the readers disagree with the database:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn pass(db: &pg::TestDb, cfg: &ArchiveConfig, until: DateTime<Utc>) -> PassReport {
+    archive::pass(&db.pool().await, cfg, until).await.unwrap()
+}
+
+/// Every value kind round-trips exactly: the files read by DuckDB and pyarrow hold what the
+/// views hold, row for row; the files are sorted, ZSTD, with page statistics; the manifest
+/// lists them with their sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_value_kind_round_trips_exactly_through_duckdb_and_pyarrow() {
+    let db = pg::fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = archive_cfg(dir.path());
+    let (h1, h2) = (hour_ago(5), hour_ago(4));
+    store(&db, &seed_rows(h1, 0)).await;
+    store(&db, &seed_rows(h2, 1)).await;
+    let pool = db.pool().await;
+    let gap = collector::db::gaps::insert_closed(
+        &pool,
+        &[A.to_string(), "ödd\"id".to_string()],
+        h1 + Duration::seconds(30),
+        h1 + Duration::seconds(90),
+        "stall",
+    )
+    .await
+    .unwrap();
+    collector::db::gaps::set_backfill(&pool, gap.id, "done", Some(3), None).await.unwrap();
+    let until = hour_ago(2);
+    let report = pass(&db, &cfg, until).await;
+    assert_eq!(report.tables["price_changes"].rows, 10);
+    assert_eq!(report.tables["trades"].rows, 8);
+    assert_eq!(report.tables["stream_gaps"].rows, 1);
+    assert!(dir.path().join(archive::relative_path("trades", h1, 0)).exists());
+    readers_check(dir.path(), &json!({"tables": expected_tables(&db, until).await}));
+    // One value past the columns' scale kept exactly in `exact`; the sort order, codec and
+    // statistics as documented.
+    let meta = parquet_meta(&dir.path().join(archive::relative_path("trades", h1, 0)));
+    assert!(meta.contains("ZSTD") && meta.contains("sorting_columns"), "{meta}");
+    let manifest = db.count("SELECT count(*) FROM archive_files WHERE path IS NOT NULL").await;
+    assert_eq!(manifest, 2 * 6 + 1, "two hours of six tables, one gaps file");
+}
+
+/// The metadata of a Parquet file as pyarrow describes it (codec, sorting, statistics).
+fn parquet_meta(path: &Path) -> String {
+    let code = "import sys, pyarrow.parquet as pq; m = pq.ParquetFile(sys.argv[1]).metadata; rg = m.row_group(0); \
+                print(rg.column(0).compression, 'sorting_columns' if rg.sorting_columns else '', rg.column(0).statistics.has_min_max, m.num_rows)";
+    let out = std::process::Command::new("python3").args(["-c", code]).arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
