@@ -278,3 +278,150 @@ fn parquet_meta(path: &Path) -> String {
     let out = std::process::Command::new("python3").args(["-c", code]).arg(path).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
+
+/// Files under `dir` (relative), sorted, temporary ones included.
+fn files(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, d: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if dir.exists() {
+        walk(dir, dir, &mut out);
+    }
+    out.sort();
+    out
+}
+
+/// A second pass writes nothing; a late row (a backfill of an archived hour) lands in a
+/// supplement of its hour, alone; every row is read once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pass_writes_nothing_and_a_late_row_lands_in_a_supplement() {
+    let db = pg::fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = archive_cfg(dir.path());
+    let h = hour_ago(5);
+    store(&db, &seed_rows(h, 0)).await;
+    let until = hour_ago(2);
+    let first = pass(&db, &cfg, until).await;
+    assert!(first.files() > 0);
+    let (files_before, manifest_before) = (files(dir.path()), db.count("SELECT count(*) FROM archive_files").await);
+    let again = pass(&db, &cfg, until).await;
+    assert_eq!(again.files(), 0, "{again:?}");
+    assert_eq!((files(dir.path()), db.count("SELECT count(*) FROM archive_files").await), (files_before.clone(), manifest_before));
+    // A late trade of the archived hour (received now: a gap's backfill).
+    let late = trade(B, "0.42", "7", h + Duration::seconds(100), Some("0xlate"), TradeSource::Backfill, None);
+    store(&db, &[late]).await;
+    let report = pass(&db, &cfg, until).await;
+    assert_eq!((report.tables["trades"].files, report.tables["trades"].rows), (1, 1), "{report:?}");
+    assert_eq!(report.files(), 1);
+    assert!(dir.path().join(archive::relative_path("trades", h, 1)).exists(), "{:?}", files(dir.path()));
+    assert_eq!(archive::relative_path("trades", h, 1), format!("trades/date={}/hour={}.1.parquet", h.format("%Y-%m-%d"), h.format("%H")));
+    readers_check(dir.path(), &json!({"tables": expected_tables(&db, until).await}));
+    assert_eq!(pass(&db, &cfg, until).await.files(), 0, "the supplement is not written twice");
+}
+
+/// A crash between writing and renaming (a temporary file left) and between renaming and
+/// recording (a file without its manifest row) is recovered at the next pass: the part is
+/// written again, verified, and listed; no temporary file stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_rename_or_before_the_manifest_is_recovered_at_the_next_pass() {
+    let db = pg::fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = archive_cfg(dir.path());
+    let h = hour_ago(5);
+    store(&db, &seed_rows(h, 0)).await;
+    let until = hour_ago(2);
+    pass(&db, &cfg, until).await;
+    let trades = archive::relative_path("trades", h, 0);
+    // Between rename and manifest: the file is there, its manifest row is not (the commit
+    // never happened), and it is not even the right file.
+    db.client().await.execute("DELETE FROM archive_files WHERE table_name = 'trades' AND hour >= $1", &[&h]).await.unwrap();
+    std::fs::write(dir.path().join(&trades), b"half a file").unwrap();
+    // Between write and rename: a temporary file of the next hour's part.
+    let tmp = dir.path().join(&trades).with_file_name(format!(".tmp-hour={}.parquet", (h + Duration::hours(1)).format("%H")));
+    std::fs::write(&tmp, b"torn").unwrap();
+    let report = pass(&db, &cfg, until).await;
+    assert_eq!(report.tables["trades"].files, 1, "the hour is written again: {report:?}");
+    assert!(!tmp.exists(), "temporary files do not stay");
+    assert!(files(dir.path()).iter().all(|f| !f.contains(".tmp-")), "{:?}", files(dir.path()));
+    let (rows, bytes): (i64, i64) = {
+        let r = db
+            .client()
+            .await
+            .query_one("SELECT rows, bytes FROM archive_files WHERE table_name = 'trades' AND hour = $1", &[&h])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((rows, bytes as u64), (4, std::fs::metadata(dir.path().join(&trades)).unwrap().len()));
+    readers_check(dir.path(), &json!({"tables": expected_tables(&db, until).await}));
+}
+
+/// `--until` inside an hour archives the hour so far; rows of it that come later (before the
+/// bound, and after it) are in the next pass's supplement: every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_inside_an_hour_then_a_later_pass_archives_every_row_once() {
+    let db = pg::fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = archive_cfg(dir.path());
+    let h = hour_ago(5);
+    store(&db, &seed_rows(h, 0)).await;
+    let inside = h + Duration::seconds(7) + Duration::milliseconds(500);
+    let first = pass(&db, &cfg, inside).await;
+    let covered: chrono::DateTime<Utc> =
+        db.client().await.query_one("SELECT max(covered_to) FROM archive_files WHERE table_name = 'trades'", &[]).await.unwrap().get(0);
+    assert_eq!(covered, inside, "the manifest says what the file covers");
+    assert_eq!(first.tables["trades"].rows, 2, "the trades before the bound: {first:?}");
+    // Later: a trade before the bound (a late arrival) and the rest of the hour.
+    store(&db, &[trade(A, "0.4", "3", h + Duration::seconds(2), Some("0xbefore"), TradeSource::Backfill, None)]).await;
+    store(&db, &seed_rows(h, 1)).await;
+    let until = hour_ago(2);
+    let second = pass(&db, &cfg, until).await;
+    assert_eq!(second.tables["trades"].rows, 2 + 1 + 4, "the rest of the first batch, the late one and the second batch: {second:?}");
+    readers_check(dir.path(), &json!({"tables": expected_tables(&db, until).await}));
+}
+
+/// A day leaves the database only when every hour of it is archived and every file is there
+/// with its recorded size: a missing file keeps the day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_is_released_only_when_archived_and_not_when_a_file_is_missing() {
+    let db = pg::fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = archive_cfg(dir.path());
+    cfg.keep_days = 1;
+    let day = |n: i64| (Utc::now() - Duration::days(n)).date_naive();
+    let at = |n: i64| day(n).and_hms_opt(10, 0, 0).unwrap().and_utc();
+    store(&db, &seed_rows(at(3), 0)).await;
+    store(&db, &seed_rows(at(4), 0)).await;
+    let exists = |name: String| {
+        let db = &db;
+        async move { db.count(&format!("SELECT count(*) FROM pg_class WHERE relname = '{name}'")).await == 1 }
+    };
+    use collector::db::partitions::partition_name;
+    // Archived up to a bound inside day −3: day −4 is whole, day −3 is not.
+    let report = pass(&db, &cfg, at(3) + Duration::hours(5)).await;
+    assert!(report.released.contains(&partition_name("trades_compact", day(4))), "{report:?}");
+    assert!(report.released.contains(&partition_name("price_changes_ticks", day(4))));
+    assert!(exists(partition_name("trades_compact", day(3))).await, "day −3 is not archived to its end");
+    // Day −3 archived, but one of its files goes missing before the release.
+    let report = pass(&db, &cfg, day(2).and_hms_opt(0, 0, 0).unwrap().and_utc()).await;
+    assert!(report.released.contains(&partition_name("trades_compact", day(3))), "{report:?}");
+    // Another day, whose file is lost before its release.
+    store(&db, &seed_rows(at(5), 0)).await;
+    let mut hold = cfg.clone();
+    hold.keep_days = 30;
+    pass(&db, &hold, day(2).and_hms_opt(0, 0, 0).unwrap().and_utc()).await;
+    let lost = dir.path().join(archive::relative_path("trades", at(5), 0));
+    std::fs::remove_file(&lost).unwrap();
+    let report = pass(&db, &cfg, day(2).and_hms_opt(0, 0, 0).unwrap().and_utc()).await;
+    assert!(!report.released.iter().any(|p| p == &partition_name("trades_compact", day(5))), "{report:?}");
+    assert!(exists(partition_name("trades_compact", day(5))).await, "a missing file keeps its day in the database");
+    assert!(report.released.contains(&partition_name("price_changes_ticks", day(5))), "the other tables' days go");
+}

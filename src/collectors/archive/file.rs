@@ -70,6 +70,13 @@ pub async fn write(
 ) -> Result<Option<Written>, ArchiveError> {
     let dir = path.parent().expect("a file in a directory").to_path_buf();
     std::fs::create_dir_all(&dir).map_err(|e| ArchiveError::io(&dir, e))?;
+    // Temporary files of an earlier pass that stopped before its rename (one pass writes at a
+    // time): removed.
+    for e in std::fs::read_dir(&dir).map_err(|e| ArchiveError::io(&dir, e))?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let tmp = dir.join(format!(".tmp-{}", path.file_name().expect("a file name").to_string_lossy()));
     let schema = columns::schema(table.cols);
     let props = properties(table, cfg)?;
@@ -95,10 +102,8 @@ pub async fn write(
         table.fill(&copy, &mut cols);
         cols.end_row();
         total += 1;
-        if cols.rows >= BATCH {
-            if batches.send(cols.batch(&schema)).await.is_err() {
-                break;
-            }
+        if cols.rows >= BATCH && batches.send(cols.batch(&schema)).await.is_err() {
+            break;
         }
     }
     if failed.is_none() && cols.rows > 0 {

@@ -183,32 +183,20 @@ struct Selection {
 async fn archive_table(pool: &Pool, cfg: &ArchiveConfig, table: &'static Table, until: DateTime<Utc>) -> Result<TableReport, ArchiveError> {
     let mut report = TableReport::default();
     let hour = chrono::Duration::hours(1);
-    let last = manifest::last_hour(&*pool.get().await?, table.name).await?;
-    let Some(start) = (match last {
-        Some(h) => Some(h - hour),
-        None => first_hour(pool, table).await?,
-    }) else {
-        return Ok(report);
-    };
+    // Every hour from the first the manifest or the data knows: a hole left by a crash is
+    // filled, and rows of an hour before any archived one (a late backfill) are not missed.
     let (parts, dirty) = {
         let db = pool.get().await?;
-        (manifest::parts(&*db, table.name, start.min(until)).await?, manifest::dirty_hours(&*db, table.name).await?)
+        (manifest::parts(&*db, table.name, DateTime::<Utc>::UNIX_EPOCH).await?, manifest::dirty_hours(&*db, table.name).await?)
     };
+    let first = [parts.first().map(|p| p.hour), first_hour(pool, table).await?].into_iter().flatten().min();
     let mut by_hour: BTreeMap<DateTime<Utc>, Vec<Part>> = BTreeMap::new();
     for p in parts {
         by_hour.entry(p.hour).or_default().push(p);
     }
-    // Dirty hours before `start` need their parts too.
     let dirty: BTreeSet<DateTime<Utc>> = dirty.into_iter().filter(|h| *h < until).collect();
-    if let Some(first_dirty) = dirty.iter().next().filter(|h| **h < start) {
-        for p in manifest::parts(&*pool.get().await?, table.name, *first_dirty).await? {
-            if p.hour < start {
-                by_hour.entry(p.hour).or_default().push(p);
-            }
-        }
-    }
     let mut hours: BTreeSet<DateTime<Utc>> = dirty.clone();
-    let mut h = start;
+    let mut h = first.unwrap_or(until);
     while h < until {
         hours.insert(h);
         h += hour;
@@ -218,7 +206,6 @@ async fn archive_table(pool: &Pool, cfg: &ArchiveConfig, table: &'static Table, 
     for h in hours {
         let end = (h + hour).min(until);
         let selection = match by_hour.get(&h) {
-            None if dirty.contains(&h) && h < start => continue,
             None => Selection { hour: h, part: 0, predicate: range(col, h, end), covered_from: h, covered_to: end, record_empty: true },
             Some(ps) => {
                 let latest = ps.iter().max_by_key(|p| p.part).expect("parts");
