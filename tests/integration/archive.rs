@@ -27,6 +27,7 @@ const A: &str = "844172019576321055293100864322188405112097366750812733970012566
 const B: &str = "29041767350298712648890443219501120378874553109275648113086250047715329904432";
 const M: &str = "0x5f65177b394277fd294cd75650044e32ba009a95022d88a0c1d565897d72f8f1";
 
+#[allow(clippy::too_many_arguments)] // a level change spelt out, field by field
 fn change(asset: &str, price: &str, size: &str, buy: bool, hash: Option<&str>, bid: Option<&str>, at: DateTime<Utc>, us: i64) -> Row {
     Row::PriceChange {
         change: LevelChange {
