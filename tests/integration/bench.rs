@@ -38,7 +38,7 @@ fn busy_between(a: (u64, u64), b: (u64, u64)) -> f64 {
     (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
@@ -289,7 +289,7 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 /// CPU seconds used so far by the database's processes (every pid `pg_stat_activity` lists:
 /// client backends and the background processes), with each one's `backend_type`, from
 /// `/proc/<pid>/stat` (utime + stime, in USER_HZ = 100 ticks per second on Linux).
-async fn pg_cpu(db: &pg::TestDb) -> PgCpu {
+pub async fn pg_cpu(db: &pg::TestDb) -> PgCpu {
     let c = db.client().await;
     let rows = c.query("SELECT pid, coalesce(backend_type, '') FROM pg_stat_activity", &[]).await.unwrap();
     rows.iter()
@@ -303,7 +303,7 @@ async fn pg_cpu(db: &pg::TestDb) -> PgCpu {
         .collect()
 }
 
-type PgCpu = std::collections::HashMap<i32, (String, f64)>;
+pub type PgCpu = std::collections::HashMap<i32, (String, f64)>;
 
 /// Diagnostic (BENCH_WAL_STATS=1): the WAL records between two LSNs by type.
 async fn wal_stats(db: &pg::TestDb, from: &str, to: &str) {
@@ -383,14 +383,14 @@ fn per_row_by_kind(kinds: &std::collections::BTreeMap<String, f64>, rows: u64) -
 }
 
 /// CPU seconds used so far by this process (the collector's tasks and the in-process fake).
-fn self_cpu() -> f64 {
+pub fn self_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
     (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
 }
 
 /// The database's CPU seconds between two [`pg_cpu`] readings.
-fn pg_cpu_between(before: &PgCpu, after: &PgCpu) -> f64 {
+pub fn pg_cpu_between(before: &PgCpu, after: &PgCpu) -> f64 {
     pg_cpu_by_kind(before, after).values().sum()
 }
 

@@ -3,6 +3,7 @@
 
 mod archive;
 mod bench;
+mod bench_archive;
 mod books;
 mod catalog;
 mod cli;

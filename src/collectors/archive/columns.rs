@@ -19,6 +19,9 @@ pub enum Kind {
     /// Text with few distinct values (token and market ids, sides, sources): dictionary-encoded.
     Dict,
     Text,
+    /// Text of random content, nearly every value distinct (hashes): no dictionary, lengths
+    /// delta-encoded apart from the bytes.
+    Random,
     Bool,
     /// A UTC time in microseconds (`TIMESTAMP(MICROS, UTC)`).
     Time,
@@ -32,7 +35,7 @@ impl Kind {
     fn data_type(self) -> DataType {
         match self {
             Kind::Dict => DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-            Kind::Text => DataType::Utf8,
+            Kind::Text | Kind::Random => DataType::Utf8,
             Kind::Bool => DataType::Boolean,
             Kind::Time => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             Kind::Decimal(p, s) => DataType::Decimal128(p, s),
@@ -99,7 +102,7 @@ impl Columns {
             .iter()
             .map(|c| match c.kind {
                 Kind::Dict => Builder::Dict(StringDictionaryBuilder::new()),
-                Kind::Text => Builder::Text(StringBuilder::with_capacity(capacity, capacity * 16)),
+                Kind::Text | Kind::Random => Builder::Text(StringBuilder::with_capacity(capacity, capacity * 16)),
                 Kind::Bool => Builder::Bool(BooleanBuilder::with_capacity(capacity)),
                 Kind::Time => Builder::Time(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC")),
                 Kind::Decimal(p, s) => Builder::Decimal(
@@ -325,7 +328,7 @@ pub fn checksum_of(cols: &[Col], batch: &RecordBatch) -> Result<Checksum, String
                     let values = d.values().as_string::<i32>();
                     h.text(d.is_valid(row).then(|| values.value(d.keys().value(row) as usize)));
                 }
-                Kind::Text => {
+                Kind::Text | Kind::Random => {
                     let s = a.as_string::<i32>();
                     h.text(s.is_valid(row).then(|| s.value(row)));
                 }

@@ -52,9 +52,14 @@ fn properties(table: &Table, cfg: &ArchiveConfig) -> Result<WriterProperties, Ar
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(Some(sorting))
         .set_created_by(concat!("collector ", env!("CARGO_PKG_VERSION")).to_string());
-    for c in table.cols.iter().filter(|c| c.kind == Kind::Time) {
+    for c in table.cols {
         let path = ColumnPath::from(c.name);
-        b = b.set_column_dictionary_enabled(path.clone(), false).set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+        let encoding = match c.kind {
+            Kind::Time => Encoding::DELTA_BINARY_PACKED,
+            Kind::Random => Encoding::DELTA_LENGTH_BYTE_ARRAY,
+            _ => continue,
+        };
+        b = b.set_column_dictionary_enabled(path.clone(), false).set_column_encoding(path, encoding);
     }
     Ok(b.build())
 }

@@ -9,9 +9,9 @@ use crate::db::copy_out::{self, CopyOut, Numeric};
 /// below 10^10 (every value upstream sends: prices in ticks of at least 0.0001, sizes with up
 /// to 6 decimals); INT64 in the file.
 const DEC: Kind = Kind::Decimal(18, 8);
-/// Trades' prices and sizes: the Data API's floats (`0.709999959`, up to 17 significant
-/// digits) as well as the stream's; FIXED_LEN_BYTE_ARRAY(16) in the file.
-const WIDE: Kind = Kind::Decimal(38, 18);
+/// Trades' prices: the stream's and the Data API's floats (`0.709999959`) to 12 decimals;
+/// INT64 in the file. A float with more (`0.30000000000000004`) is kept in `exact`.
+const TRADE_PRICE: Kind = Kind::Decimal(18, 12);
 
 /// How a table's hours are found the first time (no manifest yet).
 #[derive(Debug, Clone, Copy)]
@@ -117,7 +117,7 @@ pub const PRICE_CHANGES: Table = Table {
         key("price", DEC),
         key("size", DEC),
         key("side", Kind::Dict),
-        col("hash", Kind::Text),
+        col("hash", Kind::Random),
         col("best_bid", DEC),
         col("best_ask", DEC),
         key("source_ts", Kind::Time),
@@ -156,13 +156,13 @@ pub const TRADES: Table = Table {
     cols: &[
         key("asset_id", Kind::Dict),
         col("condition_id", Kind::Dict),
-        key("price", WIDE),
-        key("size", WIDE),
+        key("price", TRADE_PRICE),
+        key("size", DEC),
         key("side", Kind::Dict),
         key("source_ts", Kind::Time),
         col("received_at", Kind::Time),
         key("source", Kind::Dict),
-        key("tx_hash", Kind::Text),
+        key("tx_hash", Kind::Random),
         col("fee_rate_bps", DEC),
     ],
     partitions: &["trades_compact"],
@@ -255,7 +255,7 @@ pub const BOOKS: Table = Table {
     cols: &[
         key("token_id", Kind::Dict),
         key("source_ts", Kind::Time),
-        key("hash", Kind::Text),
+        key("hash", Kind::Random),
         key("received_at", Kind::Time),
         col("source", Kind::Dict),
         col("condition_id", Kind::Dict),
