@@ -426,3 +426,82 @@ async fn a_day_is_released_only_when_archived_and_not_when_a_file_is_missing() {
     assert!(exists(partition_name("trades_compact", day(5))).await, "a missing file keeps its day in the database");
     assert!(report.released.contains(&partition_name("price_changes_ticks", day(5))), "the other tables' days go");
 }
+
+/// The worked queries of docs/archive.md, by name: the SQL for the database, and the DuckDB
+/// and Python ones for the files.
+fn documented_queries() -> Vec<(String, String, String)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/archive.md")).unwrap();
+    let mut out = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let Some(lang) = line.strip_prefix("```").filter(|l| ["sql", "duckdb", "python"].contains(l)) else { continue };
+        let body: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+        let name = body.first().and_then(|l| l.strip_prefix("-- query: ").or_else(|| l.strip_prefix("# query: ")));
+        if let Some(name) = name {
+            out.push((lang.to_string(), name.to_string(), body[1..].join("\n")));
+        }
+    }
+    out
+}
+
+/// A database value as the readers' check compares it: decimals normalized, times in µs.
+fn canonical(row: &tokio_postgres::Row, i: usize) -> Value {
+    use tokio_postgres::types::Type;
+    let t = row.columns()[i].type_().clone();
+    match t {
+        Type::NUMERIC => row.get::<_, Option<rust_decimal::Decimal>>(i).map_or(Value::Null, |d| {
+            let n = d.normalize();
+            json!(if n.is_zero() { "0".to_string() } else { n.to_string() })
+        }),
+        Type::TIMESTAMPTZ => row.get::<_, Option<DateTime<Utc>>>(i).map_or(Value::Null, |t| json!(t.timestamp_micros())),
+        Type::INT8 => json!(row.get::<_, Option<i64>>(i)),
+        Type::INT4 => json!(row.get::<_, Option<i32>>(i)),
+        Type::BOOL => json!(row.get::<_, Option<bool>>(i)),
+        _ => json!(row.get::<_, Option<String>>(i)),
+    }
+}
+
+/// The worked queries of docs/archive.md give the same answer from the files (DuckDB and
+/// Python) as from the views.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_queries_answer_the_same_from_the_files_and_the_database() {
+    let db = pg::fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = archive_cfg(dir.path());
+    // The docs' example day, moved to two days ago (hours the archive has closed).
+    let day = (Utc::now() - Duration::days(2)).date_naive();
+    let at = |h: u32| day.and_hms_opt(h, 0, 0).unwrap().and_utc();
+    for (n, h) in [(0, 9), (1, 11), (2, 13), (3, 15)] {
+        store(&db, &seed_rows(at(h), n)).await;
+    }
+    let pool = db.pool().await;
+    for (from, to) in [(at(9), at(10)), (at(12), at(13) + Duration::minutes(20)), (at(15), at(16))] {
+        let gap = collector::db::gaps::insert_closed(&pool, &[A.to_string()], from, to, "stall").await.unwrap();
+        collector::db::gaps::set_backfill(&pool, gap.id, "done", Some(2), None).await.unwrap();
+    }
+    // The one value no column holds (22 decimals: in `exact`, NULL for a plain query) is not
+    // what the worked queries are about.
+    db.client().await.execute("DELETE FROM trades_compact WHERE size = 0.1234567890123456789012", &[]).await.unwrap();
+    pass(&db, &cfg, hour_ago(2)).await;
+    let local = |text: &str| {
+        text.replace("/var/lib/collector/archive", &dir.path().display().to_string())
+            .replace("2026-12-01", &day.to_string())
+            .replace("2026-12-02", &(day + Duration::days(1)).to_string())
+            .replace(
+                "datetime.datetime(2026, 12, 1,",
+                &format!("datetime.datetime({}, {}, {},", day.format("%Y"), day.format("%-m"), day.format("%-d")),
+            )
+    };
+    let queries = documented_queries();
+    let c = db.client().await;
+    let mut checks = Vec::new();
+    for (lang, name, body) in queries.iter().filter(|(lang, ..)| lang != "sql") {
+        let (_, _, sql) = queries.iter().find(|(l, n, _)| l == "sql" && n == name).unwrap_or_else(|| panic!("no SQL for {name}"));
+        let rows = c.query(&local(sql), &[]).await.unwrap();
+        let want: Vec<Vec<Value>> = rows.iter().map(|r| (0..r.len()).map(|i| canonical(r, i)).collect()).collect();
+        let key = if lang == "duckdb" { "duckdb" } else { "python" };
+        checks.push(json!({"name": name, key: local(body), "rows": want}));
+    }
+    assert!(checks.len() >= 4, "{checks:?}");
+    readers_check(dir.path(), &json!({"queries": checks}));
+}

@@ -4,12 +4,13 @@ compares it with what the database holds.
 
     archive_check.py <archive dir> <expected.json>
 
-expected.json: {"tables": {"<table>": [row, ...]}, "queries": [{"name", "duckdb", "rows"}]}
+expected.json: {"tables": {"<table>": [row, ...]}, "queries": [{"name", "duckdb" | "python", "rows"}]}
 where a row maps each column to its canonical value: decimals as normalized text ("0.35",
 "10", "0"), times as microseconds since the Unix epoch, text and booleans as they are, NULL as
 null. Each table's rows must match as a multiset in both readers (the `date` hive column
 dropped, the `exact` column's texts taking the place of the NULL decimals they stand for).
-Each query (`{dir}` replaced by the archive dir) must return `rows` in DuckDB. Exit 1 with the
+Each query (`{dir}` replaced by the archive dir) must return `rows` (in order, and at least one)
+in DuckDB, or for a Python snippet, in the list of dicts it leaves in `rows`. Exit 1 with the
 differences on any mismatch.
 """
 import datetime
@@ -86,11 +87,19 @@ def main():
         arrow = [canon_row(r) for r in pq.read_table(path, partitioning="hive").to_pylist()]
         ok &= compare(f"{table} (pyarrow)", arrow, want)
     for q in expected.get("queries", []):
-        rel = con.execute(q["duckdb"].replace("{dir}", root))
-        got = [[canon(v) for v in r] for r in rel.fetchall()]
+        if "duckdb" in q:
+            rel = con.execute(q["duckdb"].replace("{dir}", root))
+            got = [[canon(v) for v in r] for r in rel.fetchall()]
+        else:
+            ns = {}
+            exec(q["python"].replace("{dir}", root), ns)
+            got = [[canon(v) for v in r.values()] for r in ns["rows"]]
         want = q["rows"]
         if got != want:
-            print(f"query {q['name']}: duckdb gave {got[:5]}, the database {want[:5]}", file=sys.stderr)
+            print(f"query {q['name']} ({'duckdb' if 'duckdb' in q else 'python'}): gave {got[:5]}, the database {want[:5]}", file=sys.stderr)
+            ok = False
+        elif not want:
+            print(f"query {q['name']}: no row (a query that finds nothing proves nothing)", file=sys.stderr)
             ok = False
     sys.exit(0 if ok else 1)
 

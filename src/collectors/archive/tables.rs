@@ -9,9 +9,11 @@ use crate::db::copy_out::{self, CopyOut, Numeric};
 /// below 10^10 (every value upstream sends: prices in ticks of at least 0.0001, sizes with up
 /// to 6 decimals); INT64 in the file.
 const DEC: Kind = Kind::Decimal(18, 8);
-/// Trades' prices: the stream's and the Data API's floats (`0.709999959`) to 12 decimals;
-/// INT64 in the file. A float with more (`0.30000000000000004`) is kept in `exact`.
-const TRADE_PRICE: Kind = Kind::Decimal(18, 12);
+/// Trades' prices and sizes: the stream's, and the Data API's floats (`0.709999959`,
+/// `0.30000000000000004`: up to 17 decimals) and whole sizes past 10^10; FIXED_LEN_BYTE_ARRAY(16)
+/// in the file (trades are ~1 % of the rows: the width costs little, and a reader never meets
+/// a NULL where a backfilled value did not fit).
+const WIDE: Kind = Kind::Decimal(38, 18);
 
 /// How a table's hours are found the first time (no manifest yet).
 #[derive(Debug, Clone, Copy)]
@@ -156,8 +158,8 @@ pub const TRADES: Table = Table {
     cols: &[
         key("asset_id", Kind::Dict),
         col("condition_id", Kind::Dict),
-        key("price", TRADE_PRICE),
-        key("size", DEC),
+        key("price", WIDE),
+        key("size", WIDE),
         key("side", Kind::Dict),
         key("source_ts", Kind::Time),
         col("received_at", Kind::Time),
