@@ -47,6 +47,11 @@ pub struct DiskUse {
     pub database_bytes: u64,
     /// Growth over the last report interval, projected to 24 h; `None` until two samples.
     pub projected_bytes_per_day: Option<u64>,
+    /// The archive's files (`archive_files`), and what the last 24 h added to them.
+    #[serde(default)]
+    pub archive_bytes: u64,
+    #[serde(default)]
+    pub archive_bytes_last_day: u64,
 }
 
 /// One polling collector (DESIGN §2 stats plus supervision).
@@ -189,9 +194,10 @@ impl Health {
             let conn = self.pool.get().await.ok()?;
             let markets = catalog::open_market_count(&*conn).await.ok()?;
             let size = catalog::database_bytes(&*conn).await.ok()?;
-            Some((markets, size))
+            let archive = crate::db::archive::bytes(&*conn, chrono::Duration::days(1)).await.unwrap_or_default();
+            Some((markets, size, archive))
         };
-        if let Ok(Some((n, size))) = tokio::time::timeout(Duration::from_secs(5), query).await {
+        if let Ok(Some((n, size, (archive, archive_day)))) = tokio::time::timeout(Duration::from_secs(5), query).await {
             *self.open_markets.lock().expect("health lock") = Some(n);
             let mut disk = self.disk.lock().expect("health lock");
             let now = Instant::now();
@@ -200,7 +206,12 @@ impl Health {
             // Growth since the first sample of this run (smooths the noise of one interval).
             let per_day = (elapsed >= self.projection_window.as_secs_f64().max(1.0))
                 .then(|| (size.saturating_sub(first.1) as f64 * 86_400.0 / elapsed) as u64);
-            disk.1 = Some(DiskUse { database_bytes: size, projected_bytes_per_day: per_day });
+            disk.1 = Some(DiskUse {
+                database_bytes: size,
+                projected_bytes_per_day: per_day,
+                archive_bytes: archive.max(0) as u64,
+                archive_bytes_last_day: archive_day.max(0) as u64,
+            });
         }
     }
 }
@@ -261,6 +272,9 @@ pub fn status_line(h: &HealthSnapshot, trades_per_min: Option<u64>) -> String {
         match d.projected_bytes_per_day {
             Some(per_day) => parts.push(format!("disk {:.1} GB (+{:.1} GB/day)", d.database_bytes as f64 / 1e9, per_day as f64 / 1e9)),
             None => parts.push(format!("disk {:.1} GB", d.database_bytes as f64 / 1e9)),
+        }
+        if d.archive_bytes > 0 {
+            parts.push(format!("archive {:.1} GB (+{:.1} GB/day)", d.archive_bytes as f64 / 1e9, d.archive_bytes_last_day as f64 / 1e9));
         }
     }
     let errors: u64 = h.collectors.values().map(|c| c.error_count).sum();

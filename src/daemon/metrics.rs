@@ -66,6 +66,8 @@ pub fn render(h: &HealthSnapshot) -> String {
         if let Some(p) = d.projected_bytes_per_day {
             gauge(&mut r, "database_growth_bytes_per_day", "Database growth projected to a day", p as f64);
         }
+        gauge(&mut r, "archive_bytes", "Size of the archive's Parquet files (archive_files)", d.archive_bytes as f64);
+        gauge(&mut r, "archive_growth_bytes_per_day", "Archive bytes written in the last 24 hours", d.archive_bytes_last_day as f64);
     }
     if let Some(t) = &h.trade_listener {
         let s = r.sub_registry_with_prefix("stream");

@@ -150,7 +150,10 @@ pub fn render(h: &HealthSnapshot) -> String {
     }
     if let Some(d) = &h.disk {
         let per_day = d.projected_bytes_per_day.map_or("(measuring)".to_string(), |b| format!("{b} bytes/day projected"));
-        out.push_str(&format!("  disk: database={} bytes, growth {per_day}\n", d.database_bytes));
+        out.push_str(&format!(
+            "  disk: database={} bytes, growth {per_day}; archive={} bytes, +{} bytes in the last 24 h\n",
+            d.database_bytes, d.archive_bytes, d.archive_bytes_last_day
+        ));
     }
     let u = &h.upstream;
     out.push_str(&format!(

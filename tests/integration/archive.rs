@@ -505,3 +505,82 @@ async fn the_documented_queries_answer_the_same_from_the_files_and_the_database(
     assert!(checks.len() >= 4, "{checks:?}");
     readers_check(dir.path(), &json!({"queries": checks}));
 }
+
+/// `collector archive --until … --json` from the command line: one JSON object with what it
+/// wrote, exit 0; a second run writes nothing. An archive directory the collector cannot
+/// write is a configuration error at start (exit 78, saying so), for `collect` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_command_reports_as_json_and_an_unwritable_dir_is_refused() {
+    let db = pg::fresh_db().await;
+    let h = hour_ago(5);
+    store(&db, &seed_rows(h, 0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("collector.toml");
+    let archive_dir = dir.path().join("archive");
+    std::fs::write(&config, crate::config_text(&db, "http://127.0.0.1:9", &format!("[archive]\ndir = \"{}\"\n", archive_dir.display())))
+        .unwrap();
+    let until = (h + Duration::hours(1)).to_rfc3339();
+    let run = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_collector"))
+            .args(&args)
+            .env_remove("COLLECTOR_DATABASE_URL")
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let args = vec!["archive".into(), "--config".into(), config.display().to_string(), "--until".into(), until.clone(), "--json".into()];
+    let (code, out, err) = run(args.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["tables"]["trades"]["rows"], 4, "{report}");
+    assert_eq!(report["tables"]["price_changes"]["files"], 1);
+    assert!(report["tables"]["trades"]["bytes"].as_u64().unwrap() > 0);
+    let (code, out, _) = run(args).await;
+    assert_eq!(code, 0);
+    let again: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(again["tables"].as_object().unwrap().values().all(|t| t["files"] == 0), "{again}");
+    // Not writable: a path under a regular file.
+    let blocked = dir.path().join("a-file");
+    std::fs::write(&blocked, "").unwrap();
+    std::fs::write(
+        &config,
+        crate::config_text(&db, "http://127.0.0.1:9", &format!("[archive]\ndir = \"{}/archive\"\n", blocked.display())),
+    )
+    .unwrap();
+    for command in ["archive", "collect"] {
+        let (code, _, err) = run(vec![command.into(), "--config".into(), config.display().to_string()]).await;
+        assert_eq!(code, 78, "{command}: {err}");
+        assert!(err.contains("archive.dir") && err.contains("not writable"), "{command}: {err}");
+    }
+}
+
+/// The daemon archives on its own (a supervised collector), and its health says so: the
+/// archive's passes in `collector status`, the archive's bytes beside the database's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_archives_closed_hours_and_its_status_shows_the_archive() {
+    use crate::daemon::{Daemon, FAST, small_fake};
+    let db = pg::fresh_db().await;
+    let h = hour_ago(5);
+    store(&db, &seed_rows(h, 0)).await;
+    let fake = small_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("{FAST}[archive]\ndir = \"{}\"\ninterval_secs = 1\nafter_hours = 1\n", dir.path().display());
+    let d = Daemon::start(&db, &fake, &extra, &[]).await;
+    let file = dir.path().join(archive::relative_path("trades", h, 0));
+    crate::eventually(60, "the hour archived by the daemon", || async { file.exists() }).await;
+    crate::eventually(30, "the archive in the status", || async {
+        let (code, json) = d.status(true).await;
+        let v: Value = serde_json::from_str(&json).unwrap_or_default();
+        code == 0
+            && v["collectors"]["archive"]["total_items"].as_u64().is_some_and(|n| n > 0)
+            && v["disk"]["archive_bytes"].as_u64().is_some_and(|b| b > 0)
+    })
+    .await;
+    let (_, text) = d.status(false).await;
+    assert!(text.contains("archive: items=") && text.contains("archive="), "{text}");
+}
