@@ -56,8 +56,12 @@ if [ ! -f .local/collector.toml ]; then
       -e "s|^# password_file = .*|$password_line|" \
       -e "s|^# status_socket = .*|status_socket = \"$PWD/.local/status.sock\"|" \
       -e "s|^# spool_dir = .*|spool_dir = \"$PWD/.local/spool\"|" \
+      -e "s|^# dir = .*|dir = \"$PWD/.local/archive\"|" \
       packaging/collector.toml > .local/collector.toml
 fi
+# A configuration written by an earlier version has no [archive]: the hourly Parquet files go
+# under .local/archive too.
+grep -q '^\[archive\]' .local/collector.toml || printf '\n[archive]\ndir = "%s/.local/archive"\n' "$PWD" >> .local/collector.toml
 echo "==> building"
 cargo build --release --locked
 exec target/release/collector collect --config .local/collector.toml
