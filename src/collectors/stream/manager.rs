@@ -172,7 +172,10 @@ impl Manager {
                 }
                 _ = refresh.tick() => self.refresh(&ctx, &shard_cancel).await,
                 _ = losses.tick() => {
-                    if let Some(w) = self.sink.take_losses() {
+                    // Rows lost since the last DATA LOST line are logged now (at most a second late).
+                    self.sink.log_losses();
+                    // (Lost rows of no asset, quarantined frames, need no gap.)
+                    if let Some(w) = self.sink.take_losses().filter(|w| !w.assets.is_empty()) {
                         if let (Some(from), Some(to)) = (w.from, w.to) {
                             ctx.send_gap(GapEvent::Lost { assets: w.assets.into_iter().collect(), from, to, rows: w.rows });
                         }

@@ -237,7 +237,7 @@ impl Sink {
     }
 
     /// Logs the lost rows not yet logged, if the last DATA LOST line is a second old (the
-    /// writer calls it between batches, so a loss is in the journal within a second or so).
+    /// manager calls it every second, so every loss is in the journal within a second or so).
     pub fn log_losses(&self) {
         if self.stats.dropped_unlogged.load(Ordering::Relaxed) > 0 {
             let error = self.state.lock().expect("sink lock").last_error.clone().unwrap_or_default();

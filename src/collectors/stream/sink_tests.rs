@@ -94,3 +94,29 @@ fn unreadable_spool_records_and_segments_are_counted_and_the_replay_goes_on() {
         .count();
     assert_eq!(aside, 1, "kept aside for an operator");
 }
+
+/// Every loss is logged: the first at once, the ones within a second of a line by the next
+/// call a second later — none left unlogged, and no line per row.
+#[tokio::test(start_paused = true)]
+async fn every_lost_row_is_in_a_data_lost_line_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    // A queue of one row and a spool too small for any: every row after the first is lost.
+    let (sink, _rx) = Sink::new(1, usize::MAX, Spool::open(dir.path(), 8, "db").unwrap());
+    sink.push(quarantine_row(0));
+    sink.push(quarantine_row(1));
+    assert_eq!(sink.stats.dropped_rows.load(Ordering::Relaxed), 1);
+    assert_eq!(sink.stats.dropped_unlogged.load(Ordering::Relaxed), 0, "the first loss is logged at once");
+    for i in 2..50 {
+        sink.push(quarantine_row(i));
+    }
+    assert_eq!(sink.stats.dropped_rows.load(Ordering::Relaxed), 49);
+    assert_eq!(sink.stats.dropped_unlogged.load(Ordering::Relaxed), 48, "not a line per row");
+    sink.log_losses();
+    assert_eq!(sink.stats.dropped_unlogged.load(Ordering::Relaxed), 48, "within the second: waits");
+    tokio::time::advance(Duration::from_millis(1001)).await;
+    sink.log_losses();
+    assert_eq!(sink.stats.dropped_unlogged.load(Ordering::Relaxed), 0, "a second later, in one line");
+    let window = sink.take_losses().expect("the lost rows make a gap's window");
+    assert_eq!(window.rows, 49);
+    assert!(sink.take_losses().is_none());
+}
