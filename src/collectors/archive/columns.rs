@@ -27,6 +27,8 @@ pub enum Kind {
     Time,
     /// An exact decimal of this precision and scale (`DECIMAL(p, s)`).
     Decimal(u8, i8),
+    /// A decimal with many distinct values (sizes): the same, without a dictionary.
+    Amount(u8, i8),
     Int32,
     Int64,
 }
@@ -38,7 +40,7 @@ impl Kind {
             Kind::Text | Kind::Random => DataType::Utf8,
             Kind::Bool => DataType::Boolean,
             Kind::Time => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            Kind::Decimal(p, s) => DataType::Decimal128(p, s),
+            Kind::Decimal(p, s) | Kind::Amount(p, s) => DataType::Decimal128(p, s),
             Kind::Int32 => DataType::Int32,
             Kind::Int64 => DataType::Int64,
         }
@@ -105,7 +107,7 @@ impl Columns {
                 Kind::Text | Kind::Random => Builder::Text(StringBuilder::with_capacity(capacity, capacity * 16)),
                 Kind::Bool => Builder::Bool(BooleanBuilder::with_capacity(capacity)),
                 Kind::Time => Builder::Time(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC")),
-                Kind::Decimal(p, s) => Builder::Decimal(
+                Kind::Decimal(p, s) | Kind::Amount(p, s) => Builder::Decimal(
                     Decimal128Builder::with_capacity(capacity).with_precision_and_scale(p, s).expect("a valid decimal type"),
                 ),
                 Kind::Int32 => Builder::Int32(Int32Builder::with_capacity(capacity)),
@@ -188,7 +190,7 @@ impl Columns {
     /// NULL with its text in the row's `exact` object.
     pub fn decimal(&mut self, v: Option<Numeric>) {
         let (i, c) = self.take();
-        let Kind::Decimal(p, s) = c.kind else { panic!("column {} is not a decimal", c.name) };
+        let (Kind::Decimal(p, s) | Kind::Amount(p, s)) = c.kind else { panic!("column {} is not a decimal", c.name) };
         let at = v.and_then(|n| n.at_scale(s as u32, p as u32));
         if let (Some(n), None) = (v, at) {
             self.row_exact.push((c.name, n.text()));
@@ -348,7 +350,7 @@ pub fn checksum_of(cols: &[Col], batch: &RecordBatch) -> Result<Checksum, String
                     let t = a.as_primitive::<Int64Type>();
                     h.int(t.is_valid(row).then(|| i128::from(t.value(row))));
                 }
-                Kind::Decimal(..) => {
+                Kind::Decimal(..) | Kind::Amount(..) => {
                     let d = a.as_primitive::<Decimal128Type>();
                     match exact.as_ref().and_then(|e| e.get(c.name)).and_then(|v| v.as_str()) {
                         Some(text) if !d.is_valid(row) => h.text(Some(text)),

@@ -54,8 +54,11 @@ fn properties(table: &Table, cfg: &ArchiveConfig) -> Result<WriterProperties, Ar
         .set_created_by(concat!("collector ", env!("CARGO_PKG_VERSION")).to_string());
     for c in table.cols {
         let path = ColumnPath::from(c.name);
+        // Times and amounts plain, without a dictionary: ZSTD finds more in sorted plain
+        // times than in their delta-packed bits (BENCHMARKS.md, "Archive": 1 byte a level
+        // change less), and a dictionary of sizes is mostly overflow.
         let encoding = match c.kind {
-            Kind::Time => Encoding::DELTA_BINARY_PACKED,
+            Kind::Time | Kind::Amount(..) => Encoding::PLAIN,
             Kind::Random => Encoding::DELTA_LENGTH_BYTE_ARRAY,
             _ => continue,
         };

@@ -9,11 +9,15 @@ use crate::db::copy_out::{self, CopyOut, Numeric};
 /// below 10^10 (every value upstream sends: prices in ticks of at least 0.0001, sizes with up
 /// to 6 decimals); INT64 in the file.
 const DEC: Kind = Kind::Decimal(18, 8);
+/// Sizes: the same, without a dictionary (nearly every value distinct).
+const SIZE: Kind = Kind::Amount(18, 8);
 /// Trades' prices and sizes: the stream's, and the Data API's floats (`0.709999959`,
 /// `0.30000000000000004`: up to 17 decimals) and whole sizes past 10^10; FIXED_LEN_BYTE_ARRAY(16)
 /// in the file (trades are ~1 % of the rows: the width costs little, and a reader never meets
 /// a NULL where a backfilled value did not fit).
 const WIDE: Kind = Kind::Decimal(38, 18);
+/// Trades' sizes: the same, without a dictionary.
+const WIDE_SIZE: Kind = Kind::Amount(38, 18);
 
 /// How a table's hours are found the first time (no manifest yet).
 #[derive(Debug, Clone, Copy)]
@@ -117,7 +121,7 @@ pub const PRICE_CHANGES: Table = Table {
         key("asset_id", Kind::Dict),
         col("condition_id", Kind::Dict),
         key("price", DEC),
-        key("size", DEC),
+        key("size", SIZE),
         key("side", Kind::Dict),
         col("hash", Kind::Random),
         col("best_bid", DEC),
@@ -159,7 +163,7 @@ pub const TRADES: Table = Table {
         key("asset_id", Kind::Dict),
         col("condition_id", Kind::Dict),
         key("price", WIDE),
-        key("size", WIDE),
+        key("size", WIDE_SIZE),
         key("side", Kind::Dict),
         key("source_ts", Kind::Time),
         col("received_at", Kind::Time),
