@@ -42,6 +42,12 @@ pub trait Collector: Send + 'static {
     fn interval(&self) -> Duration;
     /// One pass; returns how many items it stored.
     fn collect_once(&mut self) -> impl Future<Output = Result<u64, CollectError>> + Send;
+    /// Whether a long pass leaves the watchdog alone: a collector whose passes may rightly
+    /// take hours (the archive catching up) and whose stall stops no capture. Its pass time
+    /// still shows in the health. Default false.
+    fn long_passes(&self) -> bool {
+        false
+    }
 }
 
 /// Why a pass failed. The pass is retried on the next tick; the error is counted.

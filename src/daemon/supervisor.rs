@@ -38,6 +38,8 @@ pub struct TaskEntry {
     pub stats: Arc<CollectorStats>,
     pub restarts: AtomicU64,
     pub alive: AtomicBool,
+    /// Its passes may rightly be long: not counted as wedged (`Collector::long_passes`).
+    pub long_passes: AtomicBool,
     /// Deaths within the restart window.
     recent: Mutex<VecDeque<Instant>>,
 }
@@ -107,6 +109,7 @@ impl Supervisor {
         let first = make();
         let name = first.name();
         let entry = self.register(name, TaskKind::Polling);
+        entry.long_passes.store(first.long_passes(), Ordering::Relaxed);
         let (interval_tx, interval) = watch::channel(first.interval());
         self.intervals.lock().expect("intervals lock").insert(name, interval_tx);
         let fault = fault::for_task(self.fault_spec.as_deref(), name);
@@ -157,7 +160,7 @@ impl Supervisor {
     pub fn wedged(&self, stall_timeout: Duration) -> Vec<&'static str> {
         self.tasks()
             .into_iter()
-            .filter(|(_, t)| t.stats.pass_running_for().is_some_and(|d| d > stall_timeout))
+            .filter(|(_, t)| !t.long_passes.load(Ordering::Relaxed) && t.stats.pass_running_for().is_some_and(|d| d > stall_timeout))
             .map(|(name, _)| name)
             .collect()
     }

@@ -584,3 +584,27 @@ async fn the_daemon_archives_closed_hours_and_its_status_shows_the_archive() {
     let (_, text) = d.status(false).await;
     assert!(text.contains("archive: items=") && text.contains("archive="), "{text}");
 }
+
+/// A long archive pass (catching up on days of hours) does not stop the watchdog: the stream
+/// does not wait for it and a restart would not help it. Its pass time shows in the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_archive_pass_leaves_the_watchdog_alone() {
+    use crate::daemon::{Daemon, FAST, small_fake};
+    let db = pg::fresh_db().await;
+    let fake = small_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("stall_timeout_secs = 1\n{FAST}[archive]\ndir = \"{}\"\ninterval_secs = 1\n", dir.path().display());
+    let d = Daemon::start(&db, &fake, &extra, &[("WATCHDOG_USEC", "400000"), ("COLLECTOR_FAULT_INJECT", "wedge:archive")]).await;
+    crate::eventually(30, "the archive's second pass running past the stall timeout", || async {
+        let (code, json) = d.status(true).await;
+        let v: Value = serde_json::from_str(&json).unwrap_or_default();
+        code == 0 && v["collectors"]["archive"]["pass_running_secs"].as_f64().is_some_and(|s| s > 2.0)
+    })
+    .await;
+    let since = tokio::time::Instant::now();
+    crate::eventually(10, "watchdog pings go on", || async {
+        d.notes.times_of("WATCHDOG=1").into_iter().filter(|t| *t > since).count() >= 3
+    })
+    .await;
+    assert_eq!(d.log.count("withholding watchdog pings"), 0, "{}", d.log.text());
+}

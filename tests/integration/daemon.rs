@@ -39,7 +39,7 @@ impl Notes {
         self.0.lock().unwrap().clone()
     }
 
-    fn times_of(&self, prefix: &str) -> Vec<Instant> {
+    pub fn times_of(&self, prefix: &str) -> Vec<Instant> {
         self.all().into_iter().filter(|(_, l)| l.starts_with(prefix)).map(|(t, _)| t).collect()
     }
 
@@ -57,7 +57,7 @@ impl Log {
         self.0.lock().unwrap().join("\n")
     }
 
-    fn count(&self, needle: &str) -> usize {
+    pub fn count(&self, needle: &str) -> usize {
         self.0.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
     }
 }

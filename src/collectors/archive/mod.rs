@@ -402,6 +402,12 @@ impl Collector for ArchiveCollector {
         self.cfg.interval
     }
 
+    /// A pass catching up on days of hours takes as long as it takes; the stream does not
+    /// wait for it, and restarting the daemon would not help it.
+    fn long_passes(&self) -> bool {
+        true
+    }
+
     async fn collect_once(&mut self) -> Result<u64, CollectError> {
         let report = pass(&self.pool, &self.cfg, default_until(&self.cfg)).await.map_err(|e| CollectError::Archive(e.to_string()))?;
         Ok(report.files())
