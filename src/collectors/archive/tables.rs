@@ -38,7 +38,9 @@ pub struct Table {
     /// The query: `{range}` and `{late}` are predicates on the base table alias `x`, `{hash}`
     /// the level hash column (or NULL).
     sql: &'static str,
-    fill: fn(&CopyOut, &mut Columns),
+    /// How a row of the query fills the columns; `None`: field `i` is column `i`, read as its
+    /// kind says.
+    fill: Option<fn(&CopyOut, &mut Columns)>,
     /// Gaps are archived once settled (closed, not waiting for a backfill retry), each once
     /// (`stream_gaps.archived_at`), by the hour they started: not by snapshots.
     pub settled_only: bool,
@@ -51,7 +53,24 @@ impl Table {
     }
 
     pub fn fill(&self, row: &CopyOut, out: &mut Columns) {
-        (self.fill)(row, out)
+        match self.fill {
+            Some(fill) => fill(row, out),
+            None => fill_by_kind(self.cols, row, out),
+        }
+    }
+}
+
+/// Field `i` into column `i`, for every column, as its kind reads.
+fn fill_by_kind(cols: &[Col], r: &CopyOut, o: &mut Columns) {
+    for (i, c) in cols.iter().enumerate() {
+        match c.kind {
+            Kind::Dict | Kind::Text | Kind::Random => o.text(text(r, i)),
+            Kind::Bool => o.bool(boolean(r, i)),
+            Kind::Time => o.time(time(r, i)),
+            Kind::Decimal(..) | Kind::Amount(..) => o.decimal(numeric(r, i)),
+            Kind::Int32 => o.int32(r.field(i).map(copy_out::int4)),
+            Kind::Int64 => o.int64(r.field(i).map(copy_out::int8)),
+        }
     }
 }
 
@@ -142,7 +161,7 @@ pub const PRICE_CHANGES: Table = Table {
           JOIN stream_tokens t ON t.token_key = p.token_key
           LEFT JOIN stream_conditions c ON c.condition_key = t.condition_key
           ORDER BY t.token_id COLLATE \"C\", p.source_ts, p.received_at",
-    fill: |r, o| {
+    fill: Some(|r, o| {
         o.text(text(r, 0));
         o.text(text(r, 1));
         o.decimal(ticks_or(r, 2, 5));
@@ -153,7 +172,7 @@ pub const PRICE_CHANGES: Table = Table {
         o.decimal(ticks_or(r, 4, 7));
         o.time(time(r, 11));
         o.time(time(r, 12));
-    },
+    }),
     settled_only: false,
 };
 
@@ -179,7 +198,7 @@ pub const TRADES: Table = Table {
           LEFT JOIN stream_conditions c ON c.condition_key = t.condition_key
           WHERE {range} AND {late}
           ORDER BY t.token_id COLLATE \"C\", x.source_ts, x.received_at",
-    fill: |r, o| {
+    fill: Some(|r, o| {
         o.text(text(r, 0));
         o.text(text(r, 1));
         o.decimal(numeric(r, 2));
@@ -190,7 +209,7 @@ pub const TRADES: Table = Table {
         o.text(boolean(r, 7).map(|b| if b { "backfill" } else { "ws" }));
         o.text(tx_hash(r.field(8)).as_deref());
         o.decimal(numeric(r, 9));
-    },
+    }),
     settled_only: false,
 };
 
@@ -213,15 +232,7 @@ pub const QUOTES: Table = Table {
           LEFT JOIN stream_conditions c ON c.condition_key = t.condition_key
           WHERE {range} AND {late}
           ORDER BY t.token_id COLLATE \"C\", x.source_ts, x.received_at",
-    fill: |r, o| {
-        o.text(text(r, 0));
-        o.text(text(r, 1));
-        o.decimal(numeric(r, 2));
-        o.decimal(numeric(r, 3));
-        o.decimal(numeric(r, 4));
-        o.time(time(r, 5));
-        o.time(time(r, 6));
-    },
+    fill: None,
     settled_only: false,
 };
 
@@ -243,14 +254,7 @@ pub const TICK_SIZES: Table = Table {
           LEFT JOIN stream_conditions c ON c.condition_key = t.condition_key
           WHERE {range} AND {late}
           ORDER BY t.token_id COLLATE \"C\", x.source_ts, x.received_at",
-    fill: |r, o| {
-        o.text(text(r, 0));
-        o.text(text(r, 1));
-        o.decimal(numeric(r, 2));
-        o.decimal(numeric(r, 3));
-        o.time(time(r, 4));
-        o.time(time(r, 5));
-    },
+    fill: None,
     settled_only: false,
 };
 
@@ -281,22 +285,7 @@ pub const BOOKS: Table = Table {
           FROM book_snapshots x
           WHERE {range} AND {late}
           ORDER BY x.token_id COLLATE \"C\", x.source_ts, x.received_at",
-    fill: |r, o| {
-        o.text(text(r, 0));
-        o.time(time(r, 1));
-        o.text(text(r, 2));
-        o.time(time(r, 3));
-        o.text(text(r, 4));
-        o.text(text(r, 5));
-        o.decimal(numeric(r, 6));
-        o.decimal(numeric(r, 7));
-        o.text(text(r, 8));
-        o.text(text(r, 9));
-        o.decimal(numeric(r, 10));
-        o.decimal(numeric(r, 11));
-        o.decimal(numeric(r, 12));
-        o.bool(boolean(r, 13));
-    },
+    fill: None,
     settled_only: false,
 };
 
@@ -316,14 +305,7 @@ pub const MARKET_EVENTS: Table = Table {
           FROM market_events x
           WHERE {range} AND {late}
           ORDER BY x.condition_id COLLATE \"C\", x.source_ts, x.received_at",
-    fill: |r, o| {
-        o.text(text(r, 0));
-        o.text(text(r, 1));
-        o.text(text(r, 2));
-        o.time(time(r, 3));
-        o.time(time(r, 4));
-        o.text(text(r, 5));
-    },
+    fill: None,
     settled_only: false,
 };
 
@@ -352,21 +334,7 @@ pub const GAPS: Table = Table {
           FROM stream_gaps x
           WHERE {range} AND {late}
           ORDER BY x.started_at, x.id",
-    fill: |r, o| {
-        o.int64(r.field(0).map(copy_out::int8));
-        o.int32(r.field(1).map(copy_out::int4));
-        o.text(text(r, 2));
-        o.int32(r.field(3).map(copy_out::int4));
-        o.time(time(r, 4));
-        o.time(time(r, 5));
-        o.text(text(r, 6));
-        o.bool(boolean(r, 7));
-        o.text(text(r, 8));
-        o.time(time(r, 9));
-        o.int32(r.field(10).map(copy_out::int4));
-        o.int32(r.field(11).map(copy_out::int4));
-        o.time(time(r, 12));
-    },
+    fill: None,
     settled_only: true,
 };
 
