@@ -389,10 +389,12 @@ async fn drain(
         Err(reason) => tracing::error!(message_id = journal::LIFECYCLE, reason = %reason, "stopping: {reason}"),
     }
     systemd::stopping();
+    // At once (a drain may end before a spawned task first runs), then every second.
+    systemd::extend_timeout(grace + Duration::from_secs(15));
     let extender = tokio::spawn(async move {
         loop {
-            systemd::extend_timeout(grace + Duration::from_secs(15));
             tokio::time::sleep(Duration::from_secs(1)).await;
+            systemd::extend_timeout(grace + Duration::from_secs(15));
         }
     });
     let deadline = tokio::time::Instant::now() + grace;
