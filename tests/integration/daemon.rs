@@ -152,7 +152,7 @@ impl Daemon {
 
 pub const SIGHUP: i32 = 1;
 const SIGINT: i32 = 2;
-const SIGTERM: i32 = 15;
+pub const SIGTERM: i32 = 15;
 
 pub async fn small_fake() -> Fake {
     let fake = Fake::start().await;
