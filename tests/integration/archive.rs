@@ -608,3 +608,20 @@ async fn a_long_archive_pass_leaves_the_watchdog_alone() {
     .await;
     assert_eq!(d.log.count("withholding watchdog pings"), 0, "{}", d.log.text());
 }
+
+/// Two passes at once (the daemon's and `collector archive`, or two daemons on one
+/// database): one waits for the other; every hour is written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_passes_at_once_write_every_hour_once() {
+    let db = pg::fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = archive_cfg(dir.path());
+    for n in 0..4 {
+        store(&db, &seed_rows(hour_ago(8 - n), n)).await;
+    }
+    let until = hour_ago(2);
+    let (a, b) = tokio::join!(pass(&db, &cfg, until), pass(&db, &cfg, until));
+    assert_eq!(a.files() + b.files(), 4 * 6, "{a:?} {b:?}");
+    assert_eq!(db.count("SELECT count(*) FROM archive_files WHERE part > 0").await, 0, "no hour written twice");
+    readers_check(dir.path(), &json!({"tables": expected_tables(&db, until).await}));
+}

@@ -123,6 +123,23 @@ pub fn check_dir(cfg: &ArchiveConfig) -> Result<(), ArchiveError> {
 /// then the archived days past `keep_days` released.
 pub async fn pass(pool: &Pool, cfg: &ArchiveConfig, until: DateTime<Utc>) -> Result<PassReport, ArchiveError> {
     check_dir(cfg)?;
+    // One pass at a time per database (the daemon's and `collector archive`, or two daemons):
+    // two writers of one hour would each write its file. A session lock on a connection held
+    // for the pass; a lost connection releases it.
+    let lock = pool.get().await?;
+    if !lock.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]).await?.get::<_, bool>(0) {
+        tracing::info!("another archive pass is running on this database: waiting for it");
+        lock.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
+    }
+    let result = pass_locked(pool, cfg, until).await;
+    let _ = lock.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await;
+    result
+}
+
+/// The archive's advisory lock: "archive" in ASCII.
+const LOCK_KEY: i64 = 0x61_7263_6869_7665;
+
+async fn pass_locked(pool: &Pool, cfg: &ArchiveConfig, until: DateTime<Utc>) -> Result<PassReport, ArchiveError> {
     let mut report = PassReport { until: Some(until), ..Default::default() };
     for table in TABLES {
         let r = if table.settled_only {
