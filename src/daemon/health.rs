@@ -65,6 +65,9 @@ pub struct CollectorHealth {
     pub alive: bool,
     /// How long the pass in progress has been running (seconds); `None` between passes.
     pub pass_running_secs: Option<f64>,
+    /// How long its last finished pass took (a catalog sweep, a books poll cycle).
+    #[serde(default)]
+    pub last_pass_secs: Option<f64>,
 }
 
 /// REST client counters.
@@ -141,6 +144,7 @@ impl Health {
                         restarts: t.restarts.load(Ordering::Relaxed),
                         alive: t.alive.load(Ordering::Relaxed),
                         pass_running_secs: t.stats.pass_running_for().map(|d| d.as_secs_f64()),
+                        last_pass_secs: t.stats.last_pass().map(|d| d.as_secs_f64()),
                     },
                 )
             })
@@ -413,6 +417,7 @@ mod tests {
                 restarts: 1,
                 alive: true,
                 pass_running_secs: None,
+                last_pass_secs: None,
             },
         );
         HealthSnapshot {

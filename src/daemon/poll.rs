@@ -26,6 +26,8 @@ pub struct CollectorStats {
     last_error: Mutex<Option<String>>,
     /// When the pass in progress started (ms after `epoch`); 0 when idle.
     pass_started_ms: AtomicU64,
+    /// How long the last finished pass took, ms (0: none yet).
+    last_pass_ms: AtomicU64,
     epoch: Instant,
 }
 
@@ -37,6 +39,7 @@ impl Default for CollectorStats {
             error_count: AtomicU64::new(0),
             last_error: Mutex::new(None),
             pass_started_ms: AtomicU64::new(0),
+            last_pass_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -68,7 +71,19 @@ impl CollectorStats {
     }
 
     fn pass_ends(&self) {
-        self.pass_started_ms.store(0, Ordering::Relaxed);
+        let started = self.pass_started_ms.swap(0, Ordering::Relaxed);
+        if started > 0 {
+            let took = (self.epoch.elapsed().as_millis() as u64).saturating_sub(started);
+            self.last_pass_ms.store(took.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// How long the last finished pass took (a catalog sweep, a books poll cycle).
+    pub fn last_pass(&self) -> Option<Duration> {
+        match self.last_pass_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 
     /// How long the pass in progress has been running, if one is.

@@ -144,6 +144,9 @@ pub fn render(h: &HealthSnapshot) -> String {
         if c.restarts > 0 || !c.alive {
             out.push_str(&format!("  {name}: restarts={} alive={}\n", c.restarts, c.alive));
         }
+        if let Some(s) = c.last_pass_secs {
+            out.push_str(&format!("  {name}: last pass took {s:.1} s\n"));
+        }
     }
     if let Some(m) = h.open_markets {
         out.push_str(&format!("  catalog: open markets={m}\n"));
