@@ -4,6 +4,8 @@
 mod archive;
 mod bench;
 mod bench_archive;
+#[cfg(feature = "loadgen")]
+mod bench_universe;
 mod books;
 mod catalog;
 mod cli;

@@ -205,7 +205,10 @@ fn param<'a>(p: &'a Params, k: &str) -> Option<&'a str> {
 fn page(p: &Params, total: u64, max: u64) -> Result<(u64, u64, Option<String>), Response> {
     let limit = param(p, "limit").and_then(|l| l.parse().ok()).unwrap_or(20u64).min(max);
     let start = match param(p, "after_cursor") {
-        Some(c) => c.strip_prefix("ks1.").and_then(|n| n.parse().ok()).ok_or_else(|| (StatusCode::BAD_REQUEST, "invalid cursor").into_response())?,
+        Some(c) => c
+            .strip_prefix("ks1.")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| (StatusCode::BAD_REQUEST, "invalid cursor").into_response())?,
         None => 0,
     };
     let end = (start + limit).min(total);
@@ -253,7 +256,13 @@ async fn markets_keyset(State(g): State<Shared>, Query(p): Query<Params>) -> Res
     let newest_first = param(&p, "ascending") == Some("false");
     let list: Vec<Value> = (start..end)
         .map(|i| {
-            let n = if closed { i } else if newest_first { markets - 1 - i } else { first_open + i };
+            let n = if closed {
+                i
+            } else if newest_first {
+                markets - 1 - i
+            } else {
+                first_open + i
+            };
             market_json(&g, n, closed)
         })
         .collect();
@@ -266,8 +275,12 @@ async fn markets_keyset(State(g): State<Shared>, Query(p): Query<Params>) -> Res
 
 fn book_json(token: &str, market: u64, ts: u64, seq: u64) -> Value {
     let mid = 5 + market % 90;
-    let bids: Vec<Value> = (1..=5).rev().map(|k| json!({"price": format!("0.{:02}", mid.saturating_sub(k).max(1)), "size": format!("{}", 100 * k + seq % 97)})).collect();
-    let asks: Vec<Value> = (1..=5).rev().map(|k| json!({"price": format!("0.{:02}", (mid + k).min(99)), "size": format!("{}.5", 90 * k)})).collect();
+    let bids: Vec<Value> = (1..=5)
+        .rev()
+        .map(|k| json!({"price": format!("0.{:02}", mid.saturating_sub(k).max(1)), "size": format!("{}", 100 * k + seq % 97)}))
+        .collect();
+    let asks: Vec<Value> =
+        (1..=5).rev().map(|k| json!({"price": format!("0.{:02}", (mid + k).min(99)), "size": format!("{}.5", 90 * k)})).collect();
     json!({"event_type": "book", "market": condition(market), "asset_id": token, "timestamp": ts.to_string(),
            "hash": format!("{:040x}", seq), "bids": bids, "asks": asks})
 }
@@ -314,7 +327,9 @@ async fn trades_v2(State(g): State<Shared>, Query(p): Query<Params>) -> Response
     };
     let end = (start + limit).min(rows.len());
     let next = (end < rows.len()).then(|| format!("{end}:{limit}"));
-    json_response(json!({"data": rows[start.min(end)..end], "pagination": {"limit": limit, "has_more": next.is_some(), "next_cursor": next}}))
+    json_response(
+        json!({"data": rows[start.min(end)..end], "pagination": {"limit": limit, "has_more": next.is_some(), "next_cursor": next}}),
+    )
 }
 
 async fn stats(State(g): State<Shared>) -> Response {
@@ -462,12 +477,18 @@ async fn pump(g: Shared) {
                 let (old, new) = (w.first_open, w.markets);
                 w.first_open += 1;
                 w.markets += 1;
-                churned.push(json!({"event_type": "market_resolved", "id": format!("{}", 700_000 + old), "market": condition(old),
+                churned.push(
+                    json!({"event_type": "market_resolved", "id": format!("{}", 700_000 + old), "market": condition(old),
                     "assets_ids": [token_id(old, 0), token_id(old, 1)], "winning_asset_id": token_id(old, 0), "winning_outcome": "Yes",
-                    "timestamp": ts.to_string()}).to_string());
-                churned.push(json!({"event_type": "new_market", "id": format!("{}", 700_000 + new), "market": condition(new),
+                    "timestamp": ts.to_string()})
+                    .to_string(),
+                );
+                churned.push(
+                    json!({"event_type": "new_market", "id": format!("{}", 700_000 + new), "market": condition(new),
                     "condition_id": condition(new), "question": format!("Will thing {new} happen?"), "slug": format!("market-{new}"),
-                    "assets_ids": [token_id(new, 0), token_id(new, 1)], "outcomes": ["Yes", "No"], "timestamp": ts.to_string()}).to_string());
+                    "assets_ids": [token_id(new, 0), token_id(new, 1)], "outcomes": ["Yes", "No"], "timestamp": ts.to_string()})
+                    .to_string(),
+                );
                 g.counters.market_resolved.fetch_add(1, Ordering::Relaxed);
                 g.counters.new_market.fetch_add(1, Ordering::Relaxed);
             }
@@ -547,7 +568,11 @@ async fn pump(g: Shared) {
             if let Some(log) = &g.trades_log {
                 let mut log = log.lock().unwrap();
                 for t in &trades {
-                    let _ = writeln!(log, "{}", json!({"asset_id": t["token_id"], "size": t["size_text"], "ts_ms": t["ts_ms"], "tx": t["transaction_hash"]}));
+                    let _ = writeln!(
+                        log,
+                        "{}",
+                        json!({"asset_id": t["token_id"], "size": t["size_text"], "ts_ms": t["ts_ms"], "tx": t["transaction_hash"]})
+                    );
                 }
             }
             w.trades.extend(trades);
