@@ -147,7 +147,8 @@ pub struct StreamConfig {
     /// Assets per WebSocket connection. Default 200 (500 stops delivery upstream; stalls
     /// were reported from ~250).
     pub max_assets_per_connection: usize,
-    /// Delay between opening two connections (bursts of handshakes get 429). Default 250 ms.
+    /// Delay between opening two connections (bursts of handshakes get 429). Default 150 ms
+    /// (1,600 connections, the whole universe, open in 4 minutes).
     pub connect_interval: Duration,
     /// Text `PING` cadence; upstream closes a connection without one (1008). Default 10 s.
     pub ping_interval: Duration,

@@ -142,7 +142,7 @@ impl Config {
         let stream = StreamConfig {
             enabled: s.bool("enabled", true),
             max_assets_per_connection: s.int("max_assets_per_connection", 200, 1, 1000) as usize,
-            connect_interval: s.millis("connect_interval_ms", 250, 0, 60_000),
+            connect_interval: s.millis("connect_interval_ms", 150, 0, 60_000),
             ping_interval: s.secs("ping_interval_secs", 10, 1, 600),
             silence_timeout: s.secs("silence_timeout_secs", 60, 1, 86_400),
             first_book_timeout: s.secs("first_book_timeout_secs", 30, 1, 86_400),

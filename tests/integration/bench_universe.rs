@@ -87,7 +87,7 @@ async fn bench_universe_ramp() {
         &lg,
         &format!("ws://{addr}/ws/market"),
         &format!(
-            "[daemon]\nstatus_socket = \"{}\"\n[catalog]\nfull_sweep_interval_secs = 120\nhistory = false\n[upstream]\n\n[stream]\nbackfill = true\n",
+            "[daemon]\nstatus_socket = \"{}\"\n[catalog]\nfull_sweep_interval_secs = 120\nhistory = false\n[stream]\nbackfill = true\n",
             socket.display()
         ),
     )
