@@ -24,8 +24,10 @@ pub struct BooksCollector {
     client: Arc<PolymarketClient>,
     pool: Pool,
     cfg: BooksConfig,
-    /// Last `(source_ts, hash)` stored per token, to skip unchanged books before the database.
-    last: HashMap<String, (DateTime<Utc>, String)>,
+    /// Last book stored per token, to skip unchanged books before the database: a 64-bit
+    /// fingerprint of the token id to one of `(source_ts, hash)`, 16 bytes a token where the
+    /// texts were ~200 (the whole universe is ~312,000 tokens).
+    last: HashMap<u64, u64>,
     /// Books upstream sent that could not be decoded.
     pub bad_books: Arc<AtomicU64>,
 }
@@ -68,6 +70,23 @@ impl BooksCollector {
     }
 }
 
+/// Books stored in one go.
+const STORE_EVERY: usize = 1000;
+
+async fn store(pool: &Pool, books: &[(Book, DateTime<Utc>)]) -> Result<u64, CollectError> {
+    if books.is_empty() {
+        return Ok(0);
+    }
+    let conn = pool.get().await?;
+    Ok(db::books::insert_snapshots(&*conn, books, BookSource::Rest).await?)
+}
+
+/// A 64-bit fingerprint (the same within a process run; nothing stores it).
+fn fingerprint(x: &impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(x)
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
 }
@@ -87,17 +106,22 @@ impl Collector for BooksCollector {
             db::catalog::active_token_ids(&*conn).await?
         };
         // Forget tokens no longer polled, so the map stays the size of the active set.
-        let active: std::collections::HashSet<&str> = tokens.iter().map(String::as_str).collect();
-        self.last.retain(|t, _| active.contains(t.as_str()));
+        let active: std::collections::HashSet<u64> = tokens.iter().map(|t| fingerprint(t)).collect();
+        self.last.retain(|t, _| active.contains(t));
+        drop(active);
 
-        let batches: Vec<Vec<String>> = tokens.chunks(self.cfg.batch_size as usize).map(<[String]>::to_vec).collect();
+        let (mut tokens, size) = (tokens.into_iter(), self.cfg.batch_size as usize);
+        let batches = std::iter::from_fn(move || Some(tokens.by_ref().take(size).collect::<Vec<String>>()).filter(|b| !b.is_empty()));
         let this = &*self;
         let mut results = futures_util::stream::iter(batches)
             .map(move |batch: Vec<String>| async move { (this.fetch(&batch).await, crate::clock::now()) })
             .buffer_unordered(CONCURRENCY);
+        // Books are stored as they come, a thousand at a time: a pass over the whole universe
+        // never holds more than that in memory.
         let mut fresh: Vec<(Book, DateTime<Utc>)> = Vec::new();
         let mut first_error = None;
-        let mut seen_now: HashMap<String, (DateTime<Utc>, String)> = HashMap::new();
+        let mut seen_now: HashMap<u64, u64> = HashMap::new();
+        let mut stored = 0;
         while let Some((result, received_at)) = results.next().await {
             let raw = match result {
                 Ok(r) => r,
@@ -109,10 +133,10 @@ impl Collector for BooksCollector {
             for obj in raw {
                 match clob::decode_book(&obj) {
                     Ok(book) => {
-                        let key = (book.source_ts, book.hash.clone());
-                        let unchanged = this.last.get(&book.token_id) == Some(&key) || seen_now.get(&book.token_id) == Some(&key);
+                        let (token, key) = (fingerprint(&book.token_id), fingerprint(&(book.source_ts, &book.hash)));
+                        let unchanged = this.last.get(&token) == Some(&key) || seen_now.get(&token) == Some(&key);
                         if !unchanged {
-                            seen_now.insert(book.token_id.clone(), key);
+                            seen_now.insert(token, key);
                             fresh.push((book, received_at));
                         }
                     }
@@ -122,14 +146,13 @@ impl Collector for BooksCollector {
                     }
                 }
             }
+            if fresh.len() >= STORE_EVERY {
+                stored += store(&this.pool, &fresh).await?;
+                fresh.clear();
+            }
         }
         drop(results);
-        let mut stored = 0;
-        let conn = self.pool.get().await?;
-        for chunk in fresh.chunks(1000) {
-            stored += db::books::insert_snapshots(&*conn, chunk, BookSource::Rest).await?;
-        }
-        drop(conn);
+        stored += store(&self.pool, &fresh).await?;
         self.last.extend(seen_now);
         match first_error {
             // Books fetched before the failure are stored; the pass still reports the error.

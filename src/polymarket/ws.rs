@@ -12,17 +12,20 @@ use super::decode::{self, FieldError, Side, required_decimal, required_string, s
 mod hot;
 
 /// The first frame on a connection.
-pub fn subscribe_initial(assets: &[String]) -> String {
+pub fn subscribe_initial<A: AsRef<str>>(assets: &[A]) -> String {
+    let assets: Vec<&str> = assets.iter().map(AsRef::as_ref).collect();
     json!({"type": "market", "assets_ids": assets, "initial_dump": true, "custom_feature_enabled": true}).to_string()
 }
 
 /// Adds assets on an open connection.
-pub fn subscribe_more(assets: &[String]) -> String {
+pub fn subscribe_more<A: AsRef<str>>(assets: &[A]) -> String {
+    let assets: Vec<&str> = assets.iter().map(AsRef::as_ref).collect();
     json!({"operation": "subscribe", "assets_ids": assets, "initial_dump": true, "custom_feature_enabled": true}).to_string()
 }
 
 /// Removes assets on an open connection.
-pub fn unsubscribe(assets: &[String]) -> String {
+pub fn unsubscribe<A: AsRef<str>>(assets: &[A]) -> String {
+    let assets: Vec<&str> = assets.iter().map(AsRef::as_ref).collect();
     json!({"operation": "unsubscribe", "assets_ids": assets}).to_string()
 }
 

@@ -273,14 +273,19 @@ async fn markets_keyset(State(g): State<Shared>, Query(p): Query<Params>) -> Res
     json_response(body)
 }
 
+/// A book as deep as upstream's: every tick from the mid out, 3–57 levels a side (a captured
+/// book had 7 bids and 57 asks), capped by the price range.
 fn book_json(token: &str, market: u64, ts: u64, seq: u64) -> Value {
     let mid = 5 + market % 90;
-    let bids: Vec<Value> = (1..=5)
+    let (bid_depth, ask_depth) = (3 + (market * 13) % 55, 3 + (market * 29) % 55);
+    let bids: Vec<Value> = (1..=bid_depth.min(mid - 1))
         .rev()
-        .map(|k| json!({"price": format!("0.{:02}", mid.saturating_sub(k).max(1)), "size": format!("{}", 100 * k + seq % 97)}))
+        .map(|k| json!({"price": format!("0.{:02}", mid - k), "size": format!("{}", 100 * k + seq % 97)}))
         .collect();
-    let asks: Vec<Value> =
-        (1..=5).rev().map(|k| json!({"price": format!("0.{:02}", (mid + k).min(99)), "size": format!("{}.5", 90 * k)})).collect();
+    let asks: Vec<Value> = (1..=ask_depth.min(99 - mid))
+        .rev()
+        .map(|k| json!({"price": format!("0.{:02}", mid + k), "size": format!("{}.5", 90 * k)}))
+        .collect();
     json!({"event_type": "book", "market": condition(market), "asset_id": token, "timestamp": ts.to_string(),
            "hash": format!("{:040x}", seq), "bids": bids, "asks": asks})
 }

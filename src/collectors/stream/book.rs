@@ -7,13 +7,15 @@ use std::cmp::Ordering;
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
 
+use super::AssetId;
 use crate::polymarket::clob::Book;
 use crate::polymarket::decode::Side;
 use crate::polymarket::ws::LevelChange;
 
-/// One asset's book: each side's levels `(price, size)` sorted by price, ascending. A sorted
-/// vector, not a tree: books are tens of levels, held for tens of thousands of assets, and a
-/// vector is 32 bytes a level where a B-tree node is ~370 bytes however few levels it holds.
+/// One asset's book: each side's price levels. Only which prices have a size is kept, not the
+/// sizes: the book decides whether a change may be applied (synced) and whether the top of
+/// book agrees with upstream's, and both need the prices alone. A book is tens of levels, held
+/// for every asset of the universe (BENCHMARKS.md, "Universe").
 #[derive(Debug, Default)]
 struct AssetBook {
     synced: bool,
@@ -21,37 +23,101 @@ struct AssetBook {
     asks: Levels,
 }
 
-#[derive(Debug, Default)]
-struct Levels(Vec<(Decimal, Decimal)>);
+/// Upstream's finest price grid: 0.0001 (the smallest tick size), prices in [0, 1].
+const TICKS_PER_UNIT: i128 = 10_000;
+
+/// `price` on the 0.0001 grid in [0, 1] as a count of ticks; `None` off the grid.
+fn to_tick(price: &Decimal) -> Option<u16> {
+    let (m, scale) = (price.mantissa(), price.scale());
+    let ticks = if scale <= 4 {
+        if !(0..=TICKS_PER_UNIT).contains(&m) {
+            return None;
+        }
+        m * 10i128.pow(4 - scale)
+    } else {
+        let step = 10i128.pow(scale - 4);
+        if m % step != 0 {
+            return None;
+        }
+        m / step
+    };
+    (0..=TICKS_PER_UNIT).contains(&ticks).then_some(ticks as u16)
+}
+
+/// One side's price levels, sorted ascending: 2 bytes a level on the 0.0001 grid (every price
+/// upstream sends), exact decimals once a price off the grid arrives.
+#[derive(Debug)]
+enum Levels {
+    Ticks(Vec<u16>),
+    Exact(Vec<Decimal>),
+}
+
+impl Default for Levels {
+    fn default() -> Self {
+        Levels::Ticks(Vec::new())
+    }
+}
 
 impl Levels {
-    /// A snapshot's levels; of two levels at one price, the later one counts.
-    fn from_unsorted(mut levels: Vec<(Decimal, Decimal)>) -> Levels {
-        levels.reverse();
-        levels.sort_by_key(|(p, _)| *p); // stable: the later level first among equals
-        levels.dedup_by_key(|(p, _)| *p);
-        levels.shrink_to_fit();
-        Levels(levels)
+    /// A snapshot's levels (the prices with a size).
+    fn from_prices(prices: Vec<Decimal>) -> Levels {
+        let mut levels = match prices.iter().map(to_tick).collect::<Option<Vec<u16>>>() {
+            Some(mut ticks) => {
+                ticks.sort_unstable();
+                ticks.dedup();
+                Levels::Ticks(ticks)
+            }
+            None => {
+                let mut exact = prices;
+                exact.sort_by(cmp_decimal);
+                exact.dedup_by(|a, b| cmp_decimal(a, b) == Ordering::Equal);
+                Levels::Exact(exact)
+            }
+        };
+        match &mut levels {
+            Levels::Ticks(v) => v.shrink_to_fit(),
+            Levels::Exact(v) => v.shrink_to_fit(),
+        }
+        levels
     }
 
-    /// Sets the level's size; zero removes it.
-    fn set(&mut self, price: Decimal, size: Decimal) {
-        match (self.0.binary_search_by(|(p, _)| cmp_decimal(p, &price)), size.is_zero()) {
-            (Ok(i), true) => {
-                self.0.remove(i);
+    /// Sets whether the price has a size (a zero size removes the level).
+    fn set(&mut self, price: Decimal, present: bool) {
+        if let Levels::Ticks(ticks) = self {
+            match to_tick(&price) {
+                Some(t) => return set_sorted(ticks, t, present, u16::cmp),
+                None if !present => return,
+                None => *self = Levels::Exact(ticks.iter().map(|t| Decimal::new(*t as i64, 4)).collect()),
             }
-            (Ok(i), false) => self.0[i].1 = size,
-            (Err(_), true) => {}
-            (Err(i), false) => self.0.insert(i, (price, size)),
+        }
+        if let Levels::Exact(exact) = self {
+            set_sorted(exact, price, present, cmp_decimal);
         }
     }
 
     fn lowest(&self) -> Option<Decimal> {
-        self.0.first().map(|(p, _)| *p)
+        match self {
+            Levels::Ticks(t) => t.first().map(|t| Decimal::new(*t as i64, 4)),
+            Levels::Exact(e) => e.first().copied(),
+        }
     }
 
     fn highest(&self) -> Option<Decimal> {
-        self.0.last().map(|(p, _)| *p)
+        match self {
+            Levels::Ticks(t) => t.last().map(|t| Decimal::new(*t as i64, 4)),
+            Levels::Exact(e) => e.last().copied(),
+        }
+    }
+}
+
+/// Inserts `x` into (or removes it from) the sorted `v`.
+fn set_sorted<T>(v: &mut Vec<T>, x: T, present: bool, cmp: impl Fn(&T, &T) -> Ordering) {
+    match (v.binary_search_by(|y| cmp(y, &x)), present) {
+        (Ok(i), false) => {
+            v.remove(i);
+        }
+        (Err(i), true) => v.insert(i, x),
+        _ => {}
     }
 }
 
@@ -81,35 +147,36 @@ pub enum Applied {
 
 #[derive(Debug, Default)]
 pub struct Books {
-    assets: FxHashMap<String, AssetBook>,
+    assets: FxHashMap<AssetId, AssetBook>,
 }
 
 impl Books {
-    /// Replaces the asset's book with a snapshot; the asset is synced from now on.
-    pub fn snapshot(&mut self, book: &Book) {
-        let parse = |levels: &[crate::polymarket::clob::Level]| {
+    /// Replaces the asset's book with a snapshot (`asset`: its id, shared with the shard's
+    /// set); the asset is synced from now on.
+    pub fn snapshot(&mut self, asset: &AssetId, book: &Book) {
+        let prices = |levels: &[crate::polymarket::clob::Level]| {
             levels
                 .iter()
-                .filter_map(|l| Some((l.price, crate::polymarket::decode::parse_decimal(&l.size_text)?)))
-                .filter(|(_, s)| !s.is_zero())
+                .filter(|l| crate::polymarket::decode::parse_decimal(&l.size_text).is_some_and(|s| !s.is_zero()))
+                .map(|l| l.price)
                 .collect::<Vec<_>>()
         };
-        let entry = self.assets.entry(book.token_id.clone()).or_default();
-        entry.bids = Levels::from_unsorted(parse(&book.bids));
-        entry.asks = Levels::from_unsorted(parse(&book.asks));
+        let entry = self.assets.entry(asset.clone()).or_default();
+        entry.bids = Levels::from_prices(prices(&book.bids));
+        entry.asks = Levels::from_prices(prices(&book.asks));
         entry.synced = true;
     }
 
     /// Applies one level change: size replaces the level, zero removes it.
     pub fn apply(&mut self, c: &LevelChange) -> Applied {
-        let Some(book) = self.assets.get_mut(&c.asset_id).filter(|b| b.synced) else {
+        let Some(book) = self.assets.get_mut(c.asset_id.as_str()).filter(|b| b.synced) else {
             return Applied::Withheld;
         };
         let side = match c.side {
             Side::Buy => &mut book.bids,
             Side::Sell => &mut book.asks,
         };
-        side.set(c.price, c.size);
+        side.set(c.price, !c.size.is_zero());
         let (best_bid, best_ask) = (book.bids.highest(), book.asks.lowest());
         let agrees = |ours: Option<Decimal>, theirs: Option<Decimal>| match (ours, theirs) {
             (_, None) => true,
@@ -159,10 +226,10 @@ mod tests {
         let Frame::Events { events, .. } = decode_frame(&fixture("ws_book.json")) else { panic!() };
         let Event::Book(book) = &events[0] else { panic!() };
         let mut books = Books::default();
-        let asset = book.token_id.clone();
+        let asset = AssetId::from(book.token_id.as_str());
         let (bid, ask) = (book.best_bid().unwrap().to_string(), book.best_ask().unwrap().to_string());
         assert_eq!(books.apply(&change(&asset, &bid, "1", "BUY", &bid, &ask)), Applied::Withheld);
-        books.snapshot(book);
+        books.snapshot(&asset, book);
         assert_eq!(books.apply(&change(&asset, &bid, "1", "BUY", &bid, &ask)), Applied::Ok);
         // Removing the best bid moves the top; upstream saying otherwise is a divergence.
         assert_eq!(books.apply(&change(&asset, &bid, "0", "BUY", &bid, &ask)), Applied::Diverged);
@@ -208,13 +275,34 @@ mod tests {
     #[test]
     fn levels_stay_sorted_and_zero_removes() {
         let d = |s: &str| s.parse::<Decimal>().unwrap();
-        let mut l = Levels::from_unsorted(vec![(d("0.5"), d("1")), (d("0.3"), d("2")), (d("0.50"), d("9"))]);
-        assert_eq!(l.0, vec![(d("0.3"), d("2")), (d("0.50"), d("9"))], "sorted, one level per price, the later one");
-        l.set(d("0.4"), d("3"));
-        l.set(d("0.5"), d("0"));
-        l.set(d("0.9"), d("0"));
-        l.set(d("0.3"), d("7"));
-        assert_eq!(l.0, vec![(d("0.3"), d("7")), (d("0.4"), d("3"))]);
+        let mut l = Levels::from_prices(vec![d("0.5"), d("0.3"), d("0.50")]);
+        assert!(matches!(&l, Levels::Ticks(t) if t == &[3000, 5000]), "sorted, one level per price: {l:?}");
+        l.set(d("0.4"), true);
+        l.set(d("0.5"), false);
+        l.set(d("0.9"), false);
+        l.set(d("0.3"), true);
+        assert!(matches!(&l, Levels::Ticks(t) if t == &[3000, 4000]), "{l:?}");
         assert_eq!((l.lowest(), l.highest()), (Some(d("0.3")), Some(d("0.4"))));
+        // A price off the grid is kept exactly; the side's other prices stay.
+        l.set(d("0.00005"), false);
+        assert!(matches!(&l, Levels::Ticks(_)), "an absent off-grid price changes nothing");
+        l.set(d("0.00005"), true);
+        l.set(d("1.5"), true);
+        assert_eq!((l.lowest(), l.highest()), (Some(d("0.00005")), Some(d("1.5"))));
+        l.set(d("0.40"), false);
+        l.set(d("0.00005"), false);
+        assert!(matches!(&l, Levels::Exact(e) if e == &[d("0.3"), d("1.5")]), "{l:?}");
+        let exact = Levels::from_prices(vec![d("0.7"), d("-0.1"), d("0.70")]);
+        assert!(matches!(&exact, Levels::Exact(e) if e == &[d("-0.1"), d("0.7")]), "{exact:?}");
+    }
+
+    #[test]
+    fn ticks_are_exactly_the_grid() {
+        let t = |s: &str| to_tick(&s.parse::<Decimal>().unwrap());
+        assert_eq!(
+            [t("0"), t("-0"), t("0.0001"), t("0.5"), t("0.50000000"), t("1"), t("1.0000")],
+            [Some(0), Some(0), Some(1), Some(5000), Some(5000), Some(10000), Some(10000)]
+        );
+        assert_eq!([t("0.00005"), t("1.0001"), t("2"), t("-0.1"), t("79228162514264337593543950335")], [None; 5]);
     }
 }

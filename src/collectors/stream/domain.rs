@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 
+use super::AssetId;
 use crate::polymarket::ws::Event;
 
 /// Events whose upstream time is further than this from the receive time are refused. Books
@@ -35,10 +36,10 @@ fn time(ts: DateTime<Utc>, received_at: DateTime<Utc>) -> Result<(), String> {
 
 /// `Err(reason)` when `event`, received at `received_at` on a connection subscribed to
 /// `assets`, holds a value outside its domain.
-pub fn check(event: &Event, received_at: DateTime<Utc>, assets: &BTreeSet<String>) -> Result<(), String> {
+pub fn check(event: &Event, received_at: DateTime<Utc>, assets: &BTreeSet<AssetId>) -> Result<(), String> {
     let r = match event {
         Event::Trade(t) => (|| {
-            if !assets.contains(&t.asset_id) {
+            if !assets.contains(t.asset_id.as_str()) {
                 return Err(format!("trade for asset {} not subscribed on this connection", t.asset_id));
             }
             price("price", t.price)?;
@@ -105,7 +106,7 @@ mod tests {
     fn values_outside_the_domain_are_refused_with_a_reason() {
         let now = crate::clock::now();
         let ms = now.timestamp_millis();
-        let assets: BTreeSet<String> = ["7".to_string()].into();
+        let assets: BTreeSet<AssetId> = [AssetId::from("7")].into();
         assert_eq!(check(&event(&trade("0.5", "10", ms)), now, &assets), Ok(()));
         let bad = [
             (trade("1.5", "10", ms), "price 1.5 outside [0, 1]"),
@@ -119,7 +120,7 @@ mod tests {
             let r = check(&event(&json), now, &assets);
             assert!(r.as_ref().is_err_and(|e| e.contains(why) && e.starts_with("out of domain")), "{json}: {r:?}");
         }
-        let other: BTreeSet<String> = ["8".to_string()].into();
+        let other: BTreeSet<AssetId> = [AssetId::from("8")].into();
         assert!(check(&event(&trade("0.5", "10", ms)), now, &other).unwrap_err().contains("not subscribed"));
         let change = format!(
             r#"{{"event_type":"price_change","market":"0xc","timestamp":"{ms}","price_changes":[{{"asset_id":"7","price":"0.4","size":"-1","side":"BUY"}}]}}"#

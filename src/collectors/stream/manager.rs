@@ -19,7 +19,7 @@ use super::gaps::{self, GapEvent, GapReason};
 use super::shard::{Shard, ShardCmd, ShardShared};
 use super::sink::Sink;
 use super::stats::StreamStats;
-use super::{Lifecycle, StreamCtx, StreamDeps, TASK_NAME, maintenance, panic_text, placement, supervised};
+use super::{AssetId, Lifecycle, StreamCtx, StreamDeps, TASK_NAME, maintenance, panic_text, placement, supervised};
 use crate::backoff::rest;
 use crate::clock;
 use crate::config::StreamConfig;
@@ -34,7 +34,7 @@ const READY_WAIT: Duration = Duration::from_secs(30);
 /// The manager's view of one shard.
 struct ShardHandle {
     tx: mpsc::Sender<ShardCmd>,
-    assets: HashSet<String>,
+    assets: HashSet<AssetId>,
     shared: Arc<ShardShared>,
 }
 
@@ -49,7 +49,8 @@ pub(super) struct Manager {
     keys: Arc<Keys>,
     fault: Option<Fault>,
     shards: Vec<ShardHandle>,
-    owner: HashMap<String, usize>,
+    /// Every subscribed asset and its shard (the ids shared with the shards: [`AssetId`]).
+    owner: HashMap<AssetId, usize>,
     /// The shards' tasks, and which shard each task runs.
     running: JoinSet<()>,
     running_ids: HashMap<tokio::task::Id, usize>,
@@ -150,6 +151,7 @@ impl Manager {
         let mut ups = Vec::new();
         // After a previous capture, each connection's start is a gap until its own first data
         // (they open gradually).
+        drop(all);
         self.assign_with(&ctx, &shard_cancel, desired, &mut ups, resumed.then_some(started));
         let mut ready = Some(ready);
         let wait_ready = async move {
@@ -201,7 +203,7 @@ impl Manager {
                     // A new market joins at once only when everything is in scope (the scope in
                     // force now, a reload's included); a narrower scope's next refresh decides.
                     Some(Lifecycle::Listed(assets)) if scope_is_everything(&self.live.borrow()) => {
-                        let new: Vec<String> = assets.into_iter().filter(|a| !self.owner.contains_key(a)).collect();
+                        let new: Vec<String> = assets.into_iter().filter(|a| !self.owner.contains_key(a.as_str())).collect();
                         if !new.is_empty() {
                             tracing::info!(assets = new.len(), "new market on the stream: subscribing");
                             self.assign(&ctx, &shard_cancel, vec![new], &mut Vec::new());
@@ -219,7 +221,7 @@ impl Manager {
             let _ = r.send(());
         }
         // The stop: the planned gap first (its start is the moment capture ends), then close.
-        let assets: Vec<String> = self.owner.keys().cloned().collect();
+        let assets: Vec<String> = self.owner.keys().map(|a| a.to_string()).collect();
         if !assets.is_empty() {
             let stop = tokio::time::timeout(Duration::from_secs(5), gaps::on_stop(&pool, &assets, clock::now()));
             if let Err(e) = stop.await.unwrap_or(Err(DbError::TimedOut { what: "recording the planned gap" })) {
@@ -239,8 +241,9 @@ impl Manager {
     /// Recomputes the subscription set: subscribes what is new, unsubscribes what is gone.
     async fn refresh(&mut self, ctx: &Arc<StreamCtx>, cancel: &CancellationToken) {
         let Ok(groups) = self.desired().await else { return };
-        let want: HashSet<&String> = groups.iter().flatten().collect();
-        let gone: Vec<String> = self.owner.keys().filter(|a| !want.contains(a)).cloned().collect();
+        let want: HashSet<&str> = groups.iter().flatten().map(String::as_str).collect();
+        let gone: Vec<String> = self.owner.keys().filter(|a| !want.contains(&***a)).map(|a| a.to_string()).collect();
+        drop(want);
         self.unassign(gone);
         self.assign(ctx, cancel, groups, &mut Vec::new());
     }
@@ -250,11 +253,11 @@ impl Manager {
     fn shard_died(&mut self, ctx: &Arc<StreamCtx>, cancel: &CancellationToken, idx: usize, err: String) {
         self.stats.task_restarts.fetch_add(1, Ordering::Relaxed);
         let shard = &self.shards[idx];
-        let assets: BTreeSet<String> = shard.assets.iter().cloned().collect();
+        let assets: BTreeSet<AssetId> = shard.assets.iter().cloned().collect();
         let since = shard.shared.last_data_at().unwrap_or_else(clock::now);
         ctx.send_gap(GapEvent::Open {
             conn: idx as i32,
-            assets: assets.iter().cloned().collect(),
+            assets: assets.iter().map(|a| a.to_string()).collect(),
             reason: GapReason::TaskPanicked,
             at: since,
         });
@@ -292,6 +295,13 @@ impl Manager {
         ups: &mut Vec<oneshot::Receiver<()>>,
         start_gap: Option<chrono::DateTime<chrono::Utc>>,
     ) {
+        // Each asset's id allocated once, shared from here by every map that holds it.
+        let groups: Vec<Vec<AssetId>> = groups
+            .into_iter()
+            .map(|g| {
+                g.into_iter().map(|a| self.owner.get_key_value(a.as_str()).map_or_else(|| AssetId::from(a), |(k, _)| k.clone())).collect()
+            })
+            .collect();
         let sizes: Vec<usize> = self.shards.iter().map(|s| s.assets.len()).collect();
         let owner = &self.owner;
         let placed = placement::place(&sizes, |a| owner.get(a).copied(), groups, self.deps.cfg.max_assets_per_connection);
@@ -322,7 +332,12 @@ impl Manager {
             }
             self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
             if let Some(at) = start_gap {
-                ctx.send_gap(GapEvent::Open { conn: idx as i32, assets: set.iter().cloned().collect(), reason: GapReason::Start, at });
+                ctx.send_gap(GapEvent::Open {
+                    conn: idx as i32,
+                    assets: set.iter().map(|a| a.to_string()).collect(),
+                    reason: GapReason::Start,
+                    at,
+                });
             }
             let (up_tx, up_rx) = oneshot::channel();
             ups.push(up_rx);
@@ -344,9 +359,9 @@ impl Manager {
     }
 
     fn unassign(&mut self, assets: Vec<String>) {
-        let mut per_shard: HashMap<usize, Vec<String>> = HashMap::new();
+        let mut per_shard: HashMap<usize, Vec<AssetId>> = HashMap::new();
         for a in assets {
-            if let Some(idx) = self.owner.remove(&a) {
+            if let Some((a, idx)) = self.owner.remove_entry(a.as_str()) {
                 self.shards[idx].assets.remove(&a);
                 per_shard.entry(idx).or_default().push(a);
             }

@@ -81,6 +81,10 @@ pub struct StreamDeps {
     pub archive: Option<crate::config::ArchiveConfig>,
 }
 
+/// A subscribed asset's token id, shared by every map that holds it (the manager's, the
+/// shard's, its book and its first-book watch): one allocation per asset of the universe.
+pub type AssetId = Arc<str>;
+
 /// A market listed or resolved, seen on the stream.
 #[derive(Debug, Clone)]
 pub enum Lifecycle {

@@ -3,15 +3,23 @@
 //! message, then arrives once), at most `max` assets per connection, new connections only
 //! when no open one has room.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
 
-/// Where the new assets of one refresh go.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Placement {
+/// Where the new assets of one refresh go (`A`: the asset id's type).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Placement<A> {
     /// Assets added to running shards, by shard index (sent as an `operation: subscribe`).
-    pub existing: BTreeMap<usize, Vec<String>>,
+    pub existing: BTreeMap<usize, Vec<A>>,
     /// New shards to open, by the index each will have (after the existing ones, in order).
-    pub fresh: Vec<(usize, BTreeSet<String>)>,
+    pub fresh: Vec<(usize, BTreeSet<A>)>,
+}
+
+impl<A> Default for Placement<A> {
+    fn default() -> Self {
+        Placement { existing: BTreeMap::new(), fresh: Vec::new() }
+    }
 }
 
 /// Places the assets of `groups` (each the tokens of one market) that no shard owns yet.
@@ -19,22 +27,27 @@ pub struct Placement {
 /// any. A market goes to the shard already carrying one of its tokens if it has room, else to
 /// the first shard with room for all of its new tokens, else to a new shard; a market with
 /// more tokens than `max` is split.
-pub fn place(sizes: &[usize], owner: impl Fn(&str) -> Option<usize>, groups: Vec<Vec<String>>, max: usize) -> Placement {
+pub fn place<A: Clone + Ord + Hash + Borrow<str>>(
+    sizes: &[usize],
+    owner: impl Fn(&str) -> Option<usize>,
+    groups: Vec<Vec<A>>,
+    max: usize,
+) -> Placement<A> {
     let max = max.max(1);
     let mut sizes = sizes.to_vec();
     let first_new = sizes.len();
-    let mut placed: HashMap<String, usize> = HashMap::new();
+    let mut placed: HashMap<A, usize> = HashMap::new();
     let mut out = Placement::default();
     // A shard before this index had no room the last time one was looked for: shards only
     // fill during one placement, so the search for room starts here.
     let mut full_before = 0;
     for group in groups {
-        let owned = |a: &str, placed: &HashMap<String, usize>| owner(a).or_else(|| placed.get(a).copied());
-        let sibling = group.iter().find_map(|a| owned(a, &placed));
-        let mut new: Vec<String> = group.into_iter().filter(|a| owned(a, &placed).is_none()).collect();
+        let owned = |a: &str, placed: &HashMap<A, usize>| owner(a).or_else(|| placed.get(a).copied());
+        let sibling = group.iter().find_map(|a| owned(a.borrow(), &placed));
+        let mut new: Vec<A> = group.into_iter().filter(|a| owned(a.borrow(), &placed).is_none()).collect();
         new.dedup();
         for chunk in new.chunks(max) {
-            let mut chunk: Vec<String> = chunk.iter().filter(|a| !placed.contains_key(*a)).cloned().collect();
+            let mut chunk: Vec<A> = chunk.iter().filter(|a| !placed.contains_key(Borrow::<str>::borrow(*a))).cloned().collect();
             chunk.sort_unstable();
             chunk.dedup();
             if chunk.is_empty() {

@@ -19,7 +19,7 @@ use super::book::{Applied, Books};
 use super::domain;
 use super::gaps::{GapEvent, GapReason};
 use super::watch::{FirstBookWatch, SilenceWatch};
-use super::{Lifecycle, StreamCtx};
+use super::{AssetId, Lifecycle, StreamCtx};
 use crate::backoff::{Backoff, rest};
 use crate::db::stream::{Row, TradeSource};
 use crate::fault::{self, Fault};
@@ -30,8 +30,8 @@ use crate::polymarket::ws::{self, Event, Frame};
 /// A change of a shard's assets.
 #[derive(Debug)]
 pub enum ShardCmd {
-    Subscribe(Vec<String>),
-    Unsubscribe(Vec<String>),
+    Subscribe(Vec<AssetId>),
+    Unsubscribe(Vec<AssetId>),
 }
 
 /// Why a session ended.
@@ -60,7 +60,7 @@ impl ShardShared {
 
 pub struct Shard {
     pub id: i32,
-    pub assets: BTreeSet<String>,
+    pub assets: BTreeSet<AssetId>,
     pub cmd_rx: mpsc::Receiver<ShardCmd>,
     pub ctx: Arc<StreamCtx>,
     pub shared: Arc<ShardShared>,
@@ -174,7 +174,7 @@ impl Shard {
         self.gap_open = true;
         self.ctx.send_gap(GapEvent::Open {
             conn: self.id,
-            assets: self.assets.iter().cloned().collect(),
+            assets: self.assets.iter().map(|a| a.to_string()).collect(),
             reason: reason.clone(),
             at: since,
         });
@@ -189,7 +189,7 @@ impl Shard {
         last_data_at: DateTime<Utc>,
     ) -> (End, DateTime<Utc>) {
         let (mut tx, mut rx) = ws.split();
-        let all: Vec<String> = self.assets.iter().cloned().collect();
+        let all: Vec<AssetId> = self.assets.iter().cloned().collect();
         if let Err(e) = tx.send(Message::text(ws::subscribe_initial(&all))).await {
             return (End::Lost(GapReason::Error(e.to_string())), last_data_at);
         }
@@ -236,13 +236,13 @@ impl Shard {
                     let Some(cmd) = cmd else { break End::Cancelled };
                     let frame = match cmd {
                         ShardCmd::Subscribe(a) => {
-                            let new: Vec<String> = a.into_iter().filter(|x| self.assets.insert(x.clone())).collect();
+                            let new: Vec<AssetId> = a.into_iter().filter(|x| self.assets.insert(x.clone())).collect();
                             if new.is_empty() { continue; }
                             books_watch.subscribed(&new, Instant::now());
                             ws::subscribe_more(&new)
                         }
                         ShardCmd::Unsubscribe(a) => {
-                            let gone: Vec<String> = a.into_iter().filter(|x| self.assets.remove(x)).collect();
+                            let gone: Vec<AssetId> = a.into_iter().filter(|x| self.assets.remove(x)).collect();
                             if gone.is_empty() { continue; }
                             for g in &gone {
                                 books.forget(g);
@@ -333,7 +333,10 @@ impl Shard {
                     match event {
                         Event::Book(book) => {
                             books_watch.book(&book.token_id);
-                            books.snapshot(&book);
+                            // Kept in memory only for an asset subscribed here (its shared id).
+                            if let Some(asset) = self.assets.get(book.token_id.as_str()) {
+                                books.snapshot(asset, &book);
+                            }
                             rows.push(Row::Book { book, received_at });
                         }
                         Event::PriceChange(pc) => {

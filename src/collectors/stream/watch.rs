@@ -14,6 +14,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
+use super::AssetId;
+
 /// Data silence on one connection.
 #[derive(Debug, Clone)]
 pub struct SilenceWatch {
@@ -52,9 +54,9 @@ impl SilenceWatch {
 #[derive(Debug, Clone, Default)]
 pub struct FirstBookWatch {
     timeout: Duration,
-    awaiting: HashMap<String, Instant>,
+    awaiting: HashMap<AssetId, Instant>,
     /// Assets that already cost one rebuild: not waited for again (kept across sessions).
-    quiet: HashSet<String>,
+    quiet: HashSet<AssetId>,
 }
 
 impl FirstBookWatch {
@@ -68,7 +70,7 @@ impl FirstBookWatch {
     }
 
     /// `assets` were subscribed at `now`.
-    pub fn subscribed<'a>(&mut self, assets: impl IntoIterator<Item = &'a String>, now: Instant) {
+    pub fn subscribed<'a>(&mut self, assets: impl IntoIterator<Item = &'a AssetId>, now: Instant) {
         for a in assets {
             self.awaiting.insert(a.clone(), now);
         }
@@ -86,8 +88,8 @@ impl FirstBookWatch {
 
     /// Assets past the deadline that have not cost a rebuild yet; they are marked so that
     /// they never cost another. Empty: no rebuild.
-    pub fn late(&mut self, now: Instant) -> Vec<String> {
-        let late: Vec<String> = self
+    pub fn late(&mut self, now: Instant) -> Vec<AssetId> {
+        let late: Vec<AssetId> = self
             .awaiting
             .iter()
             .filter(|(a, since)| now.saturating_duration_since(**since) > self.timeout && !self.quiet.contains(*a))
@@ -122,18 +124,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_missing_first_book_costs_one_rebuild_per_asset() {
         let mut w = FirstBookWatch::new(Duration::from_secs(30));
-        let (a, b, c) = ("a".to_string(), "b".to_string(), "c".to_string());
+        let (a, b, c) = (AssetId::from("a"), AssetId::from("b"), AssetId::from("c"));
         w.subscribed([&a, &b], Instant::now());
         advance(Duration::from_secs(10)).await;
         w.subscribed([&c], Instant::now());
         w.book("b");
         advance(Duration::from_secs(21)).await;
-        assert_eq!(w.late(Instant::now()), vec!["a".to_string()]);
+        assert_eq!(w.late(Instant::now()), vec![a.clone()]);
         // The next session: `a` is never waited for again, `c` still is.
         w.reset();
         w.subscribed([&a, &c], Instant::now());
         advance(Duration::from_secs(31)).await;
-        assert_eq!(w.late(Instant::now()), vec!["c".to_string()]);
+        assert_eq!(w.late(Instant::now()), vec![c.clone()]);
         w.reset();
         w.subscribed([&a, &c], Instant::now());
         advance(Duration::from_secs(31)).await;
@@ -143,7 +145,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unsubscribed_assets_are_not_awaited() {
         let mut w = FirstBookWatch::new(Duration::from_secs(1));
-        let a = "a".to_string();
+        let a = AssetId::from("a");
         w.subscribed([&a], Instant::now());
         w.forget("a");
         advance(Duration::from_secs(5)).await;
