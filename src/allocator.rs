@@ -8,7 +8,11 @@
 //! stays resident for one live object), and freed memory returned to the OS at once
 //! ([`tune`]) instead of after mimalloc's default 1 s, which the benchmark showed never came for
 //! much of it. Neither cost measurable throughput on the real mix.
+//!
+//! The `system-allocator` feature leaves the system's malloc in place, for heap profilers
+//! (`heaptrack` sees malloc, not mimalloc): BENCHMARKS.md, "Universe".
 
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

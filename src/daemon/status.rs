@@ -168,6 +168,23 @@ pub fn render(h: &HealthSnapshot) -> String {
             "  stream: conns={}/{} reconnects={} stalls={} gaps={} quarantined={} poisoned={} task_restarts={}\n",
             t.connections_active, t.connections_total, t.reconnects, t.stalls, t.gaps, t.quarantined, t.poisoned_rows, t.task_restarts
         ));
+        if !t.worst_connections.is_empty() {
+            let worst: Vec<String> = t
+                .worst_connections
+                .iter()
+                .map(|c| {
+                    format!(
+                        "#{} {} {} s, {} reconnects, {} assets",
+                        c.conn,
+                        if c.connected { "silent" } else { "down, no data for" },
+                        c.silent_secs,
+                        c.reconnects,
+                        c.assets
+                    )
+                })
+                .collect();
+            out.push_str(&format!("  stream: worst connections: {}\n", worst.join("; ")));
+        }
         out.push_str(&format!(
             "  writer: spool_bytes={} spooled={} replayed={} write_failures_in_a_row={} write_errors={} lost={} spool_errors={}\n",
             t.spool_bytes, t.spooled_rows, t.replayed_rows, t.write_failures_in_a_row, t.write_errors, t.dropped_rows, t.spool_errors

@@ -54,7 +54,12 @@ pub async fn spawn(deps: StreamDeps) -> Result<StreamHandle, StartError> {
     let spool = Spool::open(&deps.cfg.spool_dir, deps.cfg.spool_max_bytes, &database)?;
     let (sink, rx) = Sink::new(deps.cfg.queue_capacity, deps.cfg.queue_max_bytes, spool);
     let stats = Arc::new(StreamStats::default());
-    let monitor = Arc::new(StreamMonitor { stats: stats.clone(), sink: sink.clone(), stall_timeout: deps.stall_timeout });
+    let monitor = Arc::new(StreamMonitor {
+        stats: stats.clone(),
+        sink: sink.clone(),
+        stall_timeout: deps.stall_timeout,
+        started_us: crate::clock::now().timestamp_micros(),
+    });
     let keys = Arc::new(Keys::default());
     let writer_stop = Stop::default();
     let writer = Writer {

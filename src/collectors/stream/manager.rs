@@ -326,7 +326,9 @@ impl Manager {
         for (n, (idx, set)) in placed.fresh.into_iter().enumerate() {
             debug_assert_eq!(idx, self.shards.len(), "fresh shards come in order");
             let (tx, rx) = mpsc::channel(1024);
-            self.shards.push(ShardHandle { tx, assets: set.iter().cloned().collect(), shared: Arc::default() });
+            let shared = Arc::new(ShardShared::default());
+            self.stats.shards.lock().expect("not poisoned").push(shared.clone());
+            self.shards.push(ShardHandle { tx, assets: set.iter().cloned().collect(), shared });
             for a in &set {
                 self.owner.insert(a.clone(), idx);
             }

@@ -39,7 +39,7 @@ pub mod writer;
 
 pub use handle::{StartError, StreamHandle, spawn};
 pub use manager::desired;
-pub use stats::{StreamMonitor, StreamStats, TradeListenerHealth};
+pub use stats::{ConnectionHealth, StreamMonitor, StreamStats, TradeListenerHealth};
 
 use std::future::Future;
 use std::sync::Arc;

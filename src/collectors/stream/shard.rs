@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -47,6 +47,12 @@ pub struct ShardShared {
     /// Last data frame received, µs since the epoch (0: none yet). Where a gap starts if the
     /// task dies.
     pub last_data_us: AtomicI64,
+    /// Subscribed on an open connection now.
+    pub connected: AtomicBool,
+    /// Sessions lost (rebuilt) since start.
+    pub reconnects: AtomicU64,
+    /// Assets the shard carries.
+    pub assets: AtomicU64,
 }
 
 impl ShardShared {
@@ -139,6 +145,7 @@ impl Shard {
                 End::Lost(reason) => reason,
             };
             self.ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
             if reason == GapReason::Stall {
                 self.ctx.stats.stalls.fetch_add(1, Ordering::Relaxed);
             }
@@ -164,6 +171,12 @@ impl Shard {
                 }
             }
         }
+        self.count_assets();
+    }
+
+    /// Publishes how many assets the shard carries (`collector status`).
+    fn count_assets(&self) {
+        self.shared.assets.store(self.assets.len() as u64, Ordering::Relaxed);
     }
 
     /// Opens a gap for this shard's assets from `since` (once; it closes at the next data).
@@ -190,12 +203,15 @@ impl Shard {
     ) -> (End, DateTime<Utc>) {
         let (mut tx, mut rx) = ws.split();
         let all: Vec<AssetId> = self.assets.iter().cloned().collect();
+        self.count_assets();
         if let Err(e) = tx.send(Message::text(ws::subscribe_initial(&all))).await {
             return (End::Lost(GapReason::Error(e.to_string())), last_data_at);
         }
         let stats = self.ctx.stats.clone();
         stats.connections_active.fetch_add(1, Ordering::Relaxed);
         let _active = DecOnDrop(&stats.connections_active);
+        self.shared.connected.store(true, Ordering::Relaxed);
+        let _connected = Disconnected(self.shared.clone());
         if let Some(up) = self.first_up.take() {
             let _ = up.send(());
         }
@@ -211,6 +227,13 @@ impl Shard {
         let cfg = &ctx.cfg;
         let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         let mut check = tokio::time::interval(Duration::from_millis(250));
+        // The last text frame, kept until the next one is read. tungstenite reads frames into
+        // one buffer that grows to the largest frame (an initial dump of 200 deep books is
+        // ~0.3 MB) and takes the whole allocation back whenever no frame still points into it,
+        // so it would keep that size for the connection's life: ~0.5 GB over the universe's
+        // 1,600 connections. With a frame still held, the buffer's next growth starts a new
+        // allocation of its usual size and the large one is freed (BENCHMARKS.md, "Universe").
+        let mut _held: Option<tungstenite::Utf8Bytes> = None;
         let end = loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
@@ -237,12 +260,14 @@ impl Shard {
                     let frame = match cmd {
                         ShardCmd::Subscribe(a) => {
                             let new: Vec<AssetId> = a.into_iter().filter(|x| self.assets.insert(x.clone())).collect();
+                            self.count_assets();
                             if new.is_empty() { continue; }
                             books_watch.subscribed(&new, Instant::now());
                             ws::subscribe_more(&new)
                         }
                         ShardCmd::Unsubscribe(a) => {
                             let gone: Vec<AssetId> = a.into_iter().filter(|x| self.assets.remove(x)).collect();
+                            self.count_assets();
                             if gone.is_empty() { continue; }
                             for g in &gone {
                                 books.forget(g);
@@ -272,6 +297,7 @@ impl Shard {
                                     self.first_data(received_at);
                                 }
                             }
+                            _held = Some(text);
                         }
                         Some(Ok(Message::Binary(b))) => {
                             self.quarantine("binary frame", String::from_utf8_lossy(&b).into_owned(), received_at);
@@ -385,6 +411,15 @@ impl Shard {
                 true
             }
         }
+    }
+}
+
+/// Marks the shard disconnected when a session ends, however it ends.
+struct Disconnected(Arc<ShardShared>);
+
+impl Drop for Disconnected {
+    fn drop(&mut self) {
+        self.0.connected.store(false, Ordering::Relaxed);
     }
 }
 

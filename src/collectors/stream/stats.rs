@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::shard::ShardShared;
 use super::sink::Sink;
 
 /// Counters of the stream's readers, manager and helpers.
@@ -40,6 +41,57 @@ pub struct StreamStats {
     pub trades_backfilled: AtomicU64,
     /// Partition maintenance passes that could not finish (a lock not granted in time).
     pub maintenance_postponed: AtomicU64,
+    /// Every connection's state, by connection number (for the worst few in the status).
+    pub shards: std::sync::Mutex<Vec<Arc<ShardShared>>>,
+}
+
+/// One connection in `collector status`: the worst few are named ([`WORST_SHOWN`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionHealth {
+    /// The connection's number (`conn` in the journal).
+    pub conn: usize,
+    pub assets: u64,
+    pub connected: bool,
+    /// Seconds since its last data frame (since the start when none yet).
+    pub silent_secs: u64,
+    pub reconnects: u64,
+}
+
+/// Connections named in the status: those down or silent longest, at most this many.
+pub const WORST_SHOWN: usize = 3;
+
+/// A connection silent for less than this is not named among the worst.
+const QUIET_SECS: u64 = 10;
+
+impl StreamStats {
+    /// The connections down or silent for [`QUIET_SECS`] or more, worst first (down before
+    /// up, then the longest silence, then the most reconnects), at most [`WORST_SHOWN`]; an
+    /// aggregate, not a list of every connection (the whole universe is ~1,600).
+    pub fn worst_connections(&self, now_us: i64, started_us: i64) -> Vec<ConnectionHealth> {
+        let shards = self.shards.lock().expect("not poisoned");
+        let mut all: Vec<ConnectionHealth> = shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.assets.load(Ordering::Relaxed) > 0)
+            .map(|(conn, s)| {
+                let last = match s.last_data_us.load(Ordering::Relaxed) {
+                    0 => started_us,
+                    us => us,
+                };
+                ConnectionHealth {
+                    conn,
+                    assets: s.assets.load(Ordering::Relaxed),
+                    connected: s.connected.load(Ordering::Relaxed),
+                    silent_secs: (now_us.saturating_sub(last) / 1_000_000).max(0) as u64,
+                    reconnects: s.reconnects.load(Ordering::Relaxed),
+                }
+            })
+            .filter(|c| !c.connected || c.silent_secs >= QUIET_SECS)
+            .collect();
+        all.sort_by_key(|c| (c.connected, std::cmp::Reverse(c.silent_secs), std::cmp::Reverse(c.reconnects), c.conn));
+        all.truncate(WORST_SHOWN);
+        all
+    }
 }
 
 /// How a number is exported as a metric.
@@ -57,6 +109,9 @@ pub struct StreamMonitor {
     pub sink: Arc<Sink>,
     /// The writer counts as stuck when rows wait longer than this.
     pub stall_timeout: Duration,
+    /// When the stream started (µs since the epoch): a connection without data yet is silent
+    /// since then.
+    pub started_us: i64,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -77,6 +132,10 @@ macro_rules! stream_health {
             pub commit_latency_p50_ms: Option<u64>,
             #[serde(default)]
             pub commit_latency_p99_ms: Option<u64>,
+            /// The connections down or silent longest (at most [`WORST_SHOWN`]; none: every
+            /// connection received data in the last 10 s).
+            #[serde(default)]
+            pub worst_connections: Vec<ConnectionHealth>,
         }
 
         impl StreamMonitor {
@@ -85,6 +144,7 @@ macro_rules! stream_health {
                     $( $name: { let $m = self; $read }, )*
                     commit_latency_p50_ms: self.sink.stats.commit_latency.quantile(0.5),
                     commit_latency_p99_ms: self.sink.stats.commit_latency.quantile(0.99),
+                    worst_connections: self.stats.worst_connections(crate::clock::now().timestamp_micros(), self.started_us),
                 }
             }
         }
@@ -165,5 +225,46 @@ impl StreamMonitor {
         let stuck = self.sink.stalled_for().filter(|d| *d > self.stall_timeout)?;
         (!self.sink.capturing())
             .then(|| format!("stream writer has stored nothing for {}s and the spool refuses rows (data is being lost)", stuck.as_secs()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(assets: u64, connected: bool, last_data_us: i64, reconnects: u64) -> Arc<ShardShared> {
+        let s = ShardShared::default();
+        s.assets.store(assets, Ordering::Relaxed);
+        s.connected.store(connected, Ordering::Relaxed);
+        s.last_data_us.store(last_data_us, Ordering::Relaxed);
+        s.reconnects.store(reconnects, Ordering::Relaxed);
+        Arc::new(s)
+    }
+
+    /// 1,600 connections make no list of 1,600: down ones first, then the longest silence,
+    /// at most three, none that received data in the last 10 s, none that carries nothing.
+    #[test]
+    fn the_worst_few_connections_are_named() {
+        let (start, now) = (1_000_000_000, 1_100_000_000);
+        let stats = StreamStats::default();
+        {
+            let mut shards = stats.shards.lock().unwrap();
+            for _ in 0..1600 {
+                shards.push(shard(200, true, now - 1_000_000, 0));
+            }
+            shards[7] = shard(200, true, now - 30_000_000, 1); // silent 30 s
+            shards[9] = shard(150, false, now - 20_000_000, 4); // down, 20 s
+            shards[11] = shard(200, true, 0, 0); // no data since the start: 100 s
+            shards[12] = shard(0, false, 0, 9); // carries nothing
+            shards[13] = shard(200, true, now - 12_000_000, 2); // silent 12 s: fourth
+        }
+        let worst = stats.worst_connections(now, start);
+        let named: Vec<(usize, bool, u64)> = worst.iter().map(|c| (c.conn, c.connected, c.silent_secs)).collect();
+        assert_eq!(named, vec![(9, false, 20), (11, true, 100), (7, true, 30)]);
+        assert_eq!((worst[0].assets, worst[0].reconnects), (150, 4));
+        // All well: nobody named.
+        let stats = StreamStats::default();
+        stats.shards.lock().unwrap().extend((0..1600).map(|_| shard(200, true, now - 2_000_000, 0)));
+        assert!(stats.worst_connections(now, start).is_empty());
     }
 }
