@@ -11,6 +11,7 @@ use crate::collectors::catalog::{CatalogCtx, CatalogState, FullSweep, History, N
 use crate::collectors::stream::{self, StreamDeps, StreamHandle};
 use crate::config::{Config, ConfigError};
 use crate::daemon::health::{self, Health};
+use crate::daemon::leader;
 use crate::daemon::supervisor::{Supervisor, TaskKind};
 use crate::daemon::{metrics, status, systemd};
 use crate::db::{self, DbError, migrate};
@@ -145,7 +146,17 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
     let client = Arc::new(PolymarketClient::new(&cfg.upstream)?);
     // 2. Polling collectors under the supervisor; 3. the stream, whose tasks ask the same
     //    supervisor about restarts.
-    let supervisor = Supervisor::new(CancellationToken::new(), &cfg.daemon, fault::from_env());
+    // The leader election (several instances on one database: docs/scaling.md).
+    let election_cancel = CancellationToken::new();
+    let leadership = if cfg.daemon.leader_election {
+        let me =
+            leader::Identity { instance: instance_name(&cfg, path), slice: cfg.stream.shard.to_string(), started_at: chrono::Utc::now() };
+        tracing::info!(instance = %me.instance, slice = %me.slice, "instance {} records slice {}", me.instance, me.slice);
+        leader::spawn(cfg.database.clone(), me, election_cancel.clone())
+    } else {
+        leader::Leadership::always()
+    };
+    let supervisor = Supervisor::new(CancellationToken::new(), &cfg.daemon, fault::from_env()).with_leadership(leadership);
     spawn_polling(&supervisor, &cfg, &client, &pool);
     let mut stream = spawn_stream(&cfg, &supervisor, &client, &pool).await?;
     // 4. Health (log, STATUS=, WATCHDOG=1) and the status socket.
@@ -206,6 +217,7 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
     // 7. The drain; then the health loop and the status socket end, and the pool closes.
     drain(&cfg, &stop, stream, &supervisor, &mut signals).await?;
     daemon_cancel.cancel();
+    election_cancel.cancel();
     let _ = health_watch.await;
     for t in status_task.into_iter().chain(metrics_task) {
         let _ = t.await;
@@ -218,6 +230,16 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
         }
         Err(reason) => Err(AppError::GaveUp(reason)),
     }
+}
+
+/// `daemon.instance`, or `<host>:<config file name>` (two units on one host have two files).
+fn instance_name(cfg: &Config, path: &std::path::Path) -> String {
+    if !cfg.daemon.instance.is_empty() {
+        return cfg.daemon.instance.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+    let file = path.file_stem().map_or("collector".into(), |s| s.to_string_lossy().into_owned());
+    format!("{host}:{file}")
 }
 
 /// SIGTERM and SIGINT, as one stream of stop requests; SIGHUP, the reload request (handled
@@ -366,6 +388,7 @@ async fn spawn_stream(
         stall_timeout: cfg.daemon.stall_timeout,
         fault_spec: supervisor.fault_spec().map(str::to_owned),
         archive: cfg.archive.enabled.then(|| cfg.archive.clone()),
+        leadership: supervisor.leadership().clone(),
     })
     .await?;
     Ok(Some(handle))
@@ -432,7 +455,8 @@ fn spawn_polling(supervisor: &Supervisor, cfg: &Config, client: &Arc<PolymarketC
     }
     if cfg.books.enabled {
         let (client, pool, books) = (client.clone(), pool.clone(), cfg.books.clone());
-        supervisor.spawn_polling(move || BooksCollector::new(client.clone(), pool.clone(), books.clone()));
+        let slice = cfg.stream.shard;
+        supervisor.spawn_polling(move || BooksCollector::new(client.clone(), pool.clone(), books.clone()).with_slice(slice));
     }
     if cfg.archive.enabled {
         let (pool, archive) = (pool.clone(), cfg.archive.clone());

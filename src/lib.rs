@@ -20,7 +20,8 @@
 //!    log output.
 //! 8. Leaves: [`journal`] (message ids), [`errors`] (error chains), [`backoff`] (the one
 //!    capped exponential backoff with full jitter), [`clock`] (the wall clock, movable in tests), [`fault`] (test-only fault hook), [`exit`],
-//!    [`allocator`] (mimalloc, tuned for resident memory).
+//!    [`allocator`] (mimalloc, tuned for resident memory), [`slice`] (which markets an
+//!    instance records: `[stream] shard`).
 //!
 //! Data flow: Gamma → catalog tables → subscription set → stream connections → sink (queue,
 //! spool) → writer → stream tables; active tokens → `POST /books` → `book_snapshots`.
@@ -38,6 +39,7 @@ pub mod fault;
 pub mod journal;
 pub mod logging;
 pub mod polymarket;
+pub mod slice;
 
 /// Process exit codes (sysexits).
 pub mod exit {

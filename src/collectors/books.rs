@@ -16,6 +16,7 @@ use crate::db::books::BookSource;
 use crate::db::{self, Pool};
 use crate::polymarket::client::{ClientError, PolymarketClient, Route};
 use crate::polymarket::clob::{self, Book};
+use crate::slice::Slice;
 
 /// Requests in flight at once; the request budget still bounds the rate.
 const CONCURRENCY: usize = 4;
@@ -30,11 +31,19 @@ pub struct BooksCollector {
     last: HashMap<u64, u64>,
     /// Books upstream sent that could not be decoded.
     pub bad_books: Arc<AtomicU64>,
+    /// The markets this instance polls (`[stream] shard`).
+    slice: Slice,
 }
 
 impl BooksCollector {
     pub fn new(client: Arc<PolymarketClient>, pool: Pool, cfg: BooksConfig) -> Self {
-        BooksCollector { client, pool, cfg, last: HashMap::new(), bad_books: Arc::default() }
+        BooksCollector { client, pool, cfg, last: HashMap::new(), bad_books: Arc::default(), slice: Slice::default() }
+    }
+
+    /// Polls only the markets of `slice` (`[stream] shard`).
+    pub fn with_slice(mut self, slice: Slice) -> Self {
+        self.slice = slice;
+        self
     }
 
     /// Fetches the books of `tokens`. A 4xx for the batch (a bad token id, a batch too large)
@@ -103,7 +112,7 @@ impl Collector for BooksCollector {
     async fn collect_once(&mut self) -> Result<u64, CollectError> {
         let tokens = {
             let conn = self.pool.get().await?;
-            db::catalog::active_token_ids(&*conn).await?
+            db::catalog::active_token_ids(&*conn, self.slice).await?
         };
         // Forget tokens no longer polled, so the map stays the size of the active set.
         let active: std::collections::HashSet<u64> = tokens.iter().map(|t| fingerprint(t)).collect();

@@ -147,6 +147,10 @@ impl Cursor {
 pub struct FullSweep(pub CatalogCtx);
 
 impl Collector for FullSweep {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "catalog"
     }
@@ -186,6 +190,10 @@ impl Collector for FullSweep {
 pub struct NewMarkets(pub CatalogCtx);
 
 impl Collector for NewMarkets {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "new_markets"
     }
@@ -233,6 +241,10 @@ pub struct Resolutions(pub CatalogCtx);
 const IDS_PER_REQUEST: usize = 100;
 
 impl Collector for Resolutions {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "resolutions"
     }
@@ -273,6 +285,10 @@ impl Collector for Resolutions {
 pub struct History(pub CatalogCtx);
 
 impl Collector for History {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "history"
     }

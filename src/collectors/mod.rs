@@ -48,6 +48,11 @@ pub trait Collector: Send + 'static {
     fn long_passes(&self) -> bool {
         false
     }
+    /// Whether this is work shared by every instance of one database (the catalog, history,
+    /// archive): run only by the leader (`daemon::leader`). Default: no (each instance's own).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Why a pass failed. The pass is retried on the next tick; the error is counted.

@@ -147,6 +147,9 @@ pub struct StreamConfig {
     /// Assets per WebSocket connection. Default 200 (500 stops delivery upstream; stalls
     /// were reported from ~250).
     pub max_assets_per_connection: usize,
+    /// The slice of the universe this instance records (`shard = "i/n"`, default `0/1`:
+    /// everything): the stream and the books poll take only its markets (docs/scaling.md).
+    pub shard: crate::slice::Slice,
     /// Delay between opening two connections (bursts of handshakes get 429). Default 150 ms
     /// (1,600 connections, the whole universe, open in 4 minutes).
     pub connect_interval: Duration,
@@ -237,6 +240,13 @@ pub struct DaemonConfig {
     /// A collector pass running longer than this counts as wedged and stops the systemd
     /// watchdog pings. Default 900 s.
     pub stall_timeout: Duration,
+    /// This instance's name in `stream_instances` (docs/scaling.md). Default
+    /// `<host>:<config file name>` (empty here).
+    pub instance: String,
+    /// Elect one leader among the instances sharing the database for the shared work
+    /// (catalog, history, partitions, retention, archive; `daemon::leader`). Off: this
+    /// instance always does it. Default true.
+    pub leader_election: bool,
 }
 
 /// The hourly Parquet archive of the stream tables (docs/archive.md).

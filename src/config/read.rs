@@ -142,6 +142,13 @@ impl Config {
         let stream = StreamConfig {
             enabled: s.bool("enabled", true),
             max_assets_per_connection: s.int("max_assets_per_connection", 200, 1, 1000) as usize,
+            shard: {
+                let text = s.string("shard", "0/1");
+                crate::slice::Slice::parse(&text).unwrap_or_else(|e| {
+                    s.problem("shard", &e);
+                    crate::slice::Slice::default()
+                })
+            },
             connect_interval: s.millis("connect_interval_ms", 150, 0, 60_000),
             ping_interval: s.secs("ping_interval_secs", 10, 1, 600),
             silence_timeout: s.secs("silence_timeout_secs", 60, 1, 86_400),
@@ -188,6 +195,8 @@ impl Config {
             restart_window: s.secs("restart_window_secs", 300, 1, 86_400),
             restart_backoff_base: s.millis("restart_backoff_base_ms", 1000, 1, 600_000),
             stall_timeout: s.secs("stall_timeout_secs", 900, 1, 86_400),
+            instance: s.string("instance", ""),
+            leader_election: s.bool("leader_election", true),
         };
         s.finish();
 

@@ -36,6 +36,10 @@ pub struct HealthSnapshot {
     /// health reports (so an operator sees the disk filling before it is full).
     #[serde(default)]
     pub disk: Option<DiskUse>,
+    /// `leader` (the shared work runs here) or `standby` (another instance of this database
+    /// leads: docs/scaling.md).
+    #[serde(default)]
+    pub role: String,
 }
 
 /// The first database-size sample of this run `(when, bytes)`, and the latest figures.
@@ -158,6 +162,7 @@ impl Health {
             total_restarts,
             collectors,
             trade_listener: self.stream.as_ref().map(|s| s.snapshot()),
+            role: self.supervisor.leadership().role().to_string(),
             upstream: UpstreamHealth {
                 requests: get(&c.requests),
                 retries: get(&c.retries),
@@ -438,6 +443,7 @@ mod tests {
             upstream: UpstreamHealth::default(),
             open_markets: Some(15234),
             disk: None,
+            role: "leader".into(),
         }
     }
 

@@ -116,12 +116,21 @@ pub async fn run<C: Collector>(
     cancel: CancellationToken,
     fault: Option<Fault>,
     mut interval: watch::Receiver<Duration>,
+    mut leader: Option<crate::daemon::leader::Leadership>,
 ) {
     let name = collector.name();
     let span = tracing::info_span!("collector", collector = name);
     async move {
         let mut passes = 0u64;
         loop {
+            // Shared work waits while another instance leads (docs/scaling.md).
+            if let Some(l) = leader.as_mut().filter(|l| !l.is_leader()) {
+                tracing::debug!("another instance leads: standing by");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = l.until_leader() => {}
+                }
+            }
             stats.pass_begins();
             passes += 1;
             if fault == Some(Fault::Stubborn) && passes > 1 {

@@ -137,6 +137,9 @@ pub async fn fetch(path: &Path) -> Result<HealthSnapshot, StatusError> {
 pub fn render(h: &HealthSnapshot) -> String {
     let mut out = report_lines(h).join("\n");
     out.push('\n');
+    if !h.role.is_empty() {
+        out.push_str(&format!("  role: {} (the catalog, history, partitions and archive run on the leader)\n", h.role));
+    }
     for (name, c) in &h.collectors {
         if let Some(e) = &c.last_error {
             out.push_str(&format!("  {name}: last error: {e}\n"));
@@ -165,8 +168,16 @@ pub fn render(h: &HealthSnapshot) -> String {
     ));
     if let Some(t) = &h.trade_listener {
         out.push_str(&format!(
-            "  stream: conns={}/{} reconnects={} stalls={} gaps={} quarantined={} poisoned={} task_restarts={}\n",
-            t.connections_active, t.connections_total, t.reconnects, t.stalls, t.gaps, t.quarantined, t.poisoned_rows, t.task_restarts
+            "  stream: slice={} conns={}/{} reconnects={} stalls={} gaps={} quarantined={} poisoned={} task_restarts={}\n",
+            if t.slice.is_empty() { "0/1" } else { &t.slice },
+            t.connections_active,
+            t.connections_total,
+            t.reconnects,
+            t.stalls,
+            t.gaps,
+            t.quarantined,
+            t.poisoned_rows,
+            t.task_restarts
         ));
         if !t.worst_connections.is_empty() {
             let worst: Vec<String> = t

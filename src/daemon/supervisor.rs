@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::leader::Leadership;
 use super::poll::{self, CollectorStats};
 use crate::backoff::Backoff;
 use crate::collectors::{Collector, Restarts};
@@ -69,6 +70,8 @@ pub struct Supervisor {
     max_restarts: u32,
     restart_window: Duration,
     fault_spec: Option<String>,
+    /// Whether this instance leads the shared work.
+    leadership: Leadership,
 }
 
 impl Supervisor {
@@ -84,7 +87,19 @@ impl Supervisor {
             max_restarts: cfg.max_restarts,
             restart_window: cfg.restart_window,
             fault_spec,
+            leadership: Leadership::always(),
         }
+    }
+
+    /// Shared work (`Collector::shared`) runs only while `leadership` says this instance
+    /// leads (default: always).
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
+    }
+
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
     }
 
     /// The test-only fault spec (see [`crate::fault`]).
@@ -111,6 +126,7 @@ impl Supervisor {
         let entry = self.register(name, TaskKind::Polling);
         entry.long_passes.store(first.long_passes(), Ordering::Relaxed);
         let (interval_tx, interval) = watch::channel(first.interval());
+        let leader = first.shared().then(|| self.leadership.clone());
         self.intervals.lock().expect("intervals lock").insert(name, interval_tx);
         let fault = fault::for_task(self.fault_spec.as_deref(), name);
         let this = self.clone();
@@ -119,9 +135,9 @@ impl Supervisor {
             let mut collector = Some(first);
             loop {
                 let c = collector.take().unwrap_or_else(&mut make);
-                let (stats, token, interval) = (e.stats.clone(), this.cancel.clone(), interval.clone());
+                let (stats, token, interval, leader) = (e.stats.clone(), this.cancel.clone(), interval.clone(), leader.clone());
                 e.alive.store(true, Ordering::Relaxed);
-                let result = tokio::spawn(async move { poll::run(c, &stats, token, fault, interval).await }).await;
+                let result = tokio::spawn(async move { poll::run(c, &stats, token, fault, interval, leader).await }).await;
                 e.alive.store(false, Ordering::Relaxed);
                 let Err(err) = result else { return }; // cancelled: a clean stop
                 let Some(delay) = this.died(name, &err.to_string()) else { return };

@@ -10,6 +10,7 @@ use tokio_postgres::GenericClient;
 
 use crate::polymarket::gamma::{EventRecord, MarketRecord};
 use crate::polymarket::ws::{Lifecycle, LifecycleKind};
+use crate::slice::Slice;
 
 // The stream's dictionaries (`stream_tokens`, `stream_conditions`: integer keys of token and
 // market ids, docs/schema.md "Dictionary keys"), filled here for every catalog token and by
@@ -328,17 +329,17 @@ pub async fn known_market_ids<C: GenericClient>(db: &C, ids: &[&str]) -> Result<
 }
 
 /// Tokens whose books are polled: every token of every open market with an order book.
-pub async fn active_token_ids<C: GenericClient>(db: &C) -> Result<Vec<String>, tokio_postgres::Error> {
+pub async fn active_token_ids<C: GenericClient>(db: &C, slice: Slice) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = db
         .query(
-            "SELECT t.token_id FROM tokens t JOIN markets m ON m.id = t.market_id
+            "SELECT t.token_id, t.condition_id FROM tokens t JOIN markets m ON m.id = t.market_id
              WHERE m.closed IS NOT TRUE AND m.active IS NOT FALSE
                AND m.enable_order_book IS NOT FALSE
              ORDER BY t.token_id",
             &[],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows.iter().filter(|r| slice.owns(r.get::<_, Option<&str>>(1).unwrap_or(r.get::<_, &str>(0)))).map(|r| r.get(0)).collect())
 }
 
 #[cfg(test)]
@@ -363,7 +364,11 @@ pub struct StreamScope {
 
 /// The stream's subscription set: every token of every open market in `scope`, grouped by
 /// market (condition), a market's tokens in outcome order.
-pub async fn stream_token_ids<C: GenericClient>(db: &C, scope: &StreamScope) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+pub async fn stream_token_ids<C: GenericClient>(
+    db: &C,
+    scope: &StreamScope,
+    slice: Slice,
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
     let rows = db
         .query(
             "SELECT t.token_id, t.condition_id FROM tokens t JOIN markets m ON m.id = t.market_id
@@ -382,6 +387,9 @@ pub async fn stream_token_ids<C: GenericClient>(db: &C, scope: &StreamScope) -> 
     let mut last: Option<String> = None;
     for r in &rows {
         let (token, condition): (String, Option<String>) = (r.get(0), r.get(1));
+        if !slice.owns(condition.as_deref().unwrap_or(&token)) {
+            continue;
+        }
         match (&last, &condition) {
             (Some(l), Some(c)) if l == c => groups.last_mut().expect("a group").push(token),
             _ => groups.push(vec![token]),

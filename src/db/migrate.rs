@@ -27,6 +27,8 @@ mod v0009;
 mod v0010;
 #[path = "../../migrations/v0011_archive.rs"]
 mod v0011;
+#[path = "../../migrations/v0012_stream_instances.rs"]
+mod v0012;
 
 /// One migration: its version (ordering), name and SQL generator.
 pub struct Migration {
@@ -48,6 +50,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 9, name: "level_changes_in_ticks", sql: v0009::migration },
     Migration { version: 10, name: "compact_dictionary_keys", sql: v0010::migration },
     Migration { version: 11, name: "archive", sql: v0011::migration },
+    Migration { version: 12, name: "stream_instances", sql: v0012::migration },
 ];
 
 /// Advisory lock key: "collector" in ASCII, so concurrent starts serialise on migrations.

@@ -16,6 +16,7 @@ mod fake_ws;
 mod layout;
 mod migrations;
 mod pg;
+mod scaling;
 mod soak;
 pub mod stream;
 mod system;

@@ -411,6 +411,10 @@ pub struct ArchiveCollector {
 }
 
 impl Collector for ArchiveCollector {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "archive"
     }

@@ -59,6 +59,7 @@ pub async fn spawn(deps: StreamDeps) -> Result<StreamHandle, StartError> {
         sink: sink.clone(),
         stall_timeout: deps.stall_timeout,
         started_us: crate::clock::now().timestamp_micros(),
+        slice: deps.cfg.shard,
     });
     let keys = Arc::new(Keys::default());
     let writer_stop = Stop::default();

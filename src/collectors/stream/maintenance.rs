@@ -53,8 +53,16 @@ pub async fn run(
     archive: Option<ArchiveConfig>,
     stats: Arc<StreamStats>,
     cancel: CancellationToken,
+    mut leader: crate::daemon::leader::Leadership,
 ) {
     loop {
+        // Another instance of this database leads: its maintenance runs there.
+        if !leader.is_leader() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = leader.until_leader() => {}
+            }
+        }
         let today = clock::today();
         let in_force = retention(&live.borrow_and_update());
         let complete = pass(&pool, today, in_force, archive.as_ref(), &cancel).await;

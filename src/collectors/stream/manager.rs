@@ -118,8 +118,9 @@ impl Manager {
             None
         };
         let (p, l, s, c, a) = (pool.clone(), self.live.clone(), stats.clone(), helpers_cancel.clone(), self.deps.archive.clone());
+        let leader = self.deps.leadership.clone();
         helpers.spawn(supervised("partition maintenance", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
-            maintenance::run(p.clone(), l.clone(), a.clone(), s.clone(), c.clone())
+            maintenance::run(p.clone(), l.clone(), a.clone(), s.clone(), c.clone(), leader.clone())
         }));
         let gap_rx = Arc::new(Mutex::new(gap_rx));
         let (p, btx, s) = (pool.clone(), backfill_tx.clone(), stats.clone());
@@ -202,7 +203,10 @@ impl Manager {
                 l = lifecycle_rx.recv() => match l {
                     // A new market joins at once only when everything is in scope (the scope in
                     // force now, a reload's included); a narrower scope's next refresh decides.
-                    Some(Lifecycle::Listed(assets)) if scope_is_everything(&self.live.borrow()) => {
+                    Some(Lifecycle::Listed { condition, assets })
+                        if scope_is_everything(&self.live.borrow())
+                            && self.live.borrow().shard.owns(condition.as_deref().or(assets.first().map(String::as_str)).unwrap_or("")) =>
+                    {
                         let new: Vec<String> = assets.into_iter().filter(|a| !self.owner.contains_key(a.as_str())).collect();
                         if !new.is_empty() {
                             tracing::info!(assets = new.len(), "new market on the stream: subscribing");
@@ -404,7 +408,7 @@ fn scope_is_everything(cfg: &StreamConfig) -> bool {
 /// each), or the catalog's tokens in scope.
 pub async fn desired(cfg: &StreamConfig, pool: &Pool) -> Result<Vec<Vec<String>>, DbError> {
     if !cfg.token_ids.is_empty() {
-        return Ok(cfg.token_ids.iter().map(|t| vec![t.clone()]).collect());
+        return Ok(cfg.token_ids.iter().filter(|t| cfg.shard.owns(t)).map(|t| vec![t.clone()]).collect());
     }
     let scope = StreamScope {
         min_volume_24h: rust_decimal::Decimal::from(cfg.min_volume_24h),
@@ -412,5 +416,5 @@ pub async fn desired(cfg: &StreamConfig, pool: &Pool) -> Result<Vec<Vec<String>>
         tag_slugs: cfg.tag_slugs.clone(),
     };
     let conn = pool.get().await?;
-    Ok(catalog::stream_token_ids(&*conn, &scope).await?)
+    Ok(catalog::stream_token_ids(&*conn, &scope, cfg.shard).await?)
 }

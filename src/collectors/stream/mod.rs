@@ -79,6 +79,8 @@ pub struct StreamDeps {
     pub fault_spec: Option<String>,
     /// The archive, when on: retention drops only days it has archived.
     pub archive: Option<crate::config::ArchiveConfig>,
+    /// Partition maintenance runs only while this instance leads (`daemon::leader`).
+    pub leadership: crate::daemon::leader::Leadership,
 }
 
 /// A subscribed asset's token id, shared by every map that holds it (the manager's, the
@@ -88,7 +90,11 @@ pub type AssetId = Arc<str>;
 /// A market listed or resolved, seen on the stream.
 #[derive(Debug, Clone)]
 pub enum Lifecycle {
-    Listed(Vec<String>),
+    /// A new market (its condition id, when upstream sent it) and its assets.
+    Listed {
+        condition: Option<String>,
+        assets: Vec<String>,
+    },
     Resolved(Vec<String>),
 }
 

@@ -395,7 +395,7 @@ impl Shard {
                         Event::Quote(quote) => rows.push(Row::Quote { quote, received_at }),
                         Event::TickSize(change) => rows.push(Row::TickSize { change, received_at }),
                         Event::NewMarket(l) => {
-                            self.ctx.lifecycle(Lifecycle::Listed(l.assets.clone()));
+                            self.ctx.lifecycle(Lifecycle::Listed { condition: l.condition_id.clone(), assets: l.assets.clone() });
                             rows.push(Row::Lifecycle { event: l, received_at });
                         }
                         Event::MarketResolved(l) => {

@@ -112,6 +112,8 @@ pub struct StreamMonitor {
     /// When the stream started (µs since the epoch): a connection without data yet is silent
     /// since then.
     pub started_us: i64,
+    /// The slice of the universe this instance records (`[stream] shard`).
+    pub slice: crate::slice::Slice,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -136,6 +138,9 @@ macro_rules! stream_health {
             /// connection received data in the last 10 s).
             #[serde(default)]
             pub worst_connections: Vec<ConnectionHealth>,
+            /// The slice of the universe recorded here (`"i/n"`; `"0/1"`: everything).
+            #[serde(default)]
+            pub slice: String,
         }
 
         impl StreamMonitor {
@@ -145,6 +150,7 @@ macro_rules! stream_health {
                     commit_latency_p50_ms: self.sink.stats.commit_latency.quantile(0.5),
                     commit_latency_p99_ms: self.sink.stats.commit_latency.quantile(0.99),
                     worst_connections: self.stats.worst_connections(crate::clock::now().timestamp_micros(), self.started_us),
+                    slice: self.slice.to_string(),
                 }
             }
         }
