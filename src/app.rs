@@ -76,7 +76,11 @@ async fn connect_and_migrate(cfg: &Config) -> Result<(db::Pool, Vec<(i64, &'stat
     let pool = db::connect(&cfg.database).await?;
     let applied = {
         let mut conn = pool.get().await.map_err(DbError::from)?;
-        migrate::run(&mut conn).await?
+        let applied = migrate::run(&mut conn).await?;
+        if cfg.database.distributed {
+            db::distribute::run(&*conn).await?;
+        }
+        applied
     };
     Ok((pool, applied))
 }

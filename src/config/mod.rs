@@ -66,6 +66,10 @@ pub struct DatabaseConfig {
     /// unanswered (and when sent data stays unacknowledged this long × 3) the connection
     /// counts as dead. Default 30 s: a database host cut off is noticed within ~1 minute.
     pub tcp_keepalive: Duration,
+    /// Citus: the stream tables distributed on the token key, the catalog and dictionaries
+    /// reference tables, after the migrations (`db::distribute`, docs/scaling.md). Default
+    /// false.
+    pub distributed: bool,
 }
 
 impl fmt::Debug for DatabaseConfig {

@@ -34,6 +34,7 @@ impl Config {
         let password_file = s.opt_string("password_file");
         let ssl_root_cert = s.opt_string("ssl_root_cert").map(PathBuf::from);
         let pool_size = s.int("pool_size", 8, 1, 1000) as u32;
+        let distributed = s.bool("distributed", false);
         let connect_timeout = s.secs("connect_timeout_secs", 10, 1, 3600);
         let startup_deadline = s.secs("startup_deadline_secs", 300, 0, 86_400);
         let statement_timeout = Some(s.secs("statement_timeout_secs", 120, 0, 86_400)).filter(|d| !d.is_zero());
@@ -83,6 +84,7 @@ impl Config {
             statement_timeout,
             lock_timeout,
             tcp_keepalive,
+            distributed,
         };
 
         let mut s = Section::new("upstream", upstream_t, &mut problems, &mut settings);

@@ -45,6 +45,7 @@ pub fn render(h: &HealthSnapshot) -> String {
     tasks.get_or_create(&labels(&[("state", "dead")])).set(h.tasks_dead as i64);
     r.register("tasks", "Supervised tasks by state", tasks);
     counter(&mut r, "restarts", "Task restarts after a panic", h.total_restarts);
+    gauge(&mut r, "leader", "1 when this instance leads the shared work of its database (docs/scaling.md)", f64::from(h.role == "leader"));
     let (items, errors, last) =
         (Family::<Labels, Counter>::default(), Family::<Labels, Counter>::default(), Family::<Labels, Gauge<f64, AtomicU64>>::default());
     for (name, c) in &h.collectors {

@@ -6,6 +6,7 @@ pub mod books;
 pub mod catalog;
 pub mod copy;
 pub mod copy_out;
+pub mod distribute;
 pub mod gaps;
 pub mod migrate;
 pub mod partitions;
