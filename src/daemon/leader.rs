@@ -57,14 +57,10 @@ impl Leadership {
         *self.0.borrow()
     }
 
-    /// Resolves once this instance leads (at once if it does).
+    /// Resolves once this instance leads (at once if it does; never once the election has
+    /// ended without it, as at a stop).
     pub async fn until_leader(&mut self) {
-        let _ = self.0.wait_for(|l| *l).await;
-    }
-
-    /// Resolves once this instance no longer leads (never, if it always does).
-    pub async fn until_standby(&mut self) {
-        if self.0.wait_for(|l| !*l).await.is_err() {
+        if self.0.wait_for(|l| *l).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
@@ -197,4 +193,32 @@ async fn heartbeat(client: &tokio_postgres::Client, me: &Identity, leading: bool
         .await?;
     client.execute("DELETE FROM stream_instances WHERE heartbeat_at < now() - interval '7 days'", &[]).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_standby_waits_until_it_leads_and_stays_waiting_once_the_election_ends() {
+        let mut always = Leadership::always();
+        assert!(always.is_leader());
+        always.until_leader().await;
+        let (tx, rx) = watch::channel(false);
+        let mut l = Leadership(rx);
+        assert_eq!(l.role(), "standby");
+        let waiting = tokio::spawn({
+            let mut l = l.clone();
+            async move { l.until_leader().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        tx.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        assert_eq!(l.role(), "leader");
+        // The election ended (a stop) without this instance leading: no pass starts.
+        tx.send_replace(false);
+        drop(tx);
+        assert!(tokio::time::timeout(Duration::from_millis(200), l.until_leader()).await.is_err());
+    }
 }
