@@ -104,7 +104,7 @@ async fn bench_universe_ramp() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let pid = collector.id().unwrap();
+    let (pid, lg_pid) = (collector.id().unwrap(), loadgen.id().unwrap());
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     {
         let log = log.clone();
@@ -117,9 +117,9 @@ async fn bench_universe_ramp() {
     }
     let started = Instant::now();
     println!(
-        "| step | assets | events/s | subscribed after | collector CPU | PostgreSQL CPU | RSS peak / end (MB) | per asset | connections | 429s | catalog sweep | books cycle | p99 commit |"
+        "| step | assets | events/s | subscribed after | collector CPU | PostgreSQL CPU | generator CPU | RSS peak / end (MB) | per asset | connections | 429s | catalog sweep | books cycle | p99 commit |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, (assets, rate)) in steps.iter().copied().enumerate() {
         let step_start = Instant::now();
         post_json(&format!("{lg}/control"), &serde_json::json!({"markets": assets / 2, "rate": rate})).await;
@@ -140,20 +140,21 @@ async fn bench_universe_ramp() {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         // Held: CPU over the hold, memory sampled.
-        let (c0, p0, t0) = (proc_cpu(pid), pg_cpu(&db).await, Instant::now());
+        let (c0, g0, p0, t0) = (proc_cpu(pid), proc_cpu(lg_pid), pg_cpu(&db).await, Instant::now());
         while t0.elapsed() < hold {
             tokio::time::sleep(Duration::from_secs(5)).await;
             peak = peak.max(rss_mb(pid));
         }
         let secs = t0.elapsed().as_secs_f64();
-        let (cpu, pgc) = ((proc_cpu(pid) - c0) / secs, pg_cpu_between(&p0, &pg_cpu(&db).await) / secs);
+        let (cpu, pgc, lg_cpu) =
+            ((proc_cpu(pid) - c0) / secs, pg_cpu_between(&p0, &pg_cpu(&db).await) / secs, (proc_cpu(lg_pid) - g0) / secs);
         let end = rss_mb(pid);
         let st = status(&socket).await;
         let s = get_json(&format!("{lg}/stats")).await;
         let t = &st["trade_listener"];
         let pass = |c: &str| st["collectors"][c]["last_pass_secs"].as_f64().map_or("—".to_string(), |s| format!("{s:.0} s"));
         println!(
-            "| {} | {assets} | {rate} | {} | {cpu:.2} | {pgc:.2} | {peak:.0} / {end:.0} | {:.2} KB | {} | {} | {} | {} | {} ms |",
+            "| {} | {assets} | {rate} | {} | {cpu:.2} | {pgc:.2} | {lg_cpu:.2} | {peak:.0} / {end:.0} | {:.2} KB | {} | {} | {} | {} | {} ms |",
             i + 1,
             subscribed_after.map_or("never (30 min)".to_string(), |d| format!("{:.0} s", d.as_secs_f64())),
             end * 1024.0 / assets as f64,

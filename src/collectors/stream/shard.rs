@@ -103,8 +103,9 @@ impl Shard {
                     },
                 }
             }
-            // Small buffers: hundreds of connections, and frames are read as they come.
-            let ws_config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0);
+            // Small buffers: up to ~1,600 connections, and frames are read as they come (a
+            // larger frame grows the buffer for itself: see `_held` below).
+            let ws_config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0);
             let connect = tokio::time::timeout(
                 Duration::from_secs(30),
                 tokio_tungstenite::connect_async_with_config(self.ctx.ws_url.as_str(), Some(ws_config), false),

@@ -76,9 +76,12 @@ impl FirstBookWatch {
         }
     }
 
-    /// A book arrived for `asset`.
+    /// A book arrived for `asset`. Once every first book is in, the map's room goes back
+    /// (a connection keeps it for its life otherwise: ~8 KB, over 1,600 connections).
     pub fn book(&mut self, asset: &str) {
-        self.awaiting.remove(asset);
+        if self.awaiting.remove(asset).is_some() && self.awaiting.is_empty() {
+            self.awaiting.shrink_to_fit();
+        }
     }
 
     /// `asset` was unsubscribed.
