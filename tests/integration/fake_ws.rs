@@ -51,6 +51,8 @@ pub struct WsState {
     pub frames: Vec<Value>,
     /// Assets for which no initial book is sent.
     pub bookless: HashSet<String>,
+    /// When each handshake began (accepted or refused).
+    pub handshakes: Vec<Instant>,
 }
 
 #[derive(Clone)]
@@ -154,6 +156,7 @@ fn book_frame(assets: &[String], bookless: &HashSet<String>) -> Option<String> {
 async fn serve(tcp: tokio::net::TcpStream, state: Arc<Mutex<WsState>>) {
     let refuse = {
         let mut s = state.lock().unwrap();
+        s.handshakes.push(Instant::now());
         if s.refuse_handshakes > 0 {
             s.refuse_handshakes -= 1;
             s.refused += 1;

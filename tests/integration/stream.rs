@@ -1095,3 +1095,31 @@ async fn a_reload_that_narrows_the_scope_applies_to_new_markets_at_once() {
     assert_eq!(h.ws.live_assets(), HashSet::from([kept]), "a market outside the scope is not subscribed");
     h.stop().await;
 }
+
+/// Handshakes are paced across every shard, first opens and reconnects alike: 12 connections,
+/// all dropped at once, come back one per `connect_interval`, never in a burst (a burst of
+/// handshakes gets 429 upstream; the universe is ~1,600 connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_are_paced_across_shards_even_when_all_reconnect() {
+    let db = pg::fresh_db().await;
+    let h = Harness::start_with(
+        db,
+        60,
+        "[stream]\nping_interval_secs = 1\nrefresh_interval_secs = 1\nreconnect_base_ms = 10\nreconnect_max_secs = 1\n\
+         connect_interval_ms = 100\nflush_interval_ms = 20\nmax_assets_per_connection = 10\n",
+    )
+    .await;
+    eventually(30, "12 connections", || async { h.ws.live_connections() == 12 && h.ws.live_assets() == all_tokens(60) }).await;
+    h.ws.drop_all();
+    eventually(30, "12 connections again", || async { h.ws.live_connections() == 12 && h.ws.live_assets() == all_tokens(60) }).await;
+    let times = h.ws.with(|s| s.handshakes.clone());
+    assert_eq!(times.len(), 24, "each connection opened twice");
+    // Slots are 100 ms apart; a handshake may start late, never early: any three consecutive
+    // handshakes span at least one slot, each round of twelve at least ten.
+    for (i, w) in times.windows(3).enumerate() {
+        assert!(w[2] - w[0] >= Duration::from_millis(100), "handshakes {i}..{} within {:?}", i + 2, w[2] - w[0]);
+    }
+    for round in [&times[..12], &times[12..]] {
+        assert!(round[11] - round[0] >= Duration::from_millis(1000), "twelve handshakes within {:?}", round[11] - round[0]);
+    }
+}

@@ -92,6 +92,7 @@ impl Manager {
             stats: self.stats.clone(),
             gap_tx,
             lifecycle_tx,
+            next_handshake: std::sync::Mutex::new(Instant::now()),
         });
         // Helpers: the gap recorder, the backfill and the partition maintenance, each
         // restarted after a panic.
@@ -325,9 +326,8 @@ impl Manager {
                 }
             }
         }
-        // New shards open gradually.
-        let already = self.shards.len();
-        for (n, (idx, set)) in placed.fresh.into_iter().enumerate() {
+        // New shards (they open gradually: `StreamCtx::handshake_slot`).
+        for (idx, set) in placed.fresh {
             debug_assert_eq!(idx, self.shards.len(), "fresh shards come in order");
             let (tx, rx) = mpsc::channel(1024);
             let shared = Arc::new(ShardShared::default());
@@ -353,7 +353,8 @@ impl Manager {
                 cmd_rx: rx,
                 ctx: ctx.clone(),
                 shared: self.shards[idx].shared.clone(),
-                start_delay: self.deps.cfg.connect_interval * (n as u32 + if already > 0 { 1 } else { 0 }),
+                // Handshakes are paced by the shards themselves (`StreamCtx::handshake_slot`).
+                start_delay: Duration::ZERO,
                 gap_open: start_gap.is_some(),
                 first_up: Some(up_tx),
                 fault: self.fault,

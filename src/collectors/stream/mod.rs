@@ -108,9 +108,23 @@ pub struct StreamCtx {
     pub stats: Arc<StreamStats>,
     gap_tx: mpsc::Sender<GapEvent>,
     lifecycle_tx: mpsc::Sender<Lifecycle>,
+    /// The earliest time the next handshake may start ([`StreamCtx::handshake_slot`]).
+    next_handshake: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl StreamCtx {
+    /// Reserves the next handshake: connections open — first opens, new shards and reconnects
+    /// alike — at most one per `connect_interval` across every shard (bursts of handshakes
+    /// get HTTP 429, and 1,600 shards reconnecting after an outage would be one). Returns how
+    /// long to wait for the reserved slot.
+    fn handshake_slot(&self) -> Duration {
+        let now = tokio::time::Instant::now();
+        let mut next = self.next_handshake.lock().expect("not poisoned");
+        let at = (*next).max(now);
+        *next = at + self.cfg.connect_interval;
+        at - now
+    }
+
     fn send_gap(&self, e: GapEvent) {
         if let Err(e) = self.gap_tx.try_send(e) {
             tracing::error!(error = %e, "gap queue full: a gap event was not recorded");

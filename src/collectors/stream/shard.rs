@@ -103,6 +103,10 @@ impl Shard {
                     },
                 }
             }
+            // Handshakes one at a time across every shard (`connect_interval`).
+            if !rest(&cancel, self.ctx.handshake_slot()).await {
+                return;
+            }
             // Small buffers: up to ~1,600 connections, and frames are read as they come (a
             // larger frame grows the buffer for itself: see `_held` below).
             let ws_config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0);
