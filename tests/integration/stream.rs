@@ -1111,9 +1111,12 @@ async fn handshakes_are_paced_across_shards_even_when_all_reconnect() {
     .await;
     eventually(30, "12 connections", || async { h.ws.live_connections() == 12 && h.ws.live_assets() == all_tokens(60) }).await;
     h.ws.drop_all();
-    eventually(30, "12 connections again", || async { h.ws.live_connections() == 12 && h.ws.live_assets() == all_tokens(60) }).await;
+    eventually(30, "12 new connections", || async {
+        h.ws.with(|s| s.handshakes.len()) == 24 && h.ws.live_connections() == 12 && h.ws.live_assets() == all_tokens(60)
+    })
+    .await;
     let times = h.ws.with(|s| s.handshakes.clone());
-    assert_eq!(times.len(), 24, "each connection opened twice");
+    assert_eq!(times.len(), 24, "each connection opened twice: {times:?}");
     // Slots are 100 ms apart; a handshake may start late, never early: any three consecutive
     // handshakes span at least one slot, each round of twelve at least ten.
     for (i, w) in times.windows(3).enumerate() {
