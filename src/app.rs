@@ -11,9 +11,9 @@ use crate::collectors::catalog::{CatalogCtx, CatalogState, FullSweep, History, N
 use crate::collectors::stream::{self, StreamDeps, StreamHandle};
 use crate::config::{Config, ConfigError};
 use crate::daemon::health::{self, Health};
-use crate::daemon::leader;
 use crate::daemon::supervisor::{Supervisor, TaskKind};
 use crate::daemon::{metrics, status, systemd};
+use crate::db::leader;
 use crate::db::{self, DbError, migrate};
 use crate::errors::error_chain;
 use crate::exit;

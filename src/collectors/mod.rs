@@ -49,7 +49,7 @@ pub trait Collector: Send + 'static {
         false
     }
     /// Whether this is work shared by every instance of one database (the catalog, history,
-    /// archive): run only by the leader (`daemon::leader`). Default: no (each instance's own).
+    /// archive): run only by the leader (`db::leader`). Default: no (each instance's own).
     fn shared(&self) -> bool {
         false
     }

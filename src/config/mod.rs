@@ -248,7 +248,7 @@ pub struct DaemonConfig {
     /// `<host>:<config file name>` (empty here).
     pub instance: String,
     /// Elect one leader among the instances sharing the database for the shared work
-    /// (catalog, history, partitions, retention, archive; `daemon::leader`). Off: this
+    /// (catalog, history, partitions, retention, archive; `db::leader`). Off: this
     /// instance always does it. Default true.
     pub leader_election: bool,
 }

@@ -4,7 +4,6 @@
 //! `collector status` socket.
 
 pub mod health;
-pub mod leader;
 pub mod metrics;
 pub mod poll;
 pub mod status;

@@ -116,7 +116,7 @@ pub async fn run<C: Collector>(
     cancel: CancellationToken,
     fault: Option<Fault>,
     mut interval: watch::Receiver<Duration>,
-    mut leader: Option<crate::daemon::leader::Leadership>,
+    mut leader: Option<crate::db::leader::Leadership>,
 ) {
     let name = collector.name();
     let span = tracing::info_span!("collector", collector = name);

@@ -15,11 +15,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::leader::Leadership;
 use super::poll::{self, CollectorStats};
 use crate::backoff::Backoff;
 use crate::collectors::{Collector, Restarts};
 use crate::config::DaemonConfig;
+use crate::db::leader::Leadership;
 use crate::fault;
 use crate::journal;
 

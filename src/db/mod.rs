@@ -8,6 +8,7 @@ pub mod copy;
 pub mod copy_out;
 pub mod distribute;
 pub mod gaps;
+pub mod leader;
 pub mod migrate;
 pub mod partitions;
 pub mod stream;

@@ -14,7 +14,7 @@ fn floor(top: &str) -> u32 {
         "db" => 3,
         "polymarket" => 2,
         "config" | "logging" => 1,
-        "journal" | "errors" | "backoff" | "clock" | "fault" | "exit" | "allocator" => 0,
+        "journal" | "errors" | "backoff" | "clock" | "fault" | "exit" | "allocator" | "slice" => 0,
         other => panic!("module {other} has no floor: add it to the order in src/lib.rs and here"),
     }
 }

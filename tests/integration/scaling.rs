@@ -78,7 +78,7 @@ async fn two_slices_cover_every_market_once() {
 }
 
 /// Two instances of one database: one leads (the catalog runs there only); killed (-9), the
-/// other takes the catalog over within the stated bound (`daemon::leader`: the retry
+/// other takes the catalog over within the stated bound (`db::leader`: the retry
 /// interval, 2 s, plus a connect).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leaders_death_hands_the_shared_work_over() {

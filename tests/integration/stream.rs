@@ -69,7 +69,7 @@ impl Harness {
             stall_timeout: cfg.daemon.stall_timeout,
             fault_spec: None,
             archive: cfg.archive.enabled.then(|| cfg.archive.clone()),
-            leadership: collector::daemon::leader::Leadership::always(),
+            leadership: collector::db::leader::Leadership::always(),
         })
         .await
         .unwrap();

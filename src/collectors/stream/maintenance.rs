@@ -53,7 +53,7 @@ pub async fn run(
     archive: Option<ArchiveConfig>,
     stats: Arc<StreamStats>,
     cancel: CancellationToken,
-    mut leader: crate::daemon::leader::Leadership,
+    mut leader: crate::db::leader::Leadership,
 ) {
     loop {
         // Another instance of this database leads: its maintenance runs there.

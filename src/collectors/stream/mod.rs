@@ -79,8 +79,8 @@ pub struct StreamDeps {
     pub fault_spec: Option<String>,
     /// The archive, when on: retention drops only days it has archived.
     pub archive: Option<crate::config::ArchiveConfig>,
-    /// Partition maintenance runs only while this instance leads (`daemon::leader`).
-    pub leadership: crate::daemon::leader::Leadership,
+    /// Partition maintenance runs only while this instance leads (`db::leader`).
+    pub leadership: crate::db::leader::Leadership,
 }
 
 /// A subscribed asset's token id, shared by every map that holds it (the manager's, the
