@@ -115,7 +115,7 @@ impl Collector for BooksCollector {
             db::catalog::active_token_ids(&*conn, self.slice).await?
         };
         // Forget tokens no longer polled, so the map stays the size of the active set.
-        let active: std::collections::HashSet<u64> = tokens.iter().map(|t| fingerprint(t)).collect();
+        let active: std::collections::HashSet<u64> = tokens.iter().map(fingerprint).collect();
         self.last.retain(|t, _| active.contains(t));
         drop(active);
 

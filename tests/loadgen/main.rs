@@ -202,6 +202,7 @@ fn param<'a>(p: &'a Params, k: &str) -> Option<&'a str> {
 }
 
 /// Keyset paging over market numbers `range` (a cursor is the next offset in it).
+#[allow(clippy::result_large_err)] // the error is the handler's own answer (an axum response), returned at once
 fn page(p: &Params, total: u64, max: u64) -> Result<(u64, u64, Option<String>), Response> {
     let limit = param(p, "limit").and_then(|l| l.parse().ok()).unwrap_or(20u64).min(max);
     let start = match param(p, "after_cursor") {
