@@ -166,9 +166,16 @@ async fn session(client: &tokio_postgres::Client, me: &Identity, tx: &watch::Sen
         }
         if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
             let leading = *tx.borrow();
-            let beat = heartbeat(client, me, leading).await;
-            if let Err(e) = beat {
-                tracing::debug!(error = %e, "stream_instances heartbeat not written: {e}");
+            // Bounded like a check: a leader whose session hangs here steps down all the same.
+            match tokio::time::timeout(CHECK_TIMEOUT, heartbeat(client, me, leading)).await {
+                Err(_) => {
+                    if leading {
+                        tracing::warn!("leader's database session did not answer (heartbeat timed out): stepping down");
+                    }
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "stream_instances heartbeat not written: {e}"),
+                Ok(Ok(())) => {}
             }
             last_beat = Some(tokio::time::Instant::now());
         }
