@@ -154,7 +154,12 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
     let election_cancel = CancellationToken::new();
     let leadership = if cfg.daemon.leader_election {
         let me =
-            leader::Identity { instance: instance_name(&cfg, path), slice: cfg.stream.shard.to_string(), started_at: chrono::Utc::now() };
+            leader::Identity {
+            instance: instance_name(&cfg, path),
+            slice: cfg.stream.shard,
+            stream: cfg.stream.enabled,
+            started_at: chrono::Utc::now(),
+        };
         tracing::info!(instance = %me.instance, slice = %me.slice, "instance {} records slice {}", me.instance, me.slice);
         leader::spawn(cfg.database.clone(), me, election_cancel.clone())
     } else {
@@ -162,7 +167,7 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
     };
     let supervisor = Supervisor::new(CancellationToken::new(), &cfg.daemon, fault::from_env()).with_leadership(leadership);
     spawn_polling(&supervisor, &cfg, &client, &pool);
-    let mut stream = spawn_stream(&cfg, &supervisor, &client, &pool).await?;
+    let mut stream = spawn_stream(&cfg, &instance_name(&cfg, path), &supervisor, &client, &pool).await?;
     // 4. Health (log, STATUS=, WATCHDOG=1) and the status socket.
     let mut health = Health::new(supervisor.clone(), client.stats.clone(), pool.clone());
     health.stream = stream.as_ref().map(|s| s.monitor());
@@ -372,6 +377,7 @@ fn reload(path: &std::path::Path, running: &mut Config, live: Live<'_>) {
 /// The live stream, when enabled.
 async fn spawn_stream(
     cfg: &Config,
+    instance: &str,
     supervisor: &Supervisor,
     client: &Arc<PolymarketClient>,
     pool: &db::Pool,
@@ -393,6 +399,7 @@ async fn spawn_stream(
         fault_spec: supervisor.fault_spec().map(str::to_owned),
         archive: cfg.archive.enabled.then(|| cfg.archive.clone()),
         leadership: supervisor.leadership().clone(),
+        instance: instance.into(),
     })
     .await?;
     Ok(Some(handle))

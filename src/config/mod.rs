@@ -185,6 +185,13 @@ pub struct StreamConfig {
     /// grows the process past its memory budget; the default row bound is reached first on
     /// the real mix (~250 bytes a row).
     pub queue_max_bytes: usize,
+    /// While another instance of this slice writes its level changes (docs/scaling.md), the
+    /// last this-many seconds of them are held in memory to take over from. Default 30 s (a
+    /// takeover after a kill takes ~2–4 s, after a network cut ~16 s).
+    pub standby_window: Duration,
+    /// The standby window's bound in memory (MiB, about). Default 128 MiB (30 s of level
+    /// changes at ~28,000 a second; a slice of the universe needs less).
+    pub standby_window_bytes: usize,
     /// Rows per database transaction: a batch closes once it holds this many (a frame's
     /// rows travel together, so its last frame may take it a little past). Default 10,000 (two batches are written at a
     /// time, so larger ones gain no throughput and only add latency — BENCHMARKS.md).

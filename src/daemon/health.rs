@@ -370,6 +370,9 @@ fn log_report(h: &HealthSnapshot) {
         replayed_rows = t.replayed_rows,
         write_failures = t.write_failures_in_a_row,
         gaps = t.gaps,
+        role = h.role.as_str(),
+        slice = t.slice.as_str(),
+        slice_role = t.slice_role.as_str(),
         "{}",
         lines[0]
     );

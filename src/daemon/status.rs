@@ -168,8 +168,13 @@ pub fn render(h: &HealthSnapshot) -> String {
     ));
     if let Some(t) = &h.trade_listener {
         out.push_str(&format!(
-            "  stream: slice={} conns={}/{} reconnects={} stalls={} gaps={} quarantined={} poisoned={} task_restarts={}\n",
+            "  stream: slice={} ({}) conns={}/{} reconnects={} stalls={} gaps={} quarantined={} poisoned={} task_restarts={}\n",
             if t.slice.is_empty() { "0/1" } else { &t.slice },
+            match t.slice_role.as_str() {
+                "writer" => "writes its level changes",
+                "standby" => "standby: level changes held in memory",
+                _ => "writes everything",
+            },
             t.connections_active,
             t.connections_total,
             t.reconnects,

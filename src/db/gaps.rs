@@ -1,6 +1,8 @@
 //! `stream_gaps`: every interval in which subscribed assets were not captured. Recording is
-//! keyed by connection so it needs no memory of its own: a gap is opened unless one is
-//! already open for that connection, and closed by connection.
+//! keyed by instance and connection so it needs no memory of its own: a gap is opened unless
+//! one is already open for that connection of that instance, and closed the same way. Each
+//! instance sharing a database (docs/scaling.md) opens, closes and backfills its own gaps;
+//! gaps of the release before (no instance) are every instance's.
 
 use chrono::{DateTime, Utc};
 
@@ -17,29 +19,36 @@ pub struct GapRow {
 
 /// Opens an unplanned gap for connection `conn` unless one is open for it already. Returns
 /// the new gap's id, or `None` when one was open.
-pub async fn open(pool: &Pool, conn: i32, assets: &[String], at: DateTime<Utc>, reason: &str) -> Result<Option<i64>, DbError> {
+pub async fn open(
+    pool: &Pool,
+    instance: &str,
+    conn: i32,
+    assets: &[String],
+    at: DateTime<Utc>,
+    reason: &str,
+) -> Result<Option<i64>, DbError> {
     let db = pool.get().await?;
     let row = db
         .query_opt(
-            "INSERT INTO stream_gaps (connection, assets, asset_count, started_at, reason, planned)
-             SELECT $1, $2, $3, $4, $5, false
-             WHERE NOT EXISTS (SELECT 1 FROM stream_gaps WHERE connection = $1 AND ended_at IS NULL AND NOT planned)
+            "INSERT INTO stream_gaps (instance, connection, assets, asset_count, started_at, reason, planned)
+             SELECT $6, $1, $2, $3, $4, $5, false
+             WHERE NOT EXISTS (SELECT 1 FROM stream_gaps WHERE instance = $6 AND connection = $1 AND ended_at IS NULL AND NOT planned)
              RETURNING id",
-            &[&conn, &assets, &(assets.len() as i32), &at, &reason],
+            &[&conn, &assets, &(assets.len() as i32), &at, &reason, &instance],
         )
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
 
 /// Closes the open unplanned gap of connection `conn` at `at`, returning it.
-pub async fn close(pool: &Pool, conn: i32, at: DateTime<Utc>) -> Result<Option<GapRow>, DbError> {
+pub async fn close(pool: &Pool, instance: &str, conn: i32, at: DateTime<Utc>) -> Result<Option<GapRow>, DbError> {
     let db = pool.get().await?;
     let row = db
         .query_opt(
             "UPDATE stream_gaps SET ended_at = greatest($2, started_at)
-             WHERE connection = $1 AND ended_at IS NULL AND NOT planned
+             WHERE instance = $3 AND connection = $1 AND ended_at IS NULL AND NOT planned
              RETURNING id, assets, started_at, ended_at",
-            &[&conn, &at],
+            &[&conn, &at, &instance],
         )
         .await?;
     Ok(row.map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }))
@@ -47,37 +56,51 @@ pub async fn close(pool: &Pool, conn: i32, at: DateTime<Utc>) -> Result<Option<G
 
 /// At start: closes the planned gap of the last clean stop and the per-connection gaps a
 /// crash left open; returns both (planned, unplanned).
-pub async fn close_at_start(pool: &Pool, now: DateTime<Utc>) -> Result<(Vec<GapRow>, Vec<GapRow>), DbError> {
+pub async fn close_at_start(pool: &Pool, instance: &str, now: DateTime<Utc>) -> Result<(Vec<GapRow>, Vec<GapRow>), DbError> {
     let db = pool.get().await?;
     let planned = db
         .query(
-            "UPDATE stream_gaps SET ended_at = greatest($1, started_at) WHERE planned AND ended_at IS NULL
+            "UPDATE stream_gaps SET ended_at = greatest($1, started_at)
+             WHERE planned AND ended_at IS NULL AND (instance = $2 OR instance IS NULL)
              RETURNING id, assets, started_at, ended_at",
-            &[&now],
+            &[&now, &instance],
         )
         .await?;
     let planned = planned.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect();
     let crashed = db
         .query(
-            "UPDATE stream_gaps SET ended_at = greatest($1, started_at) WHERE NOT planned AND ended_at IS NULL
+            "UPDATE stream_gaps SET ended_at = greatest($1, started_at)
+             WHERE NOT planned AND ended_at IS NULL AND (instance = $2 OR instance IS NULL)
              RETURNING id, assets, started_at, ended_at",
-            &[&now],
+            &[&now, &instance],
         )
         .await?;
     let crashed = crashed.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect();
     Ok((planned, crashed))
 }
 
-/// The last moment the stream captured anything: every trade moves its book and upstream
-/// then sends the new book, so the newest stream book (indexed by `received_at`) marks it.
-pub async fn last_captured(pool: &Pool) -> Result<Option<DateTime<Utc>>, DbError> {
+/// The last moment this instance captured anything. Alone on its database: every trade moves
+/// its book and upstream then sends the new book, so the newest stream book (indexed by
+/// `received_at`) marks it. With other instances (`stream_instances`), their books say nothing
+/// of this one: its last heartbeat does (up to `db::leader::HEARTBEAT` early: the gap is
+/// recorded a little longer, never shorter).
+pub async fn last_captured(pool: &Pool, instance: &str) -> Result<Option<DateTime<Utc>>, DbError> {
     let db = pool.get().await?;
+    let others: i64 =
+        db.query_one("SELECT count(*) FROM stream_instances WHERE instance <> $1", &[&instance]).await?.get(0);
+    if others > 0 {
+        return Ok(db
+            .query_opt("SELECT heartbeat_at FROM stream_instances WHERE instance = $1", &[&instance])
+            .await?
+            .map(|r| r.get(0)));
+    }
     Ok(db.query_one("SELECT max(received_at) FROM book_snapshots WHERE source = 'ws'", &[]).await?.get(0))
 }
 
 /// Records a gap whose both ends are known (`reason` says why), returning it.
 pub async fn insert_closed(
     pool: &Pool,
+    instance: &str,
     assets: &[String],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -86,21 +109,21 @@ pub async fn insert_closed(
     let db = pool.get().await?;
     let row = db
         .query_one(
-            "INSERT INTO stream_gaps (connection, assets, asset_count, started_at, ended_at, reason, planned)
-             VALUES (NULL, $1, $2, $3, $4, $5, false) RETURNING id",
-            &[&assets, &(assets.len() as i32), &from, &to, &reason],
+            "INSERT INTO stream_gaps (instance, connection, assets, asset_count, started_at, ended_at, reason, planned)
+             VALUES ($6, NULL, $1, $2, $3, $4, $5, false) RETURNING id",
+            &[&assets, &(assets.len() as i32), &from, &to, &reason, &instance],
         )
         .await?;
     Ok(GapRow { id: row.get(0), assets: assets.to_vec(), started_at: from, ended_at: to })
 }
 
 /// At a clean stop: one planned gap for every subscribed asset, closed at the next start.
-pub async fn insert_planned(pool: &Pool, assets: &[String], at: DateTime<Utc>, reason: &str) -> Result<(), DbError> {
+pub async fn insert_planned(pool: &Pool, instance: &str, assets: &[String], at: DateTime<Utc>, reason: &str) -> Result<(), DbError> {
     let db = pool.get().await?;
     db.execute(
-        "INSERT INTO stream_gaps (connection, assets, asset_count, started_at, reason, planned)
-         VALUES (NULL, $1, $2, $3, $4, true)",
-        &[&assets, &(assets.len() as i32), &at, &reason],
+        "INSERT INTO stream_gaps (instance, connection, assets, asset_count, started_at, reason, planned)
+         VALUES ($5, NULL, $1, $2, $3, $4, true)",
+        &[&assets, &(assets.len() as i32), &at, &reason, &instance],
     )
     .await?;
     Ok(())
@@ -128,22 +151,23 @@ pub async fn set_backfill(
 
 /// Closed gaps whose backfill is still owed: never attempted, or failed in a way a retry may
 /// fix (`retrying: …`). Planned gaps longer than `planned_max` are marked `skipped` instead.
-pub async fn owed(pool: &Pool, planned_max: std::time::Duration) -> Result<Vec<GapRow>, DbError> {
+pub async fn owed(pool: &Pool, instance: &str, planned_max: std::time::Duration) -> Result<Vec<GapRow>, DbError> {
     let db = pool.get().await?;
     let max_secs = planned_max.as_secs_f64();
     db.execute(
         "UPDATE stream_gaps SET backfill_status = 'skipped: a planned gap longer than stream.backfill_planned_max_secs'
-         WHERE planned AND ended_at IS NOT NULL AND backfill_status IS NULL
+         WHERE planned AND ended_at IS NOT NULL AND backfill_status IS NULL AND (instance = $2 OR instance IS NULL)
            AND extract(epoch FROM ended_at - started_at)::float8 > $1",
-        &[&max_secs],
+        &[&max_secs, &instance],
     )
     .await?;
     let rows = db
         .query(
             "SELECT id, assets, started_at, ended_at FROM stream_gaps
              WHERE ended_at IS NOT NULL AND (backfill_status IS NULL OR backfill_status LIKE 'retrying%')
+               AND (instance = $1 OR instance IS NULL)
              ORDER BY started_at",
-            &[],
+            &[&instance],
         )
         .await?;
     Ok(rows.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect())

@@ -13,9 +13,14 @@
 //! never work at once. Takeover bounds: a dead leader [`RETRY`] (+ a connect); a leader cut off
 //! the network [`SERVER_DROPS_AFTER`] + [`RETRY`].
 //!
-//! The same connection keeps this instance's row in `stream_instances` (instance, slice, role,
-//! version, start, heartbeat) current every [`HEARTBEAT`].
+//! The same connection holds the lock of this instance's slice writer (`db::writers`: one
+//! instance of a slice writes its level changes, the others stand by with theirs in memory)
+//! and publishes the [`SliceRole`]; it keeps this instance's row in `stream_instances`
+//! (instance, slice, role, slice role, version, start, heartbeat) current every
+//! [`HEARTBEAT`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::rest;
 use crate::config::DatabaseConfig;
 use crate::db;
+use crate::db::writers::{self, Foreign, Taken};
+use crate::slice::Slice;
 
 /// The advisory lock's key: the bytes "collectr" (one bigint, the two-int form unused).
 pub const LOCK_KEY: i64 = 0x636f_6c6c_6563_7472;
@@ -38,29 +45,74 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 pub const SERVER_DROPS_AFTER: Duration = Duration::from_secs(12);
 /// Between two heartbeats in `stream_instances`.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Longest wait of a takeover for the previous writer's batches in flight (their statements
+/// end or their connections are dropped by then: `database.tcp_keepalive_secs`).
+pub const FENCE_WAIT: Duration = Duration::from_secs(90);
 
-/// Whether this instance leads now (a cheap handle, cloned into every task that asks).
+/// This instance's part in writing its slice's level changes (`db::writers`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SliceRole {
+    /// The first answer has not come yet: level changes are held.
+    Starting,
+    /// No election (`daemon.leader_election = false`, one-shot commands): writes everything.
+    All,
+    /// Another instance writes this slice: level changes are held in memory.
+    Standby,
+    /// Writes the slice's level changes, except the markets that `foreign` writers (of another
+    /// slice count, there before this one, still alive) own.
+    Writer { taken: Taken, foreign: Vec<Foreign> },
+}
+
+impl SliceRole {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SliceRole::Starting | SliceRole::Standby => "standby",
+            SliceRole::All => "all",
+            SliceRole::Writer { .. } => "writer",
+        }
+    }
+}
+
+/// Whether this instance leads now and what it writes (a cheap handle, cloned into every task
+/// that asks).
 #[derive(Clone, Debug)]
-pub struct Leadership(watch::Receiver<bool>);
+pub struct Leadership {
+    leader: watch::Receiver<bool>,
+    slice: watch::Receiver<SliceRole>,
+    /// Receive time (µs since the epoch) through which this instance's rows are committed,
+    /// set by the stream's writer, reported in `stream_writers` while it writes its slice.
+    pub committed_us: Arc<AtomicI64>,
+}
 
 impl Leadership {
     /// Always the leader: one instance alone (`database.leader_election = false`) and the
     /// one-shot commands.
     pub fn always() -> Leadership {
-        let (tx, rx) = watch::channel(true);
-        // The sender dropped: the value stays.
-        drop(tx);
-        Leadership(rx)
+        let (tx, leader) = watch::channel(true);
+        let (stx, slice) = watch::channel(SliceRole::All);
+        // The senders dropped: the values stay.
+        drop((tx, stx));
+        Leadership { leader, slice, committed_us: Arc::default() }
     }
 
     pub fn is_leader(&self) -> bool {
-        *self.0.borrow()
+        *self.leader.borrow()
+    }
+
+    /// What this instance writes of its slice now.
+    pub fn slice_role(&self) -> SliceRole {
+        self.slice.borrow().clone()
+    }
+
+    /// The slice role's changes (a receiver of its own).
+    pub fn slice_roles(&self) -> watch::Receiver<SliceRole> {
+        self.slice.clone()
     }
 
     /// Resolves once this instance leads (at once if it does; never once the election has
     /// ended without it, as at a stop).
     pub async fn until_leader(&mut self) {
-        if self.0.wait_for(|l| *l).await.is_err() {
+        if self.leader.wait_for(|l| *l).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
@@ -75,18 +127,30 @@ impl Leadership {
 pub struct Identity {
     /// `host:config-name` unless `daemon.instance` names it.
     pub instance: String,
-    pub slice: String,
+    pub slice: Slice,
+    /// Whether it records the stream (else it takes no slice writer's lock).
+    pub stream: bool,
     pub started_at: DateTime<Utc>,
+}
+
+/// The election's senders.
+struct Roles {
+    leader: watch::Sender<bool>,
+    slice: watch::Sender<SliceRole>,
+    committed_us: Arc<AtomicI64>,
 }
 
 /// Starts the election task; the handle says whether this instance leads.
 pub fn spawn(cfg: DatabaseConfig, me: Identity, cancel: CancellationToken) -> Leadership {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(run(cfg, me, tx, cancel));
-    Leadership(rx)
+    let (tx, leader) = watch::channel(false);
+    let (stx, slice) = watch::channel(SliceRole::Starting);
+    let committed_us = Arc::new(AtomicI64::new(0));
+    let roles = Roles { leader: tx, slice: stx, committed_us: committed_us.clone() };
+    tokio::spawn(run(cfg, me, roles, cancel));
+    Leadership { leader, slice, committed_us }
 }
 
-async fn run(cfg: DatabaseConfig, me: Identity, tx: watch::Sender<bool>, cancel: CancellationToken) {
+async fn run(cfg: DatabaseConfig, me: Identity, tx: Roles, cancel: CancellationToken) {
     let (pg, tls) = match (db::pg_config(&cfg), db::tls(&cfg)) {
         (Ok(pg), Ok(tls)) => (pg, tls),
         (Err(e), _) | (_, Err(e)) => {
@@ -116,14 +180,18 @@ async fn run(cfg: DatabaseConfig, me: Identity, tx: watch::Sender<bool>, cancel:
     step_down(&tx, "stopping");
 }
 
-fn step_down(tx: &watch::Sender<bool>, why: &str) {
-    if tx.send_replace(false) {
+fn step_down(tx: &Roles, why: &str) {
+    if tx.leader.send_replace(false) {
         tracing::warn!(message_id = crate::journal::LIFECYCLE, "no longer the leader ({why}): the shared work stops here");
+    }
+    if matches!(tx.slice.send_replace(SliceRole::Standby), SliceRole::Writer { .. }) {
+        tracing::warn!(message_id = crate::journal::LIFECYCLE, "no longer the writer of this slice's level changes ({why}): holding them");
     }
 }
 
-/// One session: tries the lock until it is granted, then holds it while the session answers.
-async fn session(client: &tokio_postgres::Client, me: &Identity, tx: &watch::Sender<bool>, cancel: &CancellationToken) {
+/// One session: tries the lock until it is granted, then holds it while the session answers;
+/// the same for the slice writer's lock.
+async fn session(client: &tokio_postgres::Client, me: &Identity, tx: &Roles, cancel: &CancellationToken) {
     let ask = |sql: String| async move {
         tokio::time::timeout(CHECK_TIMEOUT, client.batch_execute(&sql)).await.map_err(|_| "timed out")?.map_err(|_| "failed")
     };
@@ -141,7 +209,7 @@ async fn session(client: &tokio_postgres::Client, me: &Identity, tx: &watch::Sen
     }
     let mut last_beat: Option<tokio::time::Instant> = None;
     loop {
-        let leading = *tx.borrow();
+        let leading = *tx.leader.borrow();
         let granted = if leading {
             ask("SELECT 1".into()).await.map(|_| true)
         } else {
@@ -158,16 +226,24 @@ async fn session(client: &tokio_postgres::Client, me: &Identity, tx: &watch::Sen
                 return;
             }
             Ok(true) if !leading => {
-                tx.send_replace(true);
+                tx.leader.send_replace(true);
                 tracing::info!(message_id = crate::journal::LIFECYCLE, instance = %me.instance,
                     "leader for this database: the catalog, history, partitions, retention and archive run here");
             }
             Ok(_) => {}
         }
+        if me.stream {
+            // A takeover waits for the previous writer's batches in flight: bounded apart.
+            if let Err(e) = slice_writer(client, me, tx).await {
+                tracing::warn!("slice writer's database session: {e}: stepping down");
+                return;
+            }
+        }
         if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
-            let leading = *tx.borrow();
+            let leading = *tx.leader.borrow();
+            let slice_role = tx.slice.borrow().name();
             // Bounded like a check: a leader whose session hangs here steps down all the same.
-            match tokio::time::timeout(CHECK_TIMEOUT, heartbeat(client, me, leading)).await {
+            match tokio::time::timeout(CHECK_TIMEOUT, heartbeat(client, me, leading, slice_role)).await {
                 Err(_) => {
                     if leading {
                         tracing::warn!("leader's database session did not answer (heartbeat timed out): stepping down");
@@ -179,23 +255,104 @@ async fn session(client: &tokio_postgres::Client, me: &Identity, tx: &watch::Sen
             }
             last_beat = Some(tokio::time::Instant::now());
         }
-        let wait = if *tx.borrow() { CHECK } else { RETRY };
+        let wait = if *tx.leader.borrow() { CHECK } else { RETRY };
         if !rest(cancel, wait).await {
             return;
         }
     }
 }
 
+/// One round of the slice writer's part: a standby tries the slice's lock and, granted, takes
+/// the slice over (`writers::take`); the writer reports how far its commits reached and follows
+/// the writers of other slice counts (retiring those whose lock is free).
+async fn slice_writer(client: &tokio_postgres::Client, me: &Identity, tx: &Roles) -> Result<(), String> {
+    let current = tx.slice.borrow().clone();
+    if let SliceRole::Writer { taken, foreign } = current {
+        let through = tx.committed_us.load(Ordering::Relaxed);
+        if let Some(through) = DateTime::from_timestamp_micros(through).filter(|_| through > 0) {
+            quick(writers::report(client, &taken.fence, through)).await?;
+        }
+        let now = live_foreign(client, me, taken.since).await?;
+        if now != foreign {
+            tx.slice.send_replace(SliceRole::Writer { taken, foreign: now });
+        }
+        return Ok(());
+    }
+    let key = writers::lock_key(&me.slice);
+    let granted: bool = quick(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])).await?.get(0);
+    if !granted {
+        if current == SliceRole::Starting {
+            tracing::info!(message_id = crate::journal::LIFECYCLE, slice = %me.slice,
+                "another instance writes the level changes of slice {}: standing by with them in memory", me.slice);
+            tx.slice.send_replace(SliceRole::Standby);
+        }
+        return Ok(());
+    }
+    let taken = long(client, writers::take(client, &me.slice, &me.instance)).await?;
+    let foreign = live_foreign(client, me, taken.since).await?;
+    tracing::info!(message_id = crate::journal::LIFECYCLE, slice = %me.slice, epoch = taken.fence.epoch,
+        previous = taken.previous.as_deref().unwrap_or("none"), foreign = foreign.len(),
+        "writer of the level changes of slice {}", me.slice);
+    tx.slice.send_replace(SliceRole::Writer { taken, foreign });
+    Ok(())
+}
+
+/// The writers of other slice counts there before this one (`since`) and still alive (their
+/// lock is held); those whose lock is free are retired (fenced) on the way.
+async fn live_foreign(client: &tokio_postgres::Client, me: &Identity, since: DateTime<Utc>) -> Result<Vec<Foreign>, String> {
+    let mut live = Vec::new();
+    for f in quick(writers::foreign(client, me.slice.count)).await? {
+        let key = writers::lock_key(&f.slice);
+        let free: bool = quick(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])).await?.get(0);
+        if free {
+            quick(client.execute("SELECT pg_advisory_unlock($1)", &[&key])).await?;
+            long(client, writers::retire(client, &f.slice)).await?;
+            tracing::info!(message_id = crate::journal::LIFECYCLE, slice = %f.slice, "the writer of slice {} is gone: its markets are taken over", f.slice);
+        } else if f.since < since {
+            live.push(f);
+        }
+    }
+    Ok(live)
+}
+
+/// A question to the session, answered within [`CHECK_TIMEOUT`] or taken for a dead session.
+async fn quick<T>(f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+/// Runs `f` on the session with the statement timeout raised to [`FENCE_WAIT`] (it waits for
+/// another writer's batches in flight; a deposed writer is fenced meanwhile, not trusted).
+async fn long<T>(
+    client: &tokio_postgres::Client,
+    f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, String> {
+    quick(client.batch_execute(&format!("SET statement_timeout = {}", FENCE_WAIT.as_millis()))).await?;
+    let out = tokio::time::timeout(FENCE_WAIT + CHECK_TIMEOUT, f).await;
+    quick(client.batch_execute(&format!("SET statement_timeout = {}", CHECK_TIMEOUT.as_millis()))).await?;
+    match out {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
 /// This instance's row in `stream_instances`; rows silent for a week are removed.
-async fn heartbeat(client: &tokio_postgres::Client, me: &Identity, leading: bool) -> Result<(), tokio_postgres::Error> {
+async fn heartbeat(
+    client: &tokio_postgres::Client,
+    me: &Identity,
+    leading: bool,
+    slice_role: &str,
+) -> Result<(), tokio_postgres::Error> {
     let role = if leading { "leader" } else { "standby" };
     client
         .execute(
-            "INSERT INTO stream_instances (instance, slice, role, version, started_at, heartbeat_at)
-             VALUES ($1, $2, $3, $4, $5, now())
-             ON CONFLICT (instance) DO UPDATE SET slice = EXCLUDED.slice, role = EXCLUDED.role, version = EXCLUDED.version,
-               started_at = EXCLUDED.started_at, heartbeat_at = now()",
-            &[&me.instance, &me.slice, &role, &env!("CARGO_PKG_VERSION"), &me.started_at],
+            "INSERT INTO stream_instances (instance, slice, role, slice_role, version, started_at, heartbeat_at)
+             VALUES ($1, $2, $3, $4, $5, $6, now())
+             ON CONFLICT (instance) DO UPDATE SET slice = EXCLUDED.slice, role = EXCLUDED.role, slice_role = EXCLUDED.slice_role,
+               version = EXCLUDED.version, started_at = EXCLUDED.started_at, heartbeat_at = now()",
+            &[&me.instance, &me.slice.to_string(), &role, &slice_role, &env!("CARGO_PKG_VERSION"), &me.started_at],
         )
         .await?;
     client.execute("DELETE FROM stream_instances WHERE heartbeat_at < now() - interval '7 days'", &[]).await?;
@@ -212,7 +369,8 @@ mod tests {
         assert!(always.is_leader());
         always.until_leader().await;
         let (tx, rx) = watch::channel(false);
-        let mut l = Leadership(rx);
+        let (_stx, slice) = watch::channel(SliceRole::Starting);
+        let mut l = Leadership { leader: rx, slice, committed_us: Arc::default() };
         assert_eq!(l.role(), "standby");
         let waiting = tokio::spawn({
             let mut l = l.clone();

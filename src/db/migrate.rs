@@ -29,6 +29,8 @@ mod v0010;
 mod v0011;
 #[path = "../../migrations/v0012_stream_instances.rs"]
 mod v0012;
+#[path = "../../migrations/v0013_slice_writers.rs"]
+mod v0013;
 
 /// One migration: its version (ordering), name and SQL generator.
 pub struct Migration {
@@ -51,6 +53,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 10, name: "compact_dictionary_keys", sql: v0010::migration },
     Migration { version: 11, name: "archive", sql: v0011::migration },
     Migration { version: 12, name: "stream_instances", sql: v0012::migration },
+    Migration { version: 13, name: "slice_writers", sql: v0013::migration },
 ];
 
 /// Advisory lock key: "collector" in ASCII, so concurrent starts serialise on migrations.

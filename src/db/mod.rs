@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod partitions;
 pub mod stream;
 pub mod url;
+pub mod writers;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -249,6 +249,7 @@ async fn every_value_kind_round_trips_exactly_through_duckdb_and_pyarrow() {
     let pool = db.pool().await;
     let gap = collector::db::gaps::insert_closed(
         &pool,
+        "test",
         &[A.to_string(), "ödd\"id".to_string()],
         h1 + Duration::seconds(30),
         h1 + Duration::seconds(90),
@@ -476,7 +477,7 @@ async fn the_documented_queries_answer_the_same_from_the_files_and_the_database(
     }
     let pool = db.pool().await;
     for (from, to) in [(at(9), at(10)), (at(12), at(13) + Duration::minutes(20)), (at(15), at(16))] {
-        let gap = collector::db::gaps::insert_closed(&pool, &[A.to_string()], from, to, "stall").await.unwrap();
+        let gap = collector::db::gaps::insert_closed(&pool, "test", &[A.to_string()], from, to, "stall").await.unwrap();
         collector::db::gaps::set_backfill(&pool, gap.id, "done", Some(2), None).await.unwrap();
     }
     // The one value no column holds (22 decimals: in `exact`, NULL for a plain query) is not

@@ -70,6 +70,7 @@ impl Harness {
             fault_spec: None,
             archive: cfg.archive.enabled.then(|| cfg.archive.clone()),
             leadership: collector::db::leader::Leadership::always(),
+            instance: "test".into(),
         })
         .await
         .unwrap();

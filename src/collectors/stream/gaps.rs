@@ -83,6 +83,13 @@ pub enum GapEvent {
         to: DateTime<Utc>,
         rows: u64,
     },
+    /// Level changes no writer stored: a takeover's standby window did not reach back to the
+    /// previous writer's last commit (`takeover`).
+    Takeover {
+        assets: Vec<String>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
 }
 
 /// Delays between attempts to record a gap while the database is away.
@@ -93,6 +100,7 @@ const RECORD_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration:
 /// restart after a panic takes over the queue where it stood.
 pub async fn record(
     pool: Pool,
+    instance: Arc<str>,
     rx: Arc<Mutex<mpsc::Receiver<GapEvent>>>,
     backfill_tx: Option<mpsc::Sender<GapRow>>,
     stats: Arc<StreamStats>,
@@ -101,7 +109,7 @@ pub async fn record(
     while let Some(event) = rx.recv().await {
         let mut retries = RECORD_RETRY.start();
         loop {
-            match apply(&pool, &event, &stats).await {
+            match apply(&pool, &instance, &event, &stats).await {
                 Ok(Some(closed)) => {
                     if let Some(tx) = &backfill_tx {
                         if tx.try_send(closed).is_err() {
@@ -120,11 +128,11 @@ pub async fn record(
     }
 }
 
-async fn apply(pool: &Pool, event: &GapEvent, stats: &StreamStats) -> Result<Option<GapRow>, DbError> {
+async fn apply(pool: &Pool, instance: &str, event: &GapEvent, stats: &StreamStats) -> Result<Option<GapRow>, DbError> {
     match event {
         GapEvent::Open { conn, assets, reason, at } => {
             let reason = reason.to_string();
-            if let Some(id) = db_gaps::open(pool, *conn, assets, *at, &reason).await? {
+            if let Some(id) = db_gaps::open(pool, instance, *conn, assets, *at, &reason).await? {
                 stats.gaps.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(message_id = journal::GAP_OPENED, gap_id = id, conn, assets = assets.len(), reason = %reason, since = %at,
                     "capture gap opened on connection {conn} ({} assets): {reason}", assets.len());
@@ -133,14 +141,20 @@ async fn apply(pool: &Pool, event: &GapEvent, stats: &StreamStats) -> Result<Opt
         }
         GapEvent::Lost { assets, from, to, rows } => {
             let reason = format!("{rows} rows lost: the write queue was full and the spool could not keep them");
-            let gap = db_gaps::insert_closed(pool, assets, *from, *to, &reason).await?;
+            let gap = db_gaps::insert_closed(pool, instance, assets, *from, *to, &reason).await?;
             stats.gaps.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(message_id = journal::GAP_OPENED, gap_id = gap.id, assets = assets.len(), rows, since = %from, until = %to,
                 "capture gap recorded for {rows} lost rows ({} assets): their trades will be backfilled", assets.len());
             Ok(Some(gap))
         }
+        GapEvent::Takeover { assets, from, to } => {
+            let reason = "takeover: no instance of the slice kept these level changes";
+            let gap = db_gaps::insert_closed(pool, instance, assets, *from, *to, reason).await?;
+            stats.gaps.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(gap))
+        }
         GapEvent::Close { conn, at } => {
-            let closed = db_gaps::close(pool, *conn, *at).await?;
+            let closed = db_gaps::close(pool, instance, *conn, *at).await?;
             if let Some(g) = &closed {
                 tracing::info!(
                     message_id = journal::GAP_CLOSED,
@@ -161,13 +175,19 @@ async fn apply(pool: &Pool, event: &GapEvent, stats: &StreamStats) -> Result<Opt
 /// one, and planned ones no longer than `planned_max` (an upgrade's restart; not a week off)
 /// — and whether the stream captured before (then each connection's start is a gap too,
 /// until its first data).
-pub async fn on_start(pool: &Pool, assets: &[String], now: DateTime<Utc>, planned_max: Duration) -> Result<(Vec<GapRow>, bool), DbError> {
-    let (planned, crashed) = db_gaps::close_at_start(pool, now).await?;
+pub async fn on_start(
+    pool: &Pool,
+    instance: &str,
+    assets: &[String],
+    now: DateTime<Utc>,
+    planned_max: Duration,
+) -> Result<(Vec<GapRow>, bool), DbError> {
+    let (planned, crashed) = db_gaps::close_at_start(pool, instance, now).await?;
     let resumed = if !planned.is_empty() {
         tracing::info!(message_id = journal::GAP_CLOSED, gaps = planned.len(), "planned gap of the last stop closed");
         true
-    } else if let Some(last) = db_gaps::last_captured(pool).await?.filter(|l| *l < now) {
-        let gap = db_gaps::insert_closed(pool, assets, last, now, &GapReason::UncleanRestart.to_string()).await?;
+    } else if let Some(last) = db_gaps::last_captured(pool, instance).await?.filter(|l| *l < now) {
+        let gap = db_gaps::insert_closed(pool, instance, assets, last, now, &GapReason::UncleanRestart.to_string()).await?;
         tracing::warn!(message_id = journal::GAP_OPENED, gap_id = gap.id, since = %last, "stream restarted after an unclean stop: gap recorded");
         true
     } else {
@@ -175,12 +195,12 @@ pub async fn on_start(pool: &Pool, assets: &[String], now: DateTime<Utc>, planne
     };
     // Everything still owed: the gaps just closed, and earlier backfills that failed or were
     // interrupted by the stop.
-    Ok((db_gaps::owed(pool, planned_max).await?, resumed))
+    Ok((db_gaps::owed(pool, instance, planned_max).await?, resumed))
 }
 
 /// At a clean stop: one planned gap for every subscribed asset, closed at the next start.
-pub async fn on_stop(pool: &Pool, assets: &[String], now: DateTime<Utc>) -> Result<(), DbError> {
-    db_gaps::insert_planned(pool, assets, now, &GapReason::Shutdown.to_string()).await?;
+pub async fn on_stop(pool: &Pool, instance: &str, assets: &[String], now: DateTime<Utc>) -> Result<(), DbError> {
+    db_gaps::insert_planned(pool, instance, assets, now, &GapReason::Shutdown.to_string()).await?;
     tracing::info!(message_id = journal::GAP_OPENED, assets = assets.len(), "planned gap recorded for the stop");
     Ok(())
 }

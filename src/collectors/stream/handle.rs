@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::gate::{Gate, Mode as GateMode};
 use super::manager::Manager;
 use super::sink::Sink;
 use super::spool::{Spool, SpoolError};
@@ -18,6 +19,7 @@ use super::writer::{Stop, Writer};
 use super::{StreamDeps, maintenance, supervised};
 use crate::config::StreamConfig;
 use crate::db::DbError;
+use crate::db::leader::SliceRole;
 use crate::db::stream::Keys;
 
 /// The running stream. Dropping it ends every task.
@@ -52,7 +54,11 @@ pub async fn spawn(deps: StreamDeps) -> Result<StreamHandle, StartError> {
     // made at once (never a wait here: see `maintenance::before_start`).
     maintenance::before_start(&deps.pool).await;
     let spool = Spool::open(&deps.cfg.spool_dir, deps.cfg.spool_max_bytes, &database)?;
-    let (sink, rx) = Sink::new(deps.cfg.queue_capacity, deps.cfg.queue_max_bytes, spool);
+    // Several instances of a slice: level changes are held until the election says this one
+    // writes them (`gate`); alone (no election), they pass unchecked.
+    let mode = if deps.leadership.slice_role() == SliceRole::All { GateMode::All } else { GateMode::Starting };
+    let gate = Gate::new(mode, deps.cfg.standby_window_bytes, deps.cfg.standby_window);
+    let (sink, rx) = Sink::gated(deps.cfg.queue_capacity, deps.cfg.queue_max_bytes, spool, gate);
     let stats = Arc::new(StreamStats::default());
     let monitor = Arc::new(StreamMonitor {
         stats: stats.clone(),
@@ -72,14 +78,14 @@ pub async fn spawn(deps: StreamDeps) -> Result<StreamHandle, StartError> {
         poison_file: deps.cfg.spool_dir.join("poison.jsonl"),
         keys: keys.clone(),
     };
-    let (grace, ws) = (deps.drain_grace, writer_stop.clone());
+    let (grace, ws, w) = (deps.drain_grace, writer_stop.clone(), writer.clone());
     let writer = tokio::spawn(supervised("writer", deps.restarts.clone(), stats.clone(), writer_stop.cancel.clone(), move || {
         writer.clone().run(ws.clone(), grace)
     }));
     let manager_cancel = CancellationToken::new();
     let (ready_tx, ready_rx) = oneshot::channel();
     let (live_tx, live_rx) = tokio::sync::watch::channel(deps.cfg.clone());
-    let manager = Manager::new(deps, live_rx, sink, stats, keys);
+    let manager = Manager::new(deps, live_rx, sink, stats, keys, w);
     let manager = tokio::spawn(manager.run(manager_cancel.clone(), ready_tx));
     Ok(StreamHandle {
         monitor,

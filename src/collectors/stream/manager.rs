@@ -18,6 +18,8 @@ use tokio_util::task::TaskTracker;
 use super::gaps::{self, GapEvent, GapReason};
 use super::shard::{Shard, ShardCmd, ShardShared};
 use super::sink::Sink;
+use super::takeover::Takeover;
+use super::writer::Writer;
 use super::stats::StreamStats;
 use super::{AssetId, Lifecycle, StreamCtx, StreamDeps, TASK_NAME, maintenance, panic_text, placement, supervised};
 use crate::backoff::rest;
@@ -47,6 +49,8 @@ pub(super) struct Manager {
     stats: Arc<StreamStats>,
     /// The writer's dictionary keys, shared with the backfill.
     keys: Arc<Keys>,
+    /// The writer, for a takeover's window (`takeover`).
+    writer: Writer,
     fault: Option<Fault>,
     shards: Vec<ShardHandle>,
     /// Every subscribed asset and its shard (the ids shared with the shards: [`AssetId`]).
@@ -63,9 +67,11 @@ impl Manager {
         sink: Arc<Sink>,
         stats: Arc<StreamStats>,
         keys: Arc<Keys>,
+        writer: Writer,
     ) -> Self {
         Manager {
             live,
+            writer,
             fault: fault::for_task(deps.fault_spec.as_deref(), "shard"),
             deps,
             sink,
@@ -123,18 +129,28 @@ impl Manager {
         helpers.spawn(supervised("partition maintenance", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
             maintenance::run(p.clone(), l.clone(), a.clone(), s.clone(), c.clone(), leader.clone())
         }));
+        let takeover = Takeover {
+            leadership: self.deps.leadership.clone(),
+            writer: self.writer.clone(),
+            ctx: ctx.clone(),
+            instance: self.deps.instance.to_string(),
+        };
+        let c = helpers_cancel.clone();
+        helpers.spawn(supervised("takeover", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
+            takeover.clone().follow(c.clone())
+        }));
         let gap_rx = Arc::new(Mutex::new(gap_rx));
-        let (p, btx, s) = (pool.clone(), backfill_tx.clone(), stats.clone());
+        let (p, btx, s, i) = (pool.clone(), backfill_tx.clone(), stats.clone(), self.deps.instance.clone());
         // The recorder ends when every sender is gone (after the shards), not on a token: the
         // last gap events of the stop are recorded.
         let recorder = tokio::spawn(supervised("gap recorder", restarts, stats, CancellationToken::new(), move || {
-            gaps::record(p.clone(), gap_rx.clone(), btx.clone(), s.clone())
+            gaps::record(p.clone(), i.clone(), gap_rx.clone(), btx.clone(), s.clone())
         }));
 
         let desired = self.desired_until_ok(&cancel).await;
         let started = clock::now();
         let all: Vec<String> = desired.iter().flatten().cloned().collect();
-        let resumed = match gaps::on_start(&pool, &all, started, cfg.backfill_planned_max).await {
+        let resumed = match gaps::on_start(&pool, &self.deps.instance, &all, started, cfg.backfill_planned_max).await {
             Ok((to_backfill, resumed)) => {
                 for gap in to_backfill {
                     if let Some(tx) = &backfill_tx {
@@ -228,7 +244,7 @@ impl Manager {
         // The stop: the planned gap first (its start is the moment capture ends), then close.
         let assets: Vec<String> = self.owner.keys().map(|a| a.to_string()).collect();
         if !assets.is_empty() {
-            let stop = tokio::time::timeout(Duration::from_secs(5), gaps::on_stop(&pool, &assets, clock::now()));
+            let stop = tokio::time::timeout(Duration::from_secs(5), gaps::on_stop(&pool, &self.deps.instance, &assets, clock::now()));
             if let Err(e) = stop.await.unwrap_or(Err(DbError::TimedOut { what: "recording the planned gap" })) {
                 tracing::warn!(error = %e, "cannot record the planned gap of this stop: {e}");
             }

@@ -21,6 +21,7 @@
 
 pub mod book;
 pub mod domain;
+pub mod gate;
 pub mod gaps;
 pub mod handle;
 pub mod latency;
@@ -34,6 +35,7 @@ pub mod spool_format;
 pub mod spool_read;
 pub mod spool_rows;
 pub mod stats;
+pub mod takeover;
 pub mod watch;
 pub mod writer;
 
@@ -79,8 +81,11 @@ pub struct StreamDeps {
     pub fault_spec: Option<String>,
     /// The archive, when on: retention drops only days it has archived.
     pub archive: Option<crate::config::ArchiveConfig>,
-    /// Partition maintenance runs only while this instance leads (`db::leader`).
+    /// Partition maintenance runs only while this instance leads (`db::leader`); the slice
+    /// role says which level changes it writes (`gate`, `takeover`).
     pub leadership: crate::db::leader::Leadership,
+    /// This instance's name (`daemon.instance`): its gaps are its own.
+    pub instance: Arc<str>,
 }
 
 /// A subscribed asset's token id, shared by every map that holds it (the manager's, the

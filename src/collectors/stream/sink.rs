@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::gate::{Gate, Mode as GateMode};
 pub use super::latency::LatencyHistogram;
 use super::spool::{Position, Spool, SpoolError};
 use super::spool_format::{LossWindow, Record};
@@ -109,6 +110,8 @@ pub struct Sink {
     /// The replay's reader: taken by the writer only, never under `state`.
     reader: Mutex<SpoolReader>,
     pub stats: WriteStats,
+    /// Which level changes go on (the others are held: `gate`).
+    pub gate: Gate,
     epoch: Instant,
 }
 
@@ -116,6 +119,11 @@ impl Sink {
     /// A sink with a queue of `capacity` rows and `max_bytes` bytes and the spool at `spool`,
     /// and the receiving end for the [`Writer`](super::writer::Writer).
     pub fn new(capacity: usize, max_bytes: usize, spool: Spool) -> (Arc<Sink>, QueueRx) {
+        Sink::gated(capacity, max_bytes, spool, Gate::new(GateMode::All, 1, Duration::ZERO))
+    }
+
+    /// [`Sink::new`] with a `gate` that may hold level changes (several instances of a slice).
+    pub fn gated(capacity: usize, max_bytes: usize, spool: Spool, gate: Gate) -> (Arc<Sink>, QueueRx) {
         let (tx, rx) = mpsc::unbounded_channel();
         let fill = Arc::new(Fill::default());
         let spooling = !spool.is_empty();
@@ -128,6 +136,7 @@ impl Sink {
             state: Mutex::new(SinkState { spool, spooling, last_error: None, losses: LossWindow::default() }),
             reader: Mutex::new(SpoolReader::default()),
             stats: WriteStats::default(),
+            gate,
             epoch: Instant::now(),
         });
         sink.stats.spool_bytes.store(bytes, Ordering::Relaxed);
@@ -142,6 +151,7 @@ impl Sink {
     /// Hands rows over together (a frame's), in their order; never waits. They go to the
     /// queue if it has room for all of them (in rows and bytes), else to the spool.
     pub fn push_all(&self, rows: Vec<Row>) {
+        let rows = self.gate.route(rows);
         if rows.is_empty() {
             return;
         }

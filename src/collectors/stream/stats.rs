@@ -141,6 +141,10 @@ macro_rules! stream_health {
             /// The slice of the universe recorded here (`"i/n"`; `"0/1"`: everything).
             #[serde(default)]
             pub slice: String,
+            /// Who writes this slice's level changes: `writer` (this instance), `standby`
+            /// (another; held in memory here), `all` (no election).
+            #[serde(default)]
+            pub slice_role: String,
         }
 
         impl StreamMonitor {
@@ -151,6 +155,7 @@ macro_rules! stream_health {
                     commit_latency_p99_ms: self.sink.stats.commit_latency.quantile(0.99),
                     worst_connections: self.stats.worst_connections(crate::clock::now().timestamp_micros(), self.started_us),
                     slice: self.slice.to_string(),
+                    slice_role: self.sink.gate.role().into(),
                 }
             }
         }
@@ -221,6 +226,14 @@ stream_health! {
     Counter gaps_backfilled = |m| get(&m.stats.gaps_backfilled);
     /// Partition maintenance passes that could not finish (a lock not granted in time)
     Counter maintenance_postponed = |m| get(&m.stats.maintenance_postponed);
+    /// Level changes held in memory while another instance of the slice writes them
+    Gauge standby_window_rows = |m| get(&m.sink.gate.stats.window_rows);
+    /// Level changes the standby window let go (older than standby_window_secs or over its size)
+    Counter standby_window_evicted = |m| get(&m.sink.gate.stats.evicted_rows);
+    /// Level changes left to the slice's new writer after this instance lost the slice
+    Counter level_changes_handed_over = |m| get(&m.sink.gate.stats.handed_over);
+    /// Takeovers of level changes (the slice, or markets of a writer of another slice count)
+    Counter takeovers = |m| get(&m.sink.gate.stats.takeovers);
 }
 
 impl StreamMonitor {

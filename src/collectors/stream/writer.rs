@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use super::domain::printable;
 use super::sink::{LatencyHistogram, QueueRx, Sink};
 use crate::backoff::{Backoff, rest};
-use crate::db::stream::{Keys, Origin, Row, write_batch};
+use super::gate::Plan;
+use crate::db::stream::{Keys, Origin, Row, write_batch, write_batch_fenced};
 use crate::db::{DbError, Pool};
 use crate::errors::error_chain;
 use crate::journal;
@@ -147,7 +148,9 @@ impl Writer {
                     }
                 }
             }
-            if alone.is_empty() && inflight.is_empty() {
+            // The spool is replayed once the election said whether this instance writes its
+            // slice's level changes (they are in it).
+            if alone.is_empty() && inflight.is_empty() && !self.sink.gate.starting() {
                 if let Some((rows, at, maybe_stored)) = self.sink.spool_chunk_if_idle(&mut rx, self.batch_size) {
                     alone.push_back(Alone { rows, at: Some(at), maybe_stored, failures: 0 });
                 }
@@ -278,26 +281,55 @@ impl Writer {
     /// alone (see the module docs) and stores the rest. `Err` for failures that may pass (the
     /// database away, busy, …) and, without `split_any`, for other errors: the caller retries
     /// the whole batch, which is idempotent.
-    async fn store(&self, rows: &[Row], origin: Origin, split_any: bool) -> Result<u64, DbError> {
-        match write_batch(&self.pool, &self.keys, rows, origin).await {
-            Err(e) if e.is_content_error() => self.isolate(rows, origin).await,
+    ///
+    /// The gate says how (`gate::Plan`): a slice's writer checks its fence in the transaction;
+    /// a standby — or a writer whose fence is gone — leaves the level changes out.
+    pub(super) async fn store(&self, rows: &[Row], origin: Origin, split_any: bool) -> Result<u64, DbError> {
+        loop {
+            let plan = self.sink.gate.plan(origin);
+            let stripped;
+            let rows = if plan.strip && rows.iter().any(|r| matches!(r, Row::PriceChange { .. })) {
+                stripped = self.strip(rows);
+                &stripped[..]
+            } else {
+                rows
+            };
+            match self.store_as(rows, &plan, split_any).await? {
+                Some(trades) => return Ok(trades),
+                None => self.sink.gate.fenced_out(plan.fence.as_ref().expect("only a fenced write finds its fence gone")),
+            }
+        }
+    }
+
+    /// The rows but the level changes, which another instance writes now (counted).
+    fn strip(&self, rows: &[Row]) -> Vec<Row> {
+        let kept: Vec<Row> = rows.iter().filter(|r| !matches!(r, Row::PriceChange { .. })).cloned().collect();
+        self.sink.gate.stats.handed_over.fetch_add((rows.len() - kept.len()) as u64, Ordering::Relaxed);
+        kept
+    }
+
+    /// [`Writer::store`] as `plan` says; `Ok(None)` when the fence is gone.
+    async fn store_as(&self, rows: &[Row], plan: &Plan, split_any: bool) -> Result<Option<u64>, DbError> {
+        match write_batch_fenced(&self.pool, &self.keys, rows, plan.origin, plan.fence.as_ref()).await {
+            Err(e) if e.is_content_error() => self.isolate(rows, plan).await,
             Err(e) if split_any && !e.is_transient() => {
                 let sqlstate = e.sqlstate().map(|c| c.code().to_string()).unwrap_or_default();
                 tracing::warn!(error = %e, sqlstate, rows = rows.len(), attempts = REPEATS,
                     "a stream batch keeps failing with an error that is not transient: setting aside the rows that fail alone: {e}");
-                self.isolate(rows, origin).await
+                self.isolate(rows, plan).await
             }
             other => other,
         }
     }
 
-    async fn isolate(&self, rows: &[Row], origin: Origin) -> Result<u64, DbError> {
+    async fn isolate(&self, rows: &[Row], plan: &Plan) -> Result<Option<u64>, DbError> {
         let mut stored = 0;
         // Halves, first half on top: rows keep their order.
         let mut stack: Vec<&[Row]> = vec![rows];
         while let Some(part) = stack.pop() {
-            match write_batch(&self.pool, &self.keys, part, origin).await {
-                Ok(n) => stored += n,
+            match write_batch_fenced(&self.pool, &self.keys, part, plan.origin, plan.fence.as_ref()).await {
+                Ok(Some(n)) => stored += n,
+                Ok(None) => return Ok(None),
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) if part.len() == 1 => self.poison(&part[0], &e).await,
                 Err(_) => {
@@ -307,7 +339,7 @@ impl Writer {
                 }
             }
         }
-        Ok(stored)
+        Ok(Some(stored))
     }
 
     /// A row the database refuses: into `stream_quarantine` with the reason, else to the

@@ -6,7 +6,8 @@
 //! There is no unique index (it is most of the volume, and a wide unique index cost most of
 //! the write time): live rows cannot repeat, so they are copied directly; rows that may be
 //! stored already ([`Origin::MaybeStored`](super::Origin)) are copied too when received after
-//! every stored row of their time spans, the others anti-joined ([`write`]).
+//! every stored row of their time spans, the others anti-joined ([`write`]); rows another
+//! instance may have stored ([`Origin::Elsewhere`](super::Origin)) are all anti-joined.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -37,9 +38,21 @@ const TICKS: Table = Table { name: "price_changes_ticks", price: "smallint" };
 const EXACT: Table = Table { name: "price_changes_compact", price: "numeric" };
 const COLUMNS: &str = "source_ts, received_at, token_key, buy, price, size, best_bid, best_ask, hash";
 
+/// How much a batch's level changes are checked against the stored ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Check {
+    /// New: copied.
+    None,
+    /// This instance's own rows that may be stored: those received after every stored row of
+    /// the batch's spans are copied, the others anti-joined.
+    Replay,
+    /// Maybe stored by another instance (other receive times): all anti-joined.
+    All,
+}
+
 /// Stores the level changes of a batch: each in the table its values fit (most in ticks, any
-/// other exactly as received). `replay`: they may be stored already.
-pub(super) async fn write(tx: &Transaction<'_>, keys: &Keys, rows: &[ChangeIn<'_>], replay: bool) -> Result<(), tokio_postgres::Error> {
+/// other exactly as received), checked as `check` says.
+pub(super) async fn write(tx: &Transaction<'_>, keys: &Keys, rows: &[ChangeIn<'_>], check: Check) -> Result<(), tokio_postgres::Error> {
     let (in_ticks, exact): (Vec<&ChangeIn>, Vec<&ChangeIn>) = rows.iter().partition(|r| LevelTicks::of(r.change).is_some());
     for (table, rows) in [(&TICKS, &in_ticks), (&EXACT, &exact)] {
         if rows.is_empty() {
@@ -47,7 +60,11 @@ pub(super) async fn write(tx: &Transaction<'_>, keys: &Keys, rows: &[ChangeIn<'_
         }
         // A replay's rows received after the newest stored row of its span cannot be stored:
         // they are copied straight in, only the others anti-joined.
-        let through = if replay { stored_received_through(tx, table, rows).await? } else { None };
+        if check == Check::All {
+            insert_new(tx, keys, table, rows).await?;
+            continue;
+        }
+        let through = if check == Check::Replay { stored_received_through(tx, table, rows).await? } else { None };
         let Some(through) = through else {
             copy(tx, keys, table, rows).await?;
             continue;

@@ -47,6 +47,7 @@ use tokio_postgres::Transaction;
 use tokio_postgres::error::SqlState;
 
 use super::books::{self, BookSource};
+use super::writers::Fence;
 use super::{DbError, Pool};
 use level_changes::ChangeIn;
 use market_events::EventIn;
@@ -98,13 +99,30 @@ impl<'a> Tables<'a> {
 /// no unique index: for [`Origin::MaybeStored`] only, those received after the newest stored
 /// one of the batch's spans are copied straight in, the rest anti-joined.
 pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], origin: Origin) -> Result<u64, DbError> {
+    Ok(write_batch_fenced(pool, keys, rows, origin, None).await?.expect("no fence to lose"))
+}
+
+/// [`write_batch`] for a slice's writer (`db::writers`): with level changes and a `fence`, the
+/// fence is checked (and held to the commit) in the batch's transaction; `Ok(None)` when it is
+/// gone (another instance took the slice): nothing was written.
+pub async fn write_batch_fenced(pool: &Pool, keys: &Keys, rows: &[Row], origin: Origin, fence: Option<&Fence>) -> Result<Option<u64>, DbError> {
     let t = Tables::of(rows);
     keys.resolve(pool, rows).await?;
     keys.ensure_days(pool, rows).await?;
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
     if !t.changes.is_empty() {
-        level_changes::write(&tx, keys, &t.changes, origin == Origin::MaybeStored).await?;
+        if let Some(fence) = fence {
+            if !super::writers::holds(&tx, fence).await? {
+                return Ok(None);
+            }
+        }
+        let check = match origin {
+            Origin::Live | Origin::Spilled => level_changes::Check::None,
+            Origin::MaybeStored => level_changes::Check::Replay,
+            Origin::Elsewhere => level_changes::Check::All,
+        };
+        level_changes::write(&tx, keys, &t.changes, check).await?;
     }
     // Trades, quotes, tick sizes and stream books have a unique identity. They are copied
     // straight in under one savepoint (a replay's too: spooled rows are mostly new); a unique
@@ -161,7 +179,7 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], origin: Origin)
         super::catalog::apply_stream_lifecycle(&tx, &events).await?;
     }
     tx.commit().await?;
-    Ok(new_trades)
+    Ok(Some(new_trades))
 }
 
 /// Marks, in the batch's transaction, the archive hours of rows old enough that their hour may

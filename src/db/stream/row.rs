@@ -155,4 +155,8 @@ pub enum Origin {
     /// and the spool's truncation), or a batch whose earlier attempt failed without a clear
     /// answer.
     MaybeStored,
+    /// May have been stored by another instance (a takeover of a slice's level changes,
+    /// `db::writers`): its copies have other receive times, so every level change is anti-joined
+    /// on its content; trades take their idempotent path.
+    Elsewhere,
 }

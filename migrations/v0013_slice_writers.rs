@@ -1,0 +1,28 @@
+//! V13: redundant instances of one slice (docs/scaling.md).
+//!
+//! - `stream_writers`: one row per slice (`"i/n"`) whose level changes an instance writes: the
+//!   fencing epoch (raised by each takeover; every batch of level changes checks it in its own
+//!   transaction), the instance that writes, since when, and how far its commits reached (its
+//!   receive clock, reported every few seconds: a takeover compares it with what its standby
+//!   window still holds).
+//! - `stream_instances.slice_role`: `writer` (this instance writes its slice's level changes),
+//!   `standby` (holds them in memory, ready to take over) or `all` (no election: writes all).
+//! - `stream_gaps.instance`: the instance that recorded a gap (NULL: before this release, one
+//!   instance per database). Each instance opens, closes and backfills its own gaps.
+
+pub fn migration() -> String {
+    r#"
+CREATE TABLE stream_writers (
+    slice TEXT PRIMARY KEY,
+    epoch BIGINT NOT NULL,
+    instance TEXT NOT NULL,
+    since TIMESTAMPTZ NOT NULL,
+    committed_through TIMESTAMPTZ
+);
+ALTER TABLE stream_instances ADD COLUMN slice_role TEXT NOT NULL DEFAULT 'standby'
+    CHECK (slice_role IN ('writer', 'standby', 'all'));
+ALTER TABLE stream_gaps ADD COLUMN instance TEXT;
+CREATE INDEX stream_gaps_instance_open ON stream_gaps (instance) WHERE ended_at IS NULL;
+"#
+    .to_string()
+}
