@@ -153,8 +153,7 @@ pub async fn collect(cfg: Config, path: &std::path::Path) -> Result<(), AppError
     // The leader election (several instances on one database: docs/scaling.md).
     let election_cancel = CancellationToken::new();
     let leadership = if cfg.daemon.leader_election {
-        let me =
-            leader::Identity {
+        let me = leader::Identity {
             instance: instance_name(&cfg, path),
             slice: cfg.stream.shard,
             stream: cfg.stream.enabled,

@@ -86,13 +86,9 @@ pub async fn close_at_start(pool: &Pool, instance: &str, now: DateTime<Utc>) -> 
 /// recorded a little longer, never shorter).
 pub async fn last_captured(pool: &Pool, instance: &str) -> Result<Option<DateTime<Utc>>, DbError> {
     let db = pool.get().await?;
-    let others: i64 =
-        db.query_one("SELECT count(*) FROM stream_instances WHERE instance <> $1", &[&instance]).await?.get(0);
+    let others: i64 = db.query_one("SELECT count(*) FROM stream_instances WHERE instance <> $1", &[&instance]).await?.get(0);
     if others > 0 {
-        return Ok(db
-            .query_opt("SELECT heartbeat_at FROM stream_instances WHERE instance = $1", &[&instance])
-            .await?
-            .map(|r| r.get(0)));
+        return Ok(db.query_opt("SELECT heartbeat_at FROM stream_instances WHERE instance = $1", &[&instance]).await?.map(|r| r.get(0)));
     }
     Ok(db.query_one("SELECT max(received_at) FROM book_snapshots WHERE source = 'ws'", &[]).await?.get(0))
 }

@@ -339,12 +339,7 @@ async fn long<T>(
 }
 
 /// This instance's row in `stream_instances`; rows silent for a week are removed.
-async fn heartbeat(
-    client: &tokio_postgres::Client,
-    me: &Identity,
-    leading: bool,
-    slice_role: &str,
-) -> Result<(), tokio_postgres::Error> {
+async fn heartbeat(client: &tokio_postgres::Client, me: &Identity, leading: bool, slice_role: &str) -> Result<(), tokio_postgres::Error> {
     let role = if leading { "leader" } else { "standby" };
     client
         .execute(

@@ -191,3 +191,239 @@ async fn citus_places_every_table() {
     }
     collector::db::partitions::maintain(&pool, collector::clock::today(), Default::default()).await.unwrap();
 }
+
+/// The stream every instance of a test receives: on every asset, every `every`, a level change
+/// (its size says which step: `1.<step>`) and, every fifth step, a trade; until `stop`. Returns
+/// the steps sent.
+fn stream_traffic(
+    ws: FakeWs,
+    assets: Vec<(String, String)>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let t0 = crate::now_ms();
+        let mut step = 0u64;
+        let mut tick = tokio::time::interval(every);
+        while !stop.is_cancelled() {
+            tick.tick().await;
+            for (k, (asset, market)) in assets.iter().enumerate() {
+                let frame = serde_json::json!({"event_type": "price_change", "market": market, "timestamp": (t0 + step).to_string(),
+                    "price_changes": [{"asset_id": asset, "price": "0.5", "size": format!("1.{step:06}"), "side": "BUY",
+                        "hash": format!("{:040x}", step * 64 + k as u64)}]});
+                ws.send_to_asset(asset, &frame.to_string());
+                if step % 5 == 0 {
+                    ws.send_to_asset(asset, &trade_frame(asset, step * 64 + k as u64, t0 + step));
+                }
+            }
+            step += 1;
+        }
+        step
+    })
+}
+
+/// Every level change and trade of `steps` steps on `assets` stored exactly once: the counts of
+/// (asset, step) that are missing and doubled.
+async fn missing_and_doubled(db: &pg::TestDb, assets: &[(String, String)], steps: u64) -> (Vec<String>, Vec<String>) {
+    let c = db.client().await;
+    let rows = c.query("SELECT asset_id, size::text, count(*) FROM price_changes GROUP BY 1, 2", &[]).await.unwrap();
+    let stored: HashMap<(String, String), i64> = rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
+    let (mut missing, mut doubled) = (Vec::new(), Vec::new());
+    for (asset, _) in assets {
+        for step in 0..steps {
+            match stored.get(&(asset.clone(), format!("1.{step:06}"))).copied().unwrap_or(0) {
+                0 => missing.push(format!("{asset}@{step}")),
+                1 => {}
+                n => doubled.push(format!("{asset}@{step}x{n}")),
+            }
+        }
+    }
+    (missing, doubled)
+}
+
+async fn assets_with_markets(db: &pg::TestDb) -> Vec<(String, String)> {
+    let c = db.client().await;
+    let rows = c.query("SELECT token_id, condition_id FROM tokens ORDER BY token_id", &[]).await.unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+fn slice_role(s: &Value) -> &str {
+    s["trade_listener"]["slice_role"].as_str().unwrap_or("")
+}
+
+/// Two instances of one slice (redundant, "0/1"): one writes the level changes, the other
+/// holds them in memory. The writer killed (-9) mid-stream, the other takes over within the
+/// stated bound (the election's retry, 2 s, + a connect, + the takeover's overlap, 2 s) and
+/// from its window: every trade stored once, every level change stored once — none doubled,
+/// none missing, and no takeover gap (its window reached back to the writer's last commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redundant_instance_takes_the_level_changes_over_without_a_hole_or_a_double() {
+    let db = pg::fresh_db().await;
+    let fake = fake_of(4).await;
+    let ws = FakeWs::start().await;
+    let config = |name: &str| format!("instance = \"{name}\"\n{FAST}{FAST_STREAM}");
+    let mut a = Daemon::start_ws(&db, &fake, &ws.url(), &config("a"), &[]).await;
+    eventually(60, "a writes the slice", || async { status_json(&a).await.is_some_and(|s| slice_role(&s) == "writer") }).await;
+    let b = Daemon::start_ws(&db, &fake, &ws.url(), &config("b"), &[]).await;
+    eventually(60, "b stands by with every asset", || async {
+        status_json(&b).await.is_some_and(|s| slice_role(&s) == "standby" && s["trade_listener"]["assets_subscribed"] == 8)
+    })
+    .await;
+    let assets = assets_with_markets(&db).await;
+    assert_eq!(assets.len(), 8);
+    eventually(30, "both carry every asset", || async {
+        ws.with(|s| s.conns.iter().filter(|c| c.alive).map(|c| c.assets.len()).sum::<usize>()) == 16
+    })
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = stream_traffic(ws.clone(), assets.clone(), Duration::from_millis(20), stop.clone());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Only a writes level changes meanwhile; b holds them.
+    let sb = status_json(&b).await.unwrap();
+    assert!(sb["trade_listener"]["standby_window_rows"].as_u64().unwrap() > 0, "{sb}");
+    a.signal(9);
+    let _ = a.exit_code(10).await;
+    let killed = Instant::now();
+    eventually(30, "b took the level changes over", || async {
+        status_json(&b).await.is_some_and(|s| slice_role(&s) == "writer" && s["trade_listener"]["takeovers"].as_u64() >= Some(1))
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_secs(8), "takeover took {took:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    let steps = sender.await.unwrap();
+    eventually(30, "every level change stored", || async { missing_and_doubled(&db, &assets, steps).await.0.is_empty() }).await;
+    let (missing, doubled) = missing_and_doubled(&db, &assets, steps).await;
+    assert!(missing.is_empty() && doubled.is_empty(), "missing {missing:?}, doubled {doubled:?}");
+    let trades = assets.len() as i64 * steps.div_ceil(5) as i64;
+    eventually(30, "every trade stored", || async { db.try_count("SELECT count(*) FROM trades").await == Some(trades) }).await;
+    assert_eq!(db.try_count("SELECT count(DISTINCT (asset_id, tx_hash)) FROM trades").await, Some(trades));
+    assert_eq!(db.try_count("SELECT count(*) FROM stream_gaps WHERE reason LIKE 'takeover%'").await, Some(0), "no takeover gap");
+    assert!(b.log.text().contains("takeover done"), "{}", b.log.text());
+    let c = db.client().await;
+    let w = c.query_one("SELECT instance, epoch FROM stream_writers WHERE slice = '0/1'", &[]).await.unwrap();
+    assert_eq!((w.get::<_, String>(0), w.get::<_, i64>(1)), ("b".to_string(), 2));
+}
+
+/// Three instances replace two while trading ("0/2", "1/2" → "0/3", "1/3", "2/3"): the new ones
+/// hold the markets the old writers still write; each old one stopped, its markets move to
+/// the new owners from their windows. Every level change and trade stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_slices_become_three_while_trading_without_a_hole_or_a_double() {
+    let db = pg::fresh_db().await;
+    let fake = fake_of(12).await;
+    let ws = FakeWs::start().await;
+    let config = |name: &str, shard: &str| format!("instance = \"{name}\"\n{FAST}{FAST_STREAM}shard = \"{shard}\"\n");
+    let mut old = Vec::new();
+    for (name, shard) in [("a", "0/2"), ("b", "1/2")] {
+        old.push(Daemon::start_ws(&db, &fake, &ws.url(), &config(name, shard), &[]).await);
+    }
+    eventually(60, "every asset subscribed", || async { ws.live_assets().len() == 24 }).await;
+    for d in &old {
+        eventually(30, "the old slices written", || async { status_json(d).await.is_some_and(|s| slice_role(&s) == "writer") }).await;
+    }
+    let assets = assets_with_markets(&db).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = stream_traffic(ws.clone(), assets.clone(), Duration::from_millis(25), stop.clone());
+    let mut new = Vec::new();
+    for (name, shard) in [("c", "0/3"), ("d", "1/3"), ("e", "2/3")] {
+        new.push(Daemon::start_ws(&db, &fake, &ws.url(), &config(name, shard), &[]).await);
+    }
+    eventually(60, "the new instances carry every asset too", || async {
+        ws.with(|s| s.conns.iter().filter(|c| c.alive).map(|c| c.assets.len()).sum::<usize>()) == 48
+    })
+    .await;
+    for d in &new {
+        eventually(30, "the new slices taken", || async {
+            status_json(d).await.is_some_and(|s| slice_role(&s) == "writer" && s["trade_listener"]["takeovers"].as_u64() >= Some(1))
+        })
+        .await;
+        // Every market of theirs is an old writer's still: held.
+        let s = status_json(d).await.unwrap();
+        assert!(s["trade_listener"]["standby_window_rows"].as_u64() > Some(0), "{s}");
+    }
+    for mut d in old {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        d.signal(crate::daemon::SIGTERM);
+        assert_eq!(d.exit_code(60).await, 0);
+    }
+    for d in &new {
+        eventually(30, "the old writers' markets taken over", || async {
+            status_json(d)
+                .await
+                .is_some_and(|s| s["trade_listener"]["takeovers"].as_u64() >= Some(2) && s["trade_listener"]["standby_window_rows"] == 0)
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let steps = sender.await.unwrap();
+    eventually(30, "every level change stored", || async { missing_and_doubled(&db, &assets, steps).await.0.is_empty() }).await;
+    let (missing, doubled) = missing_and_doubled(&db, &assets, steps).await;
+    assert!(missing.is_empty() && doubled.is_empty(), "missing {missing:?}, doubled {doubled:?}");
+    let trades = assets.len() as i64 * steps.div_ceil(5) as i64;
+    eventually(30, "every trade stored", || async { db.try_count("SELECT count(*) FROM trades").await == Some(trades) }).await;
+    assert_eq!(db.try_count("SELECT count(DISTINCT (asset_id, tx_hash)) FROM trades").await, Some(trades));
+    assert_eq!(db.try_count("SELECT count(*) FROM stream_writers").await, Some(3), "the old writers retired");
+}
+
+/// The fence: a batch of level changes written under an epoch a takeover has raised (a writer
+/// cut off without knowing it) writes nothing and says so; a takeover waits for a batch in
+/// flight; trades of a batch without level changes need no fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_writers_batch_writes_no_level_change() {
+    use collector::db::stream::{Keys, Origin, Row, write_batch_fenced};
+    use collector::db::writers;
+    use collector::polymarket::decode::Side;
+    use collector::polymarket::ws::LevelChange;
+    let db = pg::fresh_db().await;
+    let pool = db.pool().await;
+    let keys = Keys::default();
+    let slice = Slice::parse("0/1").unwrap();
+    let session = db.client().await;
+    let first = writers::take(&session, &slice, "a").await.unwrap();
+    assert_eq!((first.fence.epoch, first.previous.as_deref()), (1, None));
+    let now = chrono::Utc::now();
+    let change = |size: &str| Row::PriceChange {
+        change: LevelChange {
+            asset_id: "t1".into(),
+            price: "0.5".parse().unwrap(),
+            size: size.parse().unwrap(),
+            side: Side::Buy,
+            hash: None,
+            best_bid: None,
+            best_ask: None,
+        },
+        condition_id: Some("0xc".into()),
+        source_ts: now,
+        received_at: now,
+    };
+    let written = write_batch_fenced(&pool, &keys, &[change("1")], Origin::Live, Some(&first.fence)).await.unwrap();
+    assert_eq!(written, Some(0));
+    writers::report(&session, &first.fence, now).await.unwrap();
+    let second = writers::take(&session, &slice, "b").await.unwrap();
+    assert_eq!(
+        (second.fence.epoch, second.previous.as_deref(), second.previous_committed.map(|t| t.timestamp_micros())),
+        (2, Some("a"), Some(now.timestamp_micros()))
+    );
+    let deposed = write_batch_fenced(&pool, &keys, &[change("2")], Origin::Live, Some(&first.fence)).await.unwrap();
+    assert_eq!(deposed, None, "the old epoch is refused");
+    assert_eq!(db.try_count("SELECT count(*) FROM price_changes").await, Some(1));
+    // The new writer's copy of a row the old one stored is skipped by content.
+    let again = write_batch_fenced(&pool, &keys, &[change("1"), change("3")], Origin::Elsewhere, Some(&second.fence)).await.unwrap();
+    assert_eq!(again, Some(0));
+    assert_eq!(db.try_count("SELECT count(*) FROM price_changes").await, Some(2));
+    // A takeover waits for a batch holding the fence (here: a transaction that checked it).
+    let mut held = db.client().await;
+    let tx = held.transaction().await.unwrap();
+    assert!(writers::holds(&tx, &second.fence).await.unwrap());
+    let taking = tokio::spawn(async move {
+        let s = db.client().await;
+        writers::take(&s, &slice, "c").await.unwrap().fence.epoch
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!taking.is_finished(), "the takeover waits for the batch in flight");
+    tx.commit().await.unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), taking).await.unwrap().unwrap(), 3);
+}

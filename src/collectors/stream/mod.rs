@@ -21,8 +21,8 @@
 
 pub mod book;
 pub mod domain;
-pub mod gate;
 pub mod gaps;
+pub mod gate;
 pub mod handle;
 pub mod latency;
 pub mod maintenance;

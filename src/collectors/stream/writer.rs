@@ -28,9 +28,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::domain::printable;
+use super::gate::Plan;
 use super::sink::{LatencyHistogram, QueueRx, Sink};
 use crate::backoff::{Backoff, rest};
-use super::gate::Plan;
 use crate::db::stream::{Keys, Origin, Row, write_batch, write_batch_fenced};
 use crate::db::{DbError, Pool};
 use crate::errors::error_chain;

@@ -105,7 +105,13 @@ pub async fn write_batch(pool: &Pool, keys: &Keys, rows: &[Row], origin: Origin)
 /// [`write_batch`] for a slice's writer (`db::writers`): with level changes and a `fence`, the
 /// fence is checked (and held to the commit) in the batch's transaction; `Ok(None)` when it is
 /// gone (another instance took the slice): nothing was written.
-pub async fn write_batch_fenced(pool: &Pool, keys: &Keys, rows: &[Row], origin: Origin, fence: Option<&Fence>) -> Result<Option<u64>, DbError> {
+pub async fn write_batch_fenced(
+    pool: &Pool,
+    keys: &Keys,
+    rows: &[Row],
+    origin: Origin,
+    fence: Option<&Fence>,
+) -> Result<Option<u64>, DbError> {
     let t = Tables::of(rows);
     keys.resolve(pool, rows).await?;
     keys.ensure_days(pool, rows).await?;
