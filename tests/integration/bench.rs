@@ -153,8 +153,21 @@ fn bench_extra() -> String {
 }
 
 async fn stream_harness(markets: u64, extra: &str) -> Harness {
+    elected_harness(markets, extra, false).await
+}
+
+/// [`stream_harness`], with the leader election when `election` (the stream then writes its
+/// level changes as its slice's fenced writer, once the takeover is done).
+async fn elected_harness(markets: u64, extra: &str, election: bool) -> Harness {
     let db = pg::fresh_db().await;
-    let h = Harness::start_with(db, markets, &format!("[stream]\nmax_assets_per_connection = 50\nconnect_interval_ms = 10\n{extra}")).await;
+    let section = format!("[stream]\nmax_assets_per_connection = 50\nconnect_interval_ms = 10\n{extra}");
+    let h = Harness::start_elected(db, markets, &section, election).await;
+    if election {
+        crate::eventually(60, "the slice taken", || async {
+            h.sink.gate.role() == "writer" && h.sink.gate.stats.takeovers.load(Ordering::Relaxed) >= 1
+        })
+        .await;
+    }
     let want = (markets * 2) as usize;
     crate::eventually(60, "all assets subscribed and dumped", || async {
         h.ws.live_assets().len() == want
@@ -967,4 +980,58 @@ fn bench_decode_real_mix() {
         m.as_secs_f64(),
         m.as_secs_f64() * 1e6 / rows as f64
     );
+}
+
+/// Issue 24's write-path target: the real mix, socket → committed, written by an instance
+/// alone (no election: level changes unchecked) and by its slice's fenced writer (the daemon's
+/// default: each batch of level changes checks the slice's epoch in its transaction), in
+/// alternating runs of the same burst. Compared in rows per CPU second — the collector's
+/// process (with the in-process fake) plus PostgreSQL's — the target is at most 10 % more
+/// CPU per row for the fenced writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_fenced_writer_vs_alone() {
+    let events: u64 = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    const MARKETS: u64 = 100;
+    let mut per_row: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut rows = 0;
+    for run in 0..RUNS {
+        for (k, election) in [false, true].into_iter().enumerate() {
+            let mut h = elected_harness(MARKETS, &format!("queue_capacity = 2000000\n{}", bench_extra()), election).await;
+            let (frames, n) = shared(real_mix_frames(MARKETS, events, crate::now_ms()));
+            rows = n;
+            let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
+            let (cpu, own) = (pg_cpu(&h.db).await, self_cpu());
+            let t = Instant::now();
+            for (asset, frame) in &frames {
+                assert!(h.ws.send_shared_to_asset(asset, frame));
+            }
+            committed(&h.sink.stats, before, n, 600).await;
+            let wall = t.elapsed();
+            let pg: f64 = pg_cpu_by_kind(&cpu, &pg_cpu(&h.db).await).values().sum();
+            let own = self_cpu() - own;
+            per_row[k].push((pg + own) * 1e6 / n as f64);
+            let stored = h.db.try_count("SELECT count(*) FROM price_changes").await.unwrap_or(0);
+            println!(
+                "BENCH   run {run} {}: {:.2} s wall, PostgreSQL {:.2} s + collector {:.2} s CPU = {:.2} µs/row; level changes stored {stored}",
+                if election { "fenced writer" } else { "alone        " },
+                wall.as_secs_f64(),
+                pg,
+                own,
+                (pg + own) * 1e6 / n as f64
+            );
+            h.stop().await;
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (alone, fenced) = (med(&mut per_row[0]), med(&mut per_row[1]));
+    println!(
+        "BENCH fenced writer vs alone, real mix ({events} events, {rows} rows), CPU (PostgreSQL + collector) per row, medians of {RUNS}:"
+    );
+    println!("BENCH   alone (no election)  : {alone:.2} µs/row = {:.0} rows per CPU second", 1e6 / alone);
+    println!("BENCH   fenced slice writer  : {fenced:.2} µs/row = {:.0} rows per CPU second", 1e6 / fenced);
+    println!("BENCH   cost of the fence    : {:+.1} % per row (target: at most +10 %)", (fenced / alone - 1.0) * 100.0);
 }

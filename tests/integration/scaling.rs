@@ -196,7 +196,7 @@ async fn citus_places_every_table() {
 /// (its size says which step: `1.<step>`) and, every fifth step, a trade; until `stop`. Returns
 /// the steps sent.
 fn stream_traffic(
-    ws: FakeWs,
+    fakes: Vec<FakeWs>,
     assets: Vec<(String, String)>,
     every: Duration,
     stop: tokio_util::sync::CancellationToken,
@@ -211,9 +211,12 @@ fn stream_traffic(
                 let frame = serde_json::json!({"event_type": "price_change", "market": market, "timestamp": (t0 + step).to_string(),
                     "price_changes": [{"asset_id": asset, "price": "0.5", "size": format!("1.{step:06}"), "side": "BUY",
                         "hash": format!("{:040x}", step * 64 + k as u64)}]});
-                ws.send_to_asset(asset, &frame.to_string());
-                if step % 5 == 0 {
-                    ws.send_to_asset(asset, &trade_frame(asset, step * 64 + k as u64, t0 + step));
+                let trade = (step % 5 == 0).then(|| trade_frame(asset, step * 64 + k as u64, t0 + step));
+                for ws in &fakes {
+                    ws.send_to_asset(asset, &frame.to_string());
+                    if let Some(t) = &trade {
+                        ws.send_to_asset(asset, t);
+                    }
                 }
             }
             step += 1;
@@ -276,7 +279,7 @@ async fn a_redundant_instance_takes_the_level_changes_over_without_a_hole_or_a_d
     })
     .await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let sender = stream_traffic(ws.clone(), assets.clone(), Duration::from_millis(20), stop.clone());
+    let sender = stream_traffic(vec![ws.clone()], assets.clone(), Duration::from_millis(20), stop.clone());
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Only a writes level changes meanwhile; b holds them.
     let sb = status_json(&b).await.unwrap();
@@ -325,7 +328,7 @@ async fn two_slices_become_three_while_trading_without_a_hole_or_a_double() {
     }
     let assets = assets_with_markets(&db).await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let sender = stream_traffic(ws.clone(), assets.clone(), Duration::from_millis(25), stop.clone());
+    let sender = stream_traffic(vec![ws.clone()], assets.clone(), Duration::from_millis(25), stop.clone());
     let mut new = Vec::new();
     for (name, shard) in [("c", "0/3"), ("d", "1/3"), ("e", "2/3")] {
         new.push(Daemon::start_ws(&db, &fake, &ws.url(), &config(name, shard), &[]).await);
@@ -426,4 +429,43 @@ async fn a_deposed_writers_batch_writes_no_level_change() {
     assert!(!taking.is_finished(), "the takeover waits for the batch in flight");
     tx.commit().await.unwrap();
     assert_eq!(tokio::time::timeout(Duration::from_secs(10), taking).await.unwrap().unwrap(), 3);
+}
+
+/// A redundant pair, each on its own feed: the writer's connections dropped mid-stream (its
+/// gap: the level changes sent meanwhile never reached it), the standby writes them from its
+/// window into the gap — none missing, none doubled — and says so on the gap's row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_fills_its_writers_gap_from_its_window() {
+    let db = pg::fresh_db().await;
+    let fake = fake_of(4).await;
+    let (ws_a, ws_b) = (FakeWs::start().await, FakeWs::start().await);
+    let config = |name: &str| format!("instance = \"{name}\"\n{FAST}{FAST_STREAM}");
+    let a = Daemon::start_ws(&db, &fake, &ws_a.url(), &config("a"), &[]).await;
+    eventually(60, "a writes the slice", || async { status_json(&a).await.is_some_and(|s| slice_role(&s) == "writer") }).await;
+    let b = Daemon::start_ws(&db, &fake, &ws_b.url(), &config("b"), &[]).await;
+    eventually(60, "both carry every asset", || async { ws_a.live_assets().len() == 8 && ws_b.live_assets().len() == 8 }).await;
+    eventually(30, "b stands by", || async { status_json(&b).await.is_some_and(|s| slice_role(&s) == "standby") }).await;
+    let assets = assets_with_markets(&db).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = stream_traffic(vec![ws_a.clone(), ws_b.clone()], assets.clone(), Duration::from_millis(20), stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ws_a.drop_all();
+    eventually(30, "a reconnected", || async { ws_a.live_assets().len() == 8 }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let steps = sender.await.unwrap();
+    eventually(30, "the writer's gap filled by b", || async {
+        db.try_count(
+            "SELECT count(*) FROM stream_gaps WHERE instance = 'a' AND filled_by = 'b' AND filled_rows > 0 AND filled_from <= started_at",
+        )
+        .await
+            >= Some(1)
+    })
+    .await;
+    eventually(30, "every level change stored", || async { missing_and_doubled(&db, &assets, steps).await.0.is_empty() }).await;
+    let (missing, doubled) = missing_and_doubled(&db, &assets, steps).await;
+    assert!(missing.is_empty() && doubled.is_empty(), "missing {missing:?}, doubled {doubled:?}");
+    let sb = status_json(&b).await.unwrap();
+    assert!(sb["trade_listener"]["level_changes_filled"].as_u64() > Some(0), "{sb}");
+    assert_eq!(slice_role(&sb), "standby");
 }

@@ -46,6 +46,12 @@ impl Harness {
 
     /// Like `start`, with the whole `[stream]` section given.
     pub async fn start_with(db: pg::TestDb, markets: u64, stream_section: &str) -> Harness {
+        Self::start_elected(db, markets, stream_section, false).await
+    }
+
+    /// Like `start_with`; with `election`, the leader election runs (as in the daemon) and the
+    /// stream writes its level changes as its slice's fenced writer (`db::writers`).
+    pub async fn start_elected(db: pg::TestDb, markets: u64, stream_section: &str, election: bool) -> Harness {
         let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("collector=info,warn").try_init();
         let http = Fake::start().await;
         http.with(|s| s.events = (0..markets).map(|e| fake::event(e, 1)).collect());
@@ -69,7 +75,17 @@ impl Harness {
             stall_timeout: cfg.daemon.stall_timeout,
             fault_spec: None,
             archive: cfg.archive.enabled.then(|| cfg.archive.clone()),
-            leadership: collector::db::leader::Leadership::always(),
+            leadership: if election {
+                let me = collector::db::leader::Identity {
+                    instance: "test".into(),
+                    slice: cfg.stream.shard,
+                    stream: true,
+                    started_at: chrono::Utc::now(),
+                };
+                collector::db::leader::spawn(cfg.database.clone(), me, CancellationToken::new())
+            } else {
+                collector::db::leader::Leadership::always()
+            },
             instance: "test".into(),
         })
         .await

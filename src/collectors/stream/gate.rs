@@ -49,6 +49,8 @@ pub struct GateStats {
     pub handed_over: AtomicU64,
     /// Takeovers done (the slice, or markets of a writer of another slice count).
     pub takeovers: AtomicU64,
+    /// Level changes a standby wrote from its window into its writer's gaps.
+    pub filled: AtomicU64,
 }
 
 struct State {
@@ -270,6 +272,21 @@ impl Gate {
             self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
         }
         rows
+    }
+
+    /// Copies of the held level changes of `assets` received from `from` to `to`, and the
+    /// oldest receive time the window holds (how far back it reaches).
+    pub fn copy_window(&self, assets: &HashSet<&str>, from: DateTime<Utc>, to: DateTime<Utc>) -> (Vec<Row>, Option<DateTime<Utc>>) {
+        let st = self.lock();
+        let oldest = st.window.front().map(|(r, _)| r.received_at());
+        let rows = st
+            .window
+            .iter()
+            .map(|(r, _)| r)
+            .filter(|r| (from..=to).contains(&r.received_at()) && r.asset().is_some_and(|a| assets.contains(a)))
+            .cloned()
+            .collect();
+        (rows, oldest)
     }
 
     /// What the window let go while held since the last call — (oldest, newest) receive time

@@ -234,6 +234,8 @@ stream_health! {
     Counter level_changes_handed_over = |m| get(&m.sink.gate.stats.handed_over);
     /// Takeovers of level changes (the slice, or markets of a writer of another slice count)
     Counter takeovers = |m| get(&m.sink.gate.stats.takeovers);
+    /// Level changes this standby wrote from its window into its writer's gaps
+    Counter level_changes_filled = |m| get(&m.sink.gate.stats.filled);
 }
 
 impl StreamMonitor {

@@ -11,9 +11,16 @@
 //! - if the window let rows go that the previous writer's commits did not reach, that interval
 //!   is recorded as a gap over their assets: no instance stored them.
 //!
+//! A standby also fills its writer's gaps: a closed gap of the writer (a reconnect, a stall)
+//! is claimed by one standby of the slice ([`FILL_SETTLED`] after it closed, while its window
+//! still reaches it), which writes its own copies of the gap's level changes through the
+//! anti-join and records on the gap how many and from when (`stream_gaps.filled_*`). So a
+//! slice's level changes are missing only where no instance received them.
+//!
 //! It also hands the writer's "committed through" to the election, which reports it in
 //! `stream_writers` for the next takeover's comparison.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,13 +32,18 @@ use super::StreamCtx;
 use super::gaps::GapEvent;
 use super::writer::{REPEATS, Writer};
 use crate::backoff::{Backoff, rest};
+use crate::db::gaps as db_gaps;
 use crate::db::leader::{Leadership, SliceRole};
-use crate::db::stream::{Origin, Row};
+use crate::db::stream::{Origin, Row, write_batch};
 use crate::db::writers::Foreign;
 
 /// How long a takeover holds everything before writing its window: the most one instance's
 /// feed is assumed to lag another's.
 pub const OVERLAP: Duration = Duration::from_secs(2);
+
+/// A writer's gap is filled this long after it closed: the writer's rows around its end are
+/// committed by then (the anti-join then skips them).
+pub const FILL_SETTLED: Duration = Duration::from_secs(3);
 
 /// Delays between attempts to write a takeover's window.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -62,6 +74,7 @@ impl Takeover {
                     if gate.fence().is_some() || gate.starting() {
                         gate.stand_by();
                     }
+                    self.fill_writer_gaps().await;
                 }
                 SliceRole::Writer { taken, foreign } => {
                     let slices: Vec<_> = foreign.iter().map(|f| f.slice).collect();
@@ -121,6 +134,44 @@ impl Takeover {
         }
         tracing::info!(message_id = crate::journal::LIFECYCLE, fence = ?gate.fence(), "takeover done: this instance writes its level changes");
         true
+    }
+
+    /// A standby: writes the level changes of its writer's recent gaps from its window.
+    async fn fill_writer_gaps(&self) {
+        let (writer, cfg) = (&self.writer, &self.ctx.cfg);
+        let claimed =
+            db_gaps::claim_writer_gaps(&writer.pool, &self.instance, &cfg.shard.to_string(), FILL_SETTLED, cfg.standby_window).await;
+        let gaps = match claimed {
+            Ok(gaps) => gaps,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look for the writer's gaps: {e}");
+                return;
+            }
+        };
+        for gap in gaps {
+            let assets: HashSet<&str> = gap.assets.iter().map(String::as_str).collect();
+            let margin = chrono::Duration::from_std(OVERLAP).expect("small");
+            let (rows, oldest) = writer.sink.gate.copy_window(&assets, gap.started_at - margin, gap.ended_at + margin);
+            let reached = oldest.map_or(gap.ended_at, |o| o.max(gap.started_at));
+            let mut written = Ok(());
+            for chunk in rows.chunks(writer.batch_size.max(1)) {
+                written = write_batch(&writer.pool, &writer.keys, chunk, Origin::Elsewhere).await.map(|_| ());
+                if written.is_err() {
+                    break;
+                }
+            }
+            let outcome = written.is_ok().then_some((rows.len() as i32, reached));
+            if let Err(e) = &written {
+                tracing::warn!(gap_id = gap.id, error = %e, "cannot fill the writer's gap from this standby's window (given back): {e}");
+            } else {
+                writer.sink.gate.stats.filled.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                tracing::info!(message_id = crate::journal::GAP_CLOSED, gap_id = gap.id, rows = rows.len(), from = %reached,
+                    "the writer's gap {}: {} level changes written from this standby's window", gap.id, rows.len());
+            }
+            if let Err(e) = db_gaps::set_filled(&writer.pool, gap.id, outcome).await {
+                tracing::warn!(gap_id = gap.id, error = %e, "cannot record the fill of a gap: {e}");
+            }
+        }
     }
 
     /// Writes held level changes through the anti-join, retrying; `false` at the stop (what is
