@@ -270,7 +270,7 @@ async fn slice_writer(client: &tokio_postgres::Client, me: &Identity, tx: &Roles
     if let SliceRole::Writer { taken, foreign } = current {
         let through = tx.committed_us.load(Ordering::Relaxed);
         if let Some(through) = DateTime::from_timestamp_micros(through).filter(|_| through > 0) {
-            quick(writers::report(client, &taken.fence, through)).await?;
+            quick(writers::report(client, &me.instance, through)).await?;
         }
         let now = live_foreign(client, me, taken.since).await?;
         if now != foreign {

@@ -46,14 +46,17 @@ pub struct Taken {
 pub async fn take(client: &Client, slice: &Slice, instance: &str) -> Result<Taken, tokio_postgres::Error> {
     let slice = slice.to_string();
     let previous = client
-        .query_opt("SELECT instance, committed_through FROM stream_writers WHERE slice = $1", &[&slice])
+        .query_opt(
+            "SELECT w.instance, i.committed_through FROM stream_writers w LEFT JOIN stream_instances i USING (instance) WHERE w.slice = $1",
+            &[&slice],
+        )
         .await?
         .map(|r| (r.get::<_, String>(0), r.get::<_, Option<DateTime<Utc>>>(1)));
     let row = client
         .query_one(
             "INSERT INTO stream_writers (slice, epoch, instance, since) VALUES ($1, 1, $2, now())
              ON CONFLICT (slice) DO UPDATE SET epoch = stream_writers.epoch + 1, instance = EXCLUDED.instance,
-               since = EXCLUDED.since, committed_through = NULL
+               since = EXCLUDED.since
              RETURNING epoch, since",
             &[&slice, &instance],
         )
@@ -63,12 +66,14 @@ pub async fn take(client: &Client, slice: &Slice, instance: &str) -> Result<Take
     Ok(Taken { fence: Fence { slice, epoch }, since, previous, previous_committed })
 }
 
-/// Reports how far the writer's commits reached (its receive clock).
-pub async fn report(client: &Client, fence: &Fence, through: DateTime<Utc>) -> Result<(), tokio_postgres::Error> {
+/// Reports how far this instance's commits reached (its receive clock), in its
+/// `stream_instances` row — not on the fenced row, which every batch holds `FOR SHARE` (an
+/// update there would wait for them, and they for it).
+pub async fn report(client: &Client, instance: &str, through: DateTime<Utc>) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "UPDATE stream_writers SET committed_through = greatest(committed_through, $3) WHERE slice = $1 AND epoch = $2",
-            &[&fence.slice, &fence.epoch, &through],
+            "UPDATE stream_instances SET committed_through = greatest(committed_through, $2) WHERE instance = $1",
+            &[&instance, &through],
         )
         .await?;
     Ok(())
@@ -84,7 +89,9 @@ pub struct Foreign {
 
 /// The writers recorded for slices of another count than `count`.
 pub async fn foreign(client: &Client, count: u32) -> Result<Vec<Foreign>, tokio_postgres::Error> {
-    let rows = client.query("SELECT slice, since, committed_through FROM stream_writers", &[]).await?;
+    let rows = client
+        .query("SELECT w.slice, w.since, i.committed_through FROM stream_writers w LEFT JOIN stream_instances i USING (instance)", &[])
+        .await?;
     Ok(rows
         .iter()
         .filter_map(|r| {

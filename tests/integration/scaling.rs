@@ -404,7 +404,11 @@ async fn a_deposed_writers_batch_writes_no_level_change() {
     };
     let written = write_batch_fenced(&pool, &keys, &[change("1")], Origin::Live, Some(&first.fence)).await.unwrap();
     assert_eq!(written, Some(0));
-    writers::report(&session, &first.fence, now).await.unwrap();
+    session
+        .execute("INSERT INTO stream_instances (instance, slice, role, version, started_at, heartbeat_at) VALUES ('a', '0/1', 'leader', 'x', now(), now())", &[])
+        .await
+        .unwrap();
+    writers::report(&session, "a", now).await.unwrap();
     let second = writers::take(&session, &slice, "b").await.unwrap();
     assert_eq!(
         (second.fence.epoch, second.previous.as_deref(), second.previous_committed.map(|t| t.timestamp_micros())),
