@@ -171,7 +171,9 @@ pub async fn owed(pool: &Pool, instance: &str, planned_max: std::time::Duration)
 
 /// Claims for `instance` (a standby of `slice`) the closed unplanned gaps of the slice's
 /// current writer that ended between `settled` and `reach` ago and no standby filled yet: their
-/// level changes may be in the standby's memory window (`collectors::stream::takeover`).
+/// level changes may be in the standby's memory window (`collectors::stream::takeover`). Gaps
+/// begun over an hour ago are left (the index on `started_at` bounds the look; a window holds
+/// minutes at most).
 pub async fn claim_writer_gaps(
     pool: &Pool,
     instance: &str,
@@ -186,6 +188,7 @@ pub async fn claim_writer_gaps(
              FROM stream_writers w
              WHERE w.slice = $2 AND g.instance = w.instance AND g.instance <> $1 AND g.filled_by IS NULL AND NOT g.planned
                AND g.ended_at IS NOT NULL AND g.ended_at < now() - make_interval(secs => $3) AND g.ended_at > now() - make_interval(secs => $4)
+               AND g.started_at > now() - interval '1 hour'
              RETURNING g.id, g.assets, g.started_at, g.ended_at",
             &[&instance, &slice, &settled.as_secs_f64(), &reach.as_secs_f64()],
         )

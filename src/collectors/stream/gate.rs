@@ -69,6 +69,8 @@ struct State {
     inherited_elsewhere: bool,
     /// This run lost the slice once: rows it spooled may have been written by another.
     lost_once: bool,
+    /// The fence a batch found gone (the election may still announce it for a moment).
+    deposed: Option<Fence>,
 }
 
 /// How the writer stores a batch now.
@@ -107,6 +109,7 @@ impl Gate {
                 evicted_assets: HashSet::new(),
                 inherited_elsewhere: false,
                 lost_once: false,
+                deposed: None,
             }),
             max_bytes: max_bytes.max(1),
             max_age: chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX),
@@ -225,8 +228,14 @@ impl Gate {
             st.mode = Mode::Standby;
             st.lost_once = true;
             st.taking_over = false;
+            st.deposed = Some(fence.clone());
             self.open.store(false, Ordering::Release);
         }
+    }
+
+    /// Whether a batch found `fence` gone already (no takeover under it again).
+    pub fn deposed(&self, fence: &Fence) -> bool {
+        self.lock().deposed.as_ref() == Some(fence)
     }
 
     /// Starts a takeover: this instance writes under `fence`, but for the markets of `foreign`
@@ -424,6 +433,7 @@ mod tests {
         assert_eq!(g.plan(Origin::Spilled).origin, Origin::Spilled);
         g.fenced_out(&fence());
         assert!(g.plan(Origin::Live).strip);
+        assert!(g.deposed(&fence()));
         g.begin(Fence { slice: "0/1".into(), epoch: 3 }, vec![], false);
         g.finish();
         assert_eq!(g.plan(Origin::Spilled).origin, Origin::Elsewhere, "spooled before it lost the slice");

@@ -78,7 +78,9 @@ impl Takeover {
                 }
                 SliceRole::Writer { taken, foreign } => {
                     let slices: Vec<_> = foreign.iter().map(|f| f.slice).collect();
-                    if gate.fence().as_ref() != Some(&taken.fence) {
+                    if gate.deposed(&taken.fence) {
+                        // A batch found this fence gone: the election steps down shortly.
+                    } else if gate.fence().as_ref() != Some(&taken.fence) {
                         let elsewhere = taken.previous.as_deref().is_some_and(|p| p != self.instance);
                         gate.begin(taken.fence.clone(), slices, elsewhere);
                         let previous = taken.previous.as_ref().and(taken.previous_committed);
