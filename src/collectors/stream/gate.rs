@@ -394,7 +394,7 @@ mod tests {
         let g = Gate::new(Mode::Standby, 1 << 20, Duration::from_secs(30));
         g.route(vec![change("a", "0xm", 0)]);
         g.route(vec![change("b", "0xm", 10_000)]);
-        g.route(vec![change("c", "0xm", 40_000)]);
+        g.route(vec![change("c", "0xm", 45_000)]);
         assert_eq!(g.stats.window_rows.load(Ordering::Relaxed), 1, "older than 30 s let go");
         assert_eq!(g.stats.evicted_rows.load(Ordering::Relaxed), 2);
         let (from, to, assets) = g.take_evicted().unwrap();
