@@ -180,12 +180,13 @@ async fn run(cfg: DatabaseConfig, me: Identity, tx: Roles, cancel: CancellationT
     step_down(&tx, "stopping");
 }
 
+/// The session ended: the shared work stops. The slice role stays: a writer cut off from the
+/// database (its restart, a network cut) goes on queueing and spooling its level changes, as
+/// an instance alone always did; its fence refuses them if another instance took the slice
+/// meanwhile, and the next session finds out which ([`slice_writer`]).
 fn step_down(tx: &Roles, why: &str) {
     if tx.leader.send_replace(false) {
         tracing::warn!(message_id = crate::journal::LIFECYCLE, "no longer the leader ({why}): the shared work stops here");
-    }
-    if matches!(tx.slice.send_replace(SliceRole::Standby), SliceRole::Writer { .. }) {
-        tracing::warn!(message_id = crate::journal::LIFECYCLE, "no longer the writer of this slice's level changes ({why}): holding them");
     }
 }
 
@@ -208,6 +209,8 @@ async fn session(client: &tokio_postgres::Client, me: &Identity, tx: &Roles, can
         return;
     }
     let mut last_beat: Option<tokio::time::Instant> = None;
+    // Whether this session holds the slice writer's lock.
+    let mut holds_slice = false;
     loop {
         let leading = *tx.leader.borrow();
         let granted = if leading {
@@ -234,7 +237,7 @@ async fn session(client: &tokio_postgres::Client, me: &Identity, tx: &Roles, can
         }
         if me.stream {
             // A takeover waits for the previous writer's batches in flight: bounded apart.
-            if let Err(e) = slice_writer(client, me, tx).await {
+            if let Err(e) = slice_writer(client, me, tx, &mut holds_slice).await {
                 tracing::warn!("slice writer's database session: {e}: stepping down");
                 return;
             }
@@ -262,31 +265,43 @@ async fn session(client: &tokio_postgres::Client, me: &Identity, tx: &Roles, can
     }
 }
 
-/// One round of the slice writer's part: a standby tries the slice's lock and, granted, takes
-/// the slice over (`writers::take`); the writer reports how far its commits reached and follows
-/// the writers of other slice counts (retiring those whose lock is free).
-async fn slice_writer(client: &tokio_postgres::Client, me: &Identity, tx: &Roles) -> Result<(), String> {
+/// One round of the slice writer's part. Holding the slice's lock (`held`): report how far
+/// the commits reached and follow the writers of other slice counts (retiring those whose lock
+/// is free). Not holding it: try it; granted, take the slice (`writers::take`) — or, when this
+/// instance wrote it under an epoch nobody raised since (its session was lost, not the
+/// slice), go on under that epoch; refused, another instance writes the slice: stand by.
+async fn slice_writer(client: &tokio_postgres::Client, me: &Identity, tx: &Roles, held: &mut bool) -> Result<(), String> {
     let current = tx.slice.borrow().clone();
-    if let SliceRole::Writer { taken, foreign } = current {
-        let through = tx.committed_us.load(Ordering::Relaxed);
-        if let Some(through) = DateTime::from_timestamp_micros(through).filter(|_| through > 0) {
-            quick(writers::report(client, &me.instance, through)).await?;
-        }
-        let now = live_foreign(client, me, taken.since).await?;
-        if now != foreign {
-            tx.slice.send_replace(SliceRole::Writer { taken, foreign: now });
+    if *held {
+        if let SliceRole::Writer { taken, foreign } = current {
+            let through = tx.committed_us.load(Ordering::Relaxed);
+            if let Some(through) = DateTime::from_timestamp_micros(through).filter(|_| through > 0) {
+                quick(writers::report(client, &me.instance, through)).await?;
+            }
+            let now = live_foreign(client, me, taken.since).await?;
+            if now != foreign {
+                tx.slice.send_replace(SliceRole::Writer { taken, foreign: now });
+            }
         }
         return Ok(());
     }
     let key = writers::lock_key(&me.slice);
     let granted: bool = quick(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])).await?.get(0);
     if !granted {
-        if current == SliceRole::Starting {
+        if current != SliceRole::Standby {
             tracing::info!(message_id = crate::journal::LIFECYCLE, slice = %me.slice,
                 "another instance writes the level changes of slice {}: standing by with them in memory", me.slice);
             tx.slice.send_replace(SliceRole::Standby);
         }
         return Ok(());
+    }
+    *held = true;
+    if let SliceRole::Writer { taken, .. } = &current {
+        if quick(writers::still_ours(client, &taken.fence, &me.instance)).await? {
+            tracing::info!(message_id = crate::journal::LIFECYCLE, slice = %me.slice, epoch = taken.fence.epoch,
+                "slice writer's lock held again, nobody wrote the slice meanwhile: going on");
+            return Ok(());
+        }
     }
     let taken = long(client, writers::take(client, &me.slice, &me.instance)).await?;
     let foreign = live_foreign(client, me, taken.since).await?;

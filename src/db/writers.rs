@@ -66,6 +66,18 @@ pub async fn take(client: &Client, slice: &Slice, instance: &str) -> Result<Take
     Ok(Taken { fence: Fence { slice, epoch }, since, previous, previous_committed })
 }
 
+/// Whether `fence` is still `instance`'s: nobody took the slice since (a writer whose session
+/// was lost and is back goes on under its epoch, its queued batches valid).
+pub async fn still_ours(client: &Client, fence: &Fence, instance: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM stream_writers WHERE slice = $1 AND epoch = $2 AND instance = $3",
+            &[&fence.slice, &fence.epoch, &instance],
+        )
+        .await?
+        .is_some())
+}
+
 /// Reports how far this instance's commits reached (its receive clock), in its
 /// `stream_instances` row — not on the fenced row, which every batch holds `FOR SHARE` (an
 /// update there would wait for them, and they for it).
