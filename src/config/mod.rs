@@ -187,7 +187,8 @@ pub struct StreamConfig {
     pub queue_max_bytes: usize,
     /// While another instance of this slice writes its level changes (docs/scaling.md), the
     /// last this-many seconds of them are held in memory to take over from. Default 30 s (a
-    /// takeover after a kill takes ~2–4 s, after a network cut ~16 s).
+    /// takeover after a kill takes ~2–4 s, after a network cut ~16 s). At least 5 s: a takeover
+    /// holds everything for its 2 s overlap.
     pub standby_window: Duration,
     /// The standby window's bound in memory (MiB, about). Default 128 MiB (30 s of level
     /// changes at ~28,000 a second; a slice of the universe needs less).

@@ -163,7 +163,7 @@ impl Config {
             store_price_changes: s.bool("store_price_changes", true),
             queue_capacity: s.int("queue_capacity", 100_000, 1, 100_000_000) as usize,
             queue_max_bytes: s.int("queue_max_mib", 256, 1, 1_048_576) as usize * (1 << 20),
-            standby_window: s.secs("standby_window_secs", 30, 1, 3600),
+            standby_window: s.secs("standby_window_secs", 30, 5, 3600),
             standby_window_bytes: s.int("standby_window_mib", 128, 1, 1_048_576) as usize * (1 << 20),
             batch_size: s.int("batch_size", 10_000, 1, 1_000_000) as usize,
             flush_interval: s.millis("flush_interval_ms", 50, 1, 60_000),
