@@ -373,6 +373,18 @@ async fn heartbeat(client: &tokio_postgres::Client, me: &Identity, leading: bool
 mod tests {
     use super::*;
 
+    /// The leader's key is "collectr" in ASCII (high bit clear); every slice writer's has the
+    /// high bit set: never the same lock.
+    #[test]
+    fn the_leaders_key_is_no_writers() {
+        for n in 1..=8u32 {
+            for i in 0..n {
+                assert_ne!(writers::lock_key(&Slice { index: i, count: n }), LOCK_KEY);
+            }
+        }
+        assert_eq!(&LOCK_KEY.to_be_bytes(), b"collectr");
+    }
+
     #[tokio::test]
     async fn a_standby_waits_until_it_leads_and_stays_waiting_once_the_election_ends() {
         let mut always = Leadership::always();

@@ -292,6 +292,7 @@ async fn a_redundant_instance_takes_the_level_changes_over_without_a_hole_or_a_d
     })
     .await;
     let took = killed.elapsed();
+    println!("the standby took the level changes over {took:?} after the kill");
     assert!(took <= Duration::from_secs(8), "takeover took {took:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.cancel();
