@@ -166,6 +166,8 @@ async fn run(cfg: DatabaseConfig, me: Identity, tx: Roles, cancel: CancellationT
             Ok((client, conn)) => {
                 let conn = tokio::spawn(conn);
                 session(&client, &me, &tx, &cancel).await;
+                // The shared work stops first: this session no longer answers for it.
+                step_down(&tx, "its database session ended");
                 // Ends the session: the server frees the lock at once for another instance.
                 drop(client);
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;

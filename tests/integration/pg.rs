@@ -266,6 +266,9 @@ impl Drop for PrivateCluster {
 pub struct HangingProxy {
     pub port: u16,
     hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set: every connection through the proxy is closed on the server's side (as the server
+    /// drops sessions whose peer went silent: `tcp_user_timeout`, keepalives).
+    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl HangingProxy {
@@ -274,17 +277,33 @@ impl HangingProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let h = hang.clone();
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, d) = (hang.clone(), dropped.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let Ok(unix) = tokio::net::UnixStream::connect(&socket).await else { continue };
                 let (tr, tw) = tcp.into_split();
                 let (ur, uw) = unix.into_split();
-                pipe(tr, uw, h.clone());
-                pipe(ur, tw, h.clone());
+                pipe(tr, uw, h.clone(), d.clone());
+                pipe(ur, tw, h.clone(), d.clone());
             }
         });
-        HangingProxy { port, hang }
+        HangingProxy { port, hang, dropped }
+    }
+
+    /// A network cut as the server lives it: every byte held from now on, and after
+    /// `server_drops_after` the server's side of every connection closed (the sessions end,
+    /// their advisory locks are freed). New connections made after that pass again.
+    pub fn cut(&self, server_drops_after: Duration) {
+        self.hang(true);
+        let (hang, dropped) = (self.hang.clone(), self.dropped.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(server_drops_after).await;
+            dropped.store(true, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            dropped.store(false, std::sync::atomic::Ordering::SeqCst);
+            hang.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
     }
 
     /// Connection string for the collector (plain TCP through the proxy).
@@ -298,21 +317,38 @@ impl HangingProxy {
     }
 }
 
-/// Copies `r` to `w`, holding the bytes while `hang` is set.
-fn pipe<R, W>(mut r: R, mut w: W, hang: std::sync::Arc<std::sync::atomic::AtomicBool>)
-where
+/// Copies `r` to `w`, holding the bytes while `hang` is set; ends (closing both) when
+/// `dropped` is set.
+fn pipe<R, W>(
+    mut r: R,
+    mut w: W,
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    use std::sync::atomic::Ordering::SeqCst;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
+            let n = tokio::select! {
+                r = r.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if dropped.load(SeqCst) {
+                        return;
+                    }
+                    continue;
+                }
             };
-            while hang.load(std::sync::atomic::Ordering::SeqCst) {
+            while hang.load(SeqCst) {
+                if dropped.load(SeqCst) {
+                    return;
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             if w.write_all(&buf[..n]).await.is_err() {

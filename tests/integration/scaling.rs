@@ -521,3 +521,44 @@ async fn a_writer_alone_keeps_its_level_changes_through_a_database_restart() {
     assert_eq!(db.try_count("SELECT epoch FROM stream_writers WHERE slice = '0/1'").await, Some(1), "went on under its epoch");
     assert!(a.log.text().contains("going on"), "{}", a.log.text());
 }
+
+async fn role(d: &Daemon) -> String {
+    status_json(d).await.map(|s| s["role"].as_str().unwrap_or("").to_string()).unwrap_or_default()
+}
+
+/// A leader cut off the network (every byte held, as a dead link does): it steps down when its
+/// session stops answering (a check every 2 s, 3 s to answer), long before the server drops
+/// that session (`db::leader::SERVER_DROPS_AFTER`, simulated by the proxy); only then does the
+/// other instance lead (within its 2 s retry) — never two leaders at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_the_network_steps_down_before_another_leads() {
+    use collector::db::leader::SERVER_DROPS_AFTER;
+    let cluster = pg::PrivateCluster::start();
+    let proxy = pg::HangingProxy::start(&cluster).await;
+    let fake = fake_of(4).await;
+    let config = |name: &str| format!("instance = \"{name}\"\n{FAST}[stream]\nenabled = false\n");
+    let a = Daemon::start(&proxy.test_db(), &fake, &config("a"), &[]).await;
+    eventually(30, "a leads", || async { role(&a).await == "leader" }).await;
+    let b = Daemon::start(&cluster.test_db(), &fake, &config("b"), &[]).await;
+    eventually(30, "b stands by", || async { role(&b).await == "standby" }).await;
+    let cut = Instant::now();
+    proxy.cut(SERVER_DROPS_AFTER);
+    let (mut a_down, mut b_up) = (None, None);
+    while cut.elapsed() < Duration::from_secs(40) && b_up.is_none() {
+        let (ra, rb) = (role(&a).await, role(&b).await);
+        assert!(!(ra == "leader" && rb == "leader"), "two leaders {:?} after the cut", cut.elapsed());
+        if a_down.is_none() && ra == "standby" {
+            a_down = Some(cut.elapsed());
+        }
+        if rb == "leader" {
+            b_up = Some(cut.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (a_down, b_up) = (a_down.expect("a stepped down"), b_up.expect("b leads"));
+    println!("cut off: a stepped down after {a_down:?}, b leads after {b_up:?} (the server dropped a's session at {SERVER_DROPS_AFTER:?})");
+    // The bound is 5 s (a check every 2 s, 3 s to answer); the rest is this poll's slack.
+    assert!(a_down <= Duration::from_secs(7), "a stepped down after {a_down:?}");
+    assert!(b_up >= SERVER_DROPS_AFTER && b_up <= SERVER_DROPS_AFTER + Duration::from_secs(5), "b led after {b_up:?}");
+    assert!(a.log.text().contains("stepping down"), "{}", a.log.text());
+}
