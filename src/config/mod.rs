@@ -190,8 +190,9 @@ pub struct StreamConfig {
     /// takeover after a kill takes ~2–4 s, after a network cut ~16 s). At least 5 s: a takeover
     /// holds everything for its 2 s overlap.
     pub standby_window: Duration,
-    /// The standby window's bound in memory (MiB, about). Default 128 MiB (30 s of level
-    /// changes at ~28,000 a second; a slice of the universe needs less).
+    /// The standby window's bound in memory (MiB, about; a held level change takes ~330
+    /// bytes). Default 512 MiB: 30 s of the whole universe's ~45,000 level changes a second
+    /// (a slice of it needs less). Used only while standing by.
     pub standby_window_bytes: usize,
     /// Rows per database transaction: a batch closes once it holds this many (a frame's
     /// rows travel together, so its last frame may take it a little past). Default 10,000 (two batches are written at a

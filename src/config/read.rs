@@ -164,7 +164,7 @@ impl Config {
             queue_capacity: s.int("queue_capacity", 100_000, 1, 100_000_000) as usize,
             queue_max_bytes: s.int("queue_max_mib", 256, 1, 1_048_576) as usize * (1 << 20),
             standby_window: s.secs("standby_window_secs", 30, 5, 3600),
-            standby_window_bytes: s.int("standby_window_mib", 128, 1, 1_048_576) as usize * (1 << 20),
+            standby_window_bytes: s.int("standby_window_mib", 512, 1, 1_048_576) as usize * (1 << 20),
             batch_size: s.int("batch_size", 10_000, 1, 1_000_000) as usize,
             flush_interval: s.millis("flush_interval_ms", 50, 1, 60_000),
             spool_dir: PathBuf::from(s.string("spool_dir", &default_spool.display().to_string())),
