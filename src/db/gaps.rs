@@ -17,6 +17,11 @@ pub struct GapRow {
     pub ended_at: DateTime<Utc>,
 }
 
+/// A gap read back as `RETURNING id, assets, started_at, ended_at` (or selected so).
+fn gap_row(r: &tokio_postgres::Row) -> GapRow {
+    GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }
+}
+
 /// Opens an unplanned gap for connection `conn` unless one is open for it already. Returns
 /// the new gap's id, or `None` when one was open.
 pub async fn open(
@@ -51,7 +56,7 @@ pub async fn close(pool: &Pool, instance: &str, conn: i32, at: DateTime<Utc>) ->
             &[&conn, &at, &instance],
         )
         .await?;
-    Ok(row.map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }))
+    Ok(row.as_ref().map(gap_row))
 }
 
 /// At start: closes the planned gap of the last clean stop and the per-connection gaps a
@@ -66,7 +71,7 @@ pub async fn close_at_start(pool: &Pool, instance: &str, now: DateTime<Utc>) -> 
             &[&now, &instance],
         )
         .await?;
-    let planned = planned.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect();
+    let planned = planned.iter().map(gap_row).collect();
     let crashed = db
         .query(
             "UPDATE stream_gaps SET ended_at = greatest($1, started_at)
@@ -75,7 +80,7 @@ pub async fn close_at_start(pool: &Pool, instance: &str, now: DateTime<Utc>) -> 
             &[&now, &instance],
         )
         .await?;
-    let crashed = crashed.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect();
+    let crashed = crashed.iter().map(gap_row).collect();
     Ok((planned, crashed))
 }
 
@@ -166,7 +171,7 @@ pub async fn owed(pool: &Pool, instance: &str, planned_max: std::time::Duration)
             &[&instance],
         )
         .await?;
-    Ok(rows.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect())
+    Ok(rows.iter().map(gap_row).collect())
 }
 
 /// Claims for `instance` (a standby of `slice`) the closed unplanned gaps of the slice's
@@ -193,7 +198,7 @@ pub async fn claim_writer_gaps(
             &[&instance, &slice, &settled.as_secs_f64(), &reach.as_secs_f64()],
         )
         .await?;
-    Ok(rows.iter().map(|r| GapRow { id: r.get(0), assets: r.get(1), started_at: r.get(2), ended_at: r.get(3) }).collect())
+    Ok(rows.iter().map(gap_row).collect())
 }
 
 /// Records what a standby wrote of a claimed gap (`None`: nothing could be written, the claim

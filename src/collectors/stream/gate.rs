@@ -208,7 +208,7 @@ impl Gate {
         self.lock().foreign.clone()
     }
 
-    /// Another instance writes the slice: level changes are held from now on.
+    /// Another instance writes the slice: level changes are held from now on (again: a no-op).
     pub fn stand_by(&self) {
         let mut st = self.lock();
         if matches!(st.mode, Mode::Writer(_)) {

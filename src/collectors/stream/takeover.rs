@@ -71,9 +71,7 @@ impl Takeover {
             match role {
                 SliceRole::Starting | SliceRole::All => {}
                 SliceRole::Standby => {
-                    if gate.fence().is_some() || gate.starting() {
-                        gate.stand_by();
-                    }
+                    gate.stand_by();
                     self.fill_writer_gaps().await;
                 }
                 SliceRole::Writer { taken, foreign } => {
