@@ -530,6 +530,32 @@ fn shared((frames, rows): (Vec<(String, String)>, u64)) -> (Vec<(String, tokio_t
     (frames.into_iter().map(|(asset, frame)| (asset, frame.into())).collect(), rows)
 }
 
+/// One burst through the collector: what it cost, measured from the first frame sent to its
+/// last row committed.
+struct Burst {
+    wall: Duration,
+    /// PostgreSQL's CPU seconds by process kind.
+    pg: std::collections::BTreeMap<String, f64>,
+    /// This process's CPU seconds (the collector's tasks and the in-process fake).
+    own: f64,
+    /// The share of the machine's cores that was busy.
+    busy: f64,
+}
+
+/// Sends `frames` (`rows` rows) at once and waits until every row is committed.
+async fn send_burst(h: &Harness, frames: &[(String, tokio_tungstenite::tungstenite::Utf8Bytes)], rows: u64) -> Burst {
+    let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
+    let (cpu, own, machine) = (pg_cpu(&h.db).await, self_cpu(), machine_ticks());
+    let t = Instant::now();
+    for (asset, frame) in frames {
+        assert!(h.ws.send_shared_to_asset(asset, frame));
+    }
+    committed(&h.sink.stats, before, rows, 600).await;
+    let wall = t.elapsed();
+    let busy = busy_between(machine, machine_ticks());
+    Burst { wall, pg: pg_cpu_by_kind(&cpu, &pg_cpu(&h.db).await), own: self_cpu() - own, busy }
+}
+
 /// Bytes per row of `table` (heap + indexes + toast, after VACUUM; a partitioned table's
 /// partitions summed): rows, heap bytes, total bytes, and the fixed bytes among them — the
 /// free-space and visibility maps (~32 KB a relation) and the empty days' partitions (a page
@@ -621,21 +647,15 @@ async fn bench_stream_real_mix_vs_copy() {
     for run in 0..RUNS {
         let mut h = stream_harness(MARKETS, &format!("queue_capacity = 2000000\n{}", bench_extra())).await;
         let (frames, rows) = shared(real_mix_frames(MARKETS, events, crate::now_ms()));
-        let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
-        let (cpu, own, machine) = (pg_cpu(&h.db).await, self_cpu(), machine_ticks());
-        let t = Instant::now();
-        for (asset, frame) in &frames {
-            assert!(h.ws.send_shared_to_asset(asset, frame));
-        }
-        committed(&h.sink.stats, before, rows, 600).await;
-        ours.push(t.elapsed());
-        busy.push(busy_between(machine, machine_ticks()));
-        let kinds = pg_cpu_by_kind(&cpu, &pg_cpu(&h.db).await);
+        let burst = send_burst(&h, &frames, rows).await;
+        ours.push(burst.wall);
+        busy.push(burst.busy);
+        let kinds = burst.pg;
         ours_cpu.push(Duration::from_secs_f64(kinds.values().sum()));
-        own_cpu.push(Duration::from_secs_f64(self_cpu() - own));
+        own_cpu.push(Duration::from_secs_f64(burst.own));
         println!(
             "BENCH   run {run}: {:.2} s for {events} events ({rows} rows); withheld {}, quarantined {}",
-            t.elapsed().as_secs_f64(),
+            burst.wall.as_secs_f64(),
             h.stats.withheld.load(Ordering::Relaxed),
             h.stats.quarantined.load(Ordering::Relaxed)
         );
@@ -896,21 +916,15 @@ async fn bench_stream_real_mix_spool_replay() {
         let mut h = stream_harness(MARKETS, &format!("queue_capacity = 1000\n{}", bench_extra())).await;
         let (frames, rows) = shared(real_mix_frames(MARKETS, EVENTS, crate::now_ms()));
         rows_total = rows;
-        let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
-        let (cpu, self0) = (pg_cpu(&h.db).await, self_cpu());
-        let t = Instant::now();
-        for (asset, frame) in &frames {
-            assert!(h.ws.send_shared_to_asset(asset, frame));
-        }
-        committed(&h.sink.stats, before, rows, 600).await;
-        times.push(t.elapsed());
-        pg.push(Duration::from_secs_f64(pg_cpu_between(&cpu, &pg_cpu(&h.db).await)));
-        own.push(Duration::from_secs_f64(self_cpu() - self0));
+        let burst = send_burst(&h, &frames, rows).await;
+        times.push(burst.wall);
+        pg.push(Duration::from_secs_f64(burst.pg.values().sum()));
+        own.push(Duration::from_secs_f64(burst.own));
         let (spooled, replayed) = (h.sink.stats.spooled_rows.load(Ordering::Relaxed), h.sink.stats.replayed_rows.load(Ordering::Relaxed));
         let bytes = h.sink.stats.spooled_bytes.load(Ordering::Relaxed);
         println!(
             "BENCH   run {run}: {:.2} s for {rows} rows; {spooled} spooled ({:.1} bytes a row in the spool), {replayed} replayed",
-            t.elapsed().as_secs_f64(),
+            burst.wall.as_secs_f64(),
             bytes as f64 / spooled.max(1) as f64
         );
         assert!(replayed >= rows * 9 / 10, "the spool path was measured ({replayed} of {rows} rows replayed)");
@@ -1005,16 +1019,8 @@ async fn bench_fenced_writer_vs_alone() {
             let mut h = elected_harness(MARKETS, &format!("queue_capacity = 2000000\n{}", bench_extra()), election).await;
             let (frames, n) = shared(real_mix_frames(MARKETS, events, crate::now_ms()));
             rows = n;
-            let before = h.sink.stats.rows_written.load(Ordering::Relaxed);
-            let (cpu, own) = (pg_cpu(&h.db).await, self_cpu());
-            let t = Instant::now();
-            for (asset, frame) in &frames {
-                assert!(h.ws.send_shared_to_asset(asset, frame));
-            }
-            committed(&h.sink.stats, before, n, 600).await;
-            let wall = t.elapsed();
-            let pg: f64 = pg_cpu_by_kind(&cpu, &pg_cpu(&h.db).await).values().sum();
-            let own = self_cpu() - own;
+            let Burst { wall, pg, own, .. } = send_burst(&h, &frames, n).await;
+            let pg: f64 = pg.values().sum();
             per_row[k].push((pg + own) * 1e6 / n as f64);
             let stored = h.db.try_count("SELECT count(*) FROM price_changes").await.unwrap_or(0);
             println!(

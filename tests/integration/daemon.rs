@@ -685,15 +685,7 @@ async fn scenario_every_generated_trade_is_stored_once_through_drops_silence_out
     let extra = format!("drain_grace_secs = 5\nstall_timeout_secs = 3\n{FAST}{stream}");
     let mut d = Daemon::start_ws(&db, &fake, &ws.url(), &extra, &[]).await;
     eventually(30, "streaming", || async { ws.live_assets().len() == 12 && d.notes.has("READY=1") }).await;
-    let conds: Vec<(String, String)> = db
-        .client()
-        .await
-        .query("SELECT token_id, condition_id FROM tokens ORDER BY token_id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let conds = db.tokens_with_markets().await;
 
     // Upstream: a trade every 20 ms on a rotating asset, listed by the Data API (block time
     // in seconds, a float price) and sent on the stream to whoever is connected.

@@ -156,6 +156,12 @@ impl TestDb {
         self.client().await.query_one(sql, &[]).await.unwrap().get(0)
     }
 
+    /// Every token of the catalog with its market's condition id, by token id.
+    pub async fn tokens_with_markets(&self) -> Vec<(String, String)> {
+        let rows = self.client().await.query("SELECT token_id, condition_id FROM tokens ORDER BY token_id", &[]).await.unwrap();
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    }
+
     /// Like `count`, but `None` while the query cannot run yet (schema not migrated).
     pub async fn try_count(&self, sql: &str) -> Option<i64> {
         self.client().await.query_one(sql, &[]).await.ok().map(|r| r.get(0))

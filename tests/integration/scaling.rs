@@ -244,10 +244,30 @@ async fn missing_and_doubled(db: &pg::TestDb, assets: &[(String, String)], steps
     (missing, doubled)
 }
 
-async fn assets_with_markets(db: &pg::TestDb) -> Vec<(String, String)> {
-    let c = db.client().await;
-    let rows = c.query("SELECT token_id, condition_id FROM tokens ORDER BY token_id", &[]).await.unwrap();
-    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+/// Waits up to `secs` until every level change of the traffic ([`stream_traffic`]: `steps`
+/// steps on `assets`) is stored, then asserts each is stored exactly once; a failure lists the
+/// missing (the first 20) and the doubled, with `daemon`'s status and log when given.
+async fn assert_every_level_change_once(db: &pg::TestDb, assets: &[(String, String)], steps: u64, secs: u64, daemon: Option<&Daemon>) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !missing_and_doubled(db, assets, steps).await.0.is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (missing, doubled) = missing_and_doubled(db, assets, steps).await;
+    if missing.is_empty() && doubled.is_empty() {
+        return;
+    }
+    let context = match daemon {
+        Some(d) => format!("; status {:?}; log:\n{}", status_json(d).await, d.log.text()),
+        None => String::new(),
+    };
+    panic!("missing {} {:?}, doubled {doubled:?}{context}", missing.len(), &missing[..missing.len().min(20)]);
+}
+
+/// Every trade of the traffic (every fifth step, on every asset) stored exactly once.
+async fn assert_every_trade_once(db: &pg::TestDb, assets: &[(String, String)], steps: u64) {
+    let trades = assets.len() as i64 * steps.div_ceil(5) as i64;
+    eventually(30, "every trade stored", || async { db.try_count("SELECT count(*) FROM trades").await == Some(trades) }).await;
+    assert_eq!(db.try_count("SELECT count(DISTINCT (asset_id, tx_hash)) FROM trades").await, Some(trades));
 }
 
 fn slice_role(s: &Value) -> &str {
@@ -272,7 +292,7 @@ async fn a_redundant_instance_takes_the_level_changes_over_without_a_hole_or_a_d
         status_json(&b).await.is_some_and(|s| slice_role(&s) == "standby" && s["trade_listener"]["assets_subscribed"] == 8)
     })
     .await;
-    let assets = assets_with_markets(&db).await;
+    let assets = db.tokens_with_markets().await;
     assert_eq!(assets.len(), 8);
     eventually(30, "both carry every asset", || async {
         ws.with(|s| s.conns.iter().filter(|c| c.alive).map(|c| c.assets.len()).sum::<usize>()) == 16
@@ -297,12 +317,8 @@ async fn a_redundant_instance_takes_the_level_changes_over_without_a_hole_or_a_d
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.cancel();
     let steps = sender.await.unwrap();
-    eventually(30, "every level change stored", || async { missing_and_doubled(&db, &assets, steps).await.0.is_empty() }).await;
-    let (missing, doubled) = missing_and_doubled(&db, &assets, steps).await;
-    assert!(missing.is_empty() && doubled.is_empty(), "missing {missing:?}, doubled {doubled:?}");
-    let trades = assets.len() as i64 * steps.div_ceil(5) as i64;
-    eventually(30, "every trade stored", || async { db.try_count("SELECT count(*) FROM trades").await == Some(trades) }).await;
-    assert_eq!(db.try_count("SELECT count(DISTINCT (asset_id, tx_hash)) FROM trades").await, Some(trades));
+    assert_every_level_change_once(&db, &assets, steps, 30, None).await;
+    assert_every_trade_once(&db, &assets, steps).await;
     assert_eq!(db.try_count("SELECT count(*) FROM stream_gaps WHERE reason LIKE 'takeover%'").await, Some(0), "no takeover gap");
     assert!(b.log.text().contains("takeover done"), "{}", b.log.text());
     let c = db.client().await;
@@ -327,7 +343,7 @@ async fn two_slices_become_three_while_trading_without_a_hole_or_a_double() {
     for d in &old {
         eventually(30, "the old slices written", || async { status_json(d).await.is_some_and(|s| slice_role(&s) == "writer") }).await;
     }
-    let assets = assets_with_markets(&db).await;
+    let assets = db.tokens_with_markets().await;
     let stop = tokio_util::sync::CancellationToken::new();
     let sender = stream_traffic(vec![ws.clone()], assets.clone(), Duration::from_millis(25), stop.clone());
     let mut new = Vec::new();
@@ -363,12 +379,8 @@ async fn two_slices_become_three_while_trading_without_a_hole_or_a_double() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     let steps = sender.await.unwrap();
-    eventually(30, "every level change stored", || async { missing_and_doubled(&db, &assets, steps).await.0.is_empty() }).await;
-    let (missing, doubled) = missing_and_doubled(&db, &assets, steps).await;
-    assert!(missing.is_empty() && doubled.is_empty(), "missing {missing:?}, doubled {doubled:?}");
-    let trades = assets.len() as i64 * steps.div_ceil(5) as i64;
-    eventually(30, "every trade stored", || async { db.try_count("SELECT count(*) FROM trades").await == Some(trades) }).await;
-    assert_eq!(db.try_count("SELECT count(DISTINCT (asset_id, tx_hash)) FROM trades").await, Some(trades));
+    assert_every_level_change_once(&db, &assets, steps, 30, None).await;
+    assert_every_trade_once(&db, &assets, steps).await;
     assert_eq!(db.try_count("SELECT count(*) FROM stream_writers").await, Some(3), "the old writers retired");
 }
 
@@ -450,7 +462,7 @@ async fn a_standby_fills_its_writers_gap_from_its_window() {
     let b = Daemon::start_ws(&db, &fake, &ws_b.url(), &config("b"), &[]).await;
     eventually(60, "both carry every asset", || async { ws_a.live_assets().len() == 8 && ws_b.live_assets().len() == 8 }).await;
     eventually(30, "b stands by", || async { status_json(&b).await.is_some_and(|s| slice_role(&s) == "standby") }).await;
-    let assets = assets_with_markets(&db).await;
+    let assets = db.tokens_with_markets().await;
     let stop = tokio_util::sync::CancellationToken::new();
     let sender = stream_traffic(vec![ws_a.clone(), ws_b.clone()], assets.clone(), Duration::from_millis(20), stop.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -467,9 +479,7 @@ async fn a_standby_fills_its_writers_gap_from_its_window() {
             >= Some(1)
     })
     .await;
-    eventually(30, "every level change stored", || async { missing_and_doubled(&db, &assets, steps).await.0.is_empty() }).await;
-    let (missing, doubled) = missing_and_doubled(&db, &assets, steps).await;
-    assert!(missing.is_empty() && doubled.is_empty(), "missing {missing:?}, doubled {doubled:?}");
+    assert_every_level_change_once(&db, &assets, steps, 30, None).await;
     let sb = status_json(&b).await.unwrap();
     assert!(sb["trade_listener"]["level_changes_filled"].as_u64() > Some(0), "{sb}");
     assert_eq!(slice_role(&sb), "standby");
@@ -492,7 +502,7 @@ async fn a_writer_alone_keeps_its_level_changes_through_a_database_restart() {
     })
     .await;
     eventually(30, "every asset carried", || async { ws.live_assets().len() == 4 }).await;
-    let assets = assets_with_markets(&db).await;
+    let assets = db.tokens_with_markets().await;
     let stop = tokio_util::sync::CancellationToken::new();
     let sender = stream_traffic(vec![ws.clone()], assets.clone(), Duration::from_millis(20), stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -502,19 +512,8 @@ async fn a_writer_alone_keeps_its_level_changes_through_a_database_restart() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.cancel();
     let steps = sender.await.unwrap();
-    let until = Instant::now() + Duration::from_secs(60);
-    while !missing_and_doubled(&db, &assets, steps).await.0.is_empty() && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (missing, doubled) = missing_and_doubled(&db, &assets, steps).await;
+    assert_every_level_change_once(&db, &assets, steps, 60, Some(&a)).await;
     let s = status_json(&a).await.unwrap();
-    assert!(
-        missing.is_empty() && doubled.is_empty(),
-        "missing {} {:?}, doubled {doubled:?}; status {s}; log:\n{}",
-        missing.len(),
-        &missing[..missing.len().min(20)],
-        a.log.text()
-    );
     assert_eq!(slice_role(&s), "writer");
     assert!(s["trade_listener"]["spooled_rows"].as_u64() > Some(0), "the outage was spooled: {s}");
     assert_eq!(s["trade_listener"]["level_changes_handed_over"], 0, "{s}");
