@@ -21,7 +21,7 @@ use super::sink::Sink;
 use super::stats::StreamStats;
 use super::takeover::Takeover;
 use super::writer::Writer;
-use super::{AssetId, Lifecycle, StreamCtx, StreamDeps, TASK_NAME, maintenance, panic_text, placement, supervised};
+use super::{AssetId, Lifecycle, StreamCtx, StreamDeps, TASK_NAME, backfill, maintenance, panic_text, placement, supervised};
 use crate::backoff::rest;
 use crate::clock;
 use crate::config::StreamConfig;
@@ -107,7 +107,7 @@ impl Manager {
         let (pool, restarts, stats) = (self.deps.pool.clone(), self.deps.restarts.clone(), self.stats.clone());
         let backfill_tx = if cfg.backfill {
             let (tx, rx) = mpsc::channel(10_000);
-            let backfiller = gaps::Backfiller {
+            let backfiller = backfill::Backfiller {
                 pool: pool.clone(),
                 client: self.deps.client.clone(),
                 sink: self.sink.clone(),
@@ -115,10 +115,10 @@ impl Manager {
                 keys: self.keys.clone(),
                 max_pages: cfg.backfill_max_pages,
             };
-            let queue = gaps::BackfillQueue::new(rx);
+            let queue = backfill::BackfillQueue::new(rx);
             let c = helpers_cancel.clone();
             helpers.spawn(supervised("backfill", restarts.clone(), stats.clone(), helpers_cancel.clone(), move || {
-                gaps::backfill_loop(backfiller.clone(), queue.clone(), c.clone())
+                backfill::backfill_loop(backfiller.clone(), queue.clone(), c.clone())
             }));
             Some(tx)
         } else {

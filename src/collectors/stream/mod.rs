@@ -15,10 +15,11 @@
 //! - [`sink`]: readers hand rows to it without waiting: a queue bounded in rows and bytes, or
 //!   the on-disk [`spool`] when the queue is full.
 //! - [`writer`]: batches off the queue (and the spool) into `db::stream::write_batch`.
-//! - [`gaps`]: gap rows (`db::gaps`) and the Data API backfill.
+//! - [`gaps`]: gap rows (`db::gaps`); [`backfill`]: their trades from the Data API.
 //! - [`maintenance`]: partitions made ahead, retention, compaction of closed days.
 //! - [`stats`]: the counters and the health every view reads.
 
+pub mod backfill;
 pub mod book;
 pub mod domain;
 pub mod gaps;
