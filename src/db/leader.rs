@@ -82,6 +82,9 @@ pub struct Leadership {
     /// Receive time (µs since the epoch) through which this instance's rows are committed,
     /// set by the stream's writer, reported in `stream_writers` while it writes its slice.
     pub committed_us: Arc<AtomicI64>,
+    /// A standby: how far its slice's writer's commits reached (µs since the epoch, 0:
+    /// unknown), read every round; what a standby's window let go before it is no gap.
+    pub writer_committed_us: Arc<AtomicI64>,
 }
 
 impl Leadership {
@@ -92,7 +95,7 @@ impl Leadership {
         let (stx, slice) = watch::channel(SliceRole::All);
         // The senders dropped: the values stay.
         drop((tx, stx));
-        Leadership { leader, slice, committed_us: Arc::default() }
+        Leadership { leader, slice, committed_us: Arc::default(), writer_committed_us: Arc::default() }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -138,16 +141,17 @@ struct Roles {
     leader: watch::Sender<bool>,
     slice: watch::Sender<SliceRole>,
     committed_us: Arc<AtomicI64>,
+    writer_committed_us: Arc<AtomicI64>,
 }
 
 /// Starts the election task; the handle says whether this instance leads.
 pub fn spawn(cfg: DatabaseConfig, me: Identity, cancel: CancellationToken) -> Leadership {
     let (tx, leader) = watch::channel(false);
     let (stx, slice) = watch::channel(SliceRole::Starting);
-    let committed_us = Arc::new(AtomicI64::new(0));
-    let roles = Roles { leader: tx, slice: stx, committed_us: committed_us.clone() };
+    let (committed_us, writer_committed_us) = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0)));
+    let roles = Roles { leader: tx, slice: stx, committed_us: committed_us.clone(), writer_committed_us: writer_committed_us.clone() };
     tokio::spawn(run(cfg, me, roles, cancel));
-    Leadership { leader, slice, committed_us }
+    Leadership { leader, slice, committed_us, writer_committed_us }
 }
 
 async fn run(cfg: DatabaseConfig, me: Identity, tx: Roles, cancel: CancellationToken) {
@@ -290,6 +294,8 @@ async fn slice_writer(client: &tokio_postgres::Client, me: &Identity, tx: &Roles
     let key = writers::lock_key(&me.slice);
     let granted: bool = quick(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])).await?.get(0);
     if !granted {
+        let through = quick(writers::writer_committed(client, &me.slice)).await?;
+        tx.writer_committed_us.store(through.map_or(0, |t| t.timestamp_micros()), Ordering::Relaxed);
         if current != SliceRole::Standby {
             tracing::info!(message_id = crate::journal::LIFECYCLE, slice = %me.slice,
                 "another instance writes the level changes of slice {}: standing by with them in memory", me.slice);
@@ -394,7 +400,7 @@ mod tests {
         always.until_leader().await;
         let (tx, rx) = watch::channel(false);
         let (_stx, slice) = watch::channel(SliceRole::Starting);
-        let mut l = Leadership { leader: rx, slice, committed_us: Arc::default() };
+        let mut l = Leadership { leader: rx, slice, committed_us: Arc::default(), writer_committed_us: Arc::default() };
         assert_eq!(l.role(), "standby");
         let waiting = tokio::spawn({
             let mut l = l.clone();

@@ -91,6 +91,17 @@ pub async fn report(client: &Client, instance: &str, through: DateTime<Utc>) -> 
     Ok(())
 }
 
+/// How far the commits of `slice`'s writer reached (its last report), if it has one.
+pub async fn writer_committed(client: &Client, slice: &Slice) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT i.committed_through FROM stream_writers w JOIN stream_instances i USING (instance) WHERE w.slice = $1",
+            &[&slice.to_string()],
+        )
+        .await?
+        .and_then(|r| r.get(0)))
+}
+
 /// A writer of another slice count (the instances are moving from `n` to `m` slices).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Foreign {

@@ -298,6 +298,17 @@ impl Gate {
         (rows, oldest)
     }
 
+    /// Forgets what the window let go through `through` (the writer's commits reached that far:
+    /// no gap there), so a standby of a year keeps a record of seconds, not of every asset it
+    /// ever let go.
+    pub fn forget_evicted_through(&self, through: DateTime<Utc>) {
+        let mut st = self.lock();
+        if st.evicted.is_some_and(|(_, to)| to <= through) {
+            st.evicted = None;
+            st.evicted_assets = HashSet::new();
+        }
+    }
+
     /// What the window let go while held since the last call — (oldest, newest) receive time
     /// and the rows' assets — cleared.
     pub fn take_evicted(&self) -> Option<(DateTime<Utc>, DateTime<Utc>, Vec<String>)> {
@@ -401,6 +412,14 @@ mod tests {
         assert_eq!(assets, ["a", "b"]);
         assert_eq!((to - from).num_milliseconds(), 10_000);
         assert!(g.take_evicted().is_none(), "cleared");
+        // What the writer committed is no gap: forgotten once its commits reach past it.
+        g.route(vec![change("d", "0xm", 80_000)]);
+        let evicted_at = DateTime::from_timestamp_millis(1_800_000_000_000 + 45_000).unwrap();
+        g.forget_evicted_through(evicted_at - chrono::Duration::milliseconds(1));
+        assert!(g.take_evicted().is_some(), "the writer's commits had not reached it");
+        g.route(vec![change("e", "0xm", 120_000)]);
+        g.forget_evicted_through(DateTime::from_timestamp_millis(1_800_000_000_000 + 80_000).unwrap());
+        assert!(g.take_evicted().is_none(), "forgotten");
         // And its size.
         let small = Gate::new(Mode::Standby, change("a", "0xm", 0).approx_bytes() * 2, Duration::from_secs(30));
         for ms in 0..5 {

@@ -72,6 +72,10 @@ impl Takeover {
                 SliceRole::Starting | SliceRole::All => {}
                 SliceRole::Standby => {
                     gate.stand_by();
+                    let writer_through = self.leadership.writer_committed_us.load(Ordering::Relaxed);
+                    if let Some(t) = DateTime::from_timestamp_micros(writer_through).filter(|_| writer_through > 0) {
+                        gate.forget_evicted_through(t);
+                    }
                     self.fill_writer_gaps().await;
                 }
                 SliceRole::Writer { taken, foreign } => {
